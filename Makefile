@@ -1,0 +1,35 @@
+# dicom-ai: the two commands a newcomer needs are `make install run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test test-unit test-e2e models lint clean
+
+$(BIN)/dicom-ai: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned to the CPU build in pyproject.toml; install it first so nothing pulls CUDA.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/dicom-ai
+
+run: install
+	$(BIN)/dicom-ai serve
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e
+
+# Retrain the demo models from synthetic data (reproducible: fixed seeds).
+models: install
+	$(BIN)/dicom-ai train chest-demo --out models/chest-xray-demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""assemble: decide when a study is complete and gather it for routing."""

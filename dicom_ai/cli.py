@@ -1,0 +1,255 @@
+"""`dicom-ai`: one command per verb; the logic lives in the stage packages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load_settings
+
+log = logging.getLogger("dicom_ai")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("pynetdicom", "apscheduler", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    try:
+        settings = load_settings(ctx.obj.get("config"))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _setup_logging(settings.log_level)
+    return settings
+
+
+def _peer(value: str) -> Peer:
+    try:
+        return Peer.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML configuration file (default: $DICOM_AI_CONFIG, else built-in defaults).")
+@click.version_option(package_name="dicom-ai")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """dicom-ai: route DICOM studies from a PACS to AI models and send the results back."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the node: DICOM SCP, study assembly, routing, inference, sending."""
+    from dicom_ai.node import Node
+    from dicom_ai.route.loader import RuleSetError
+
+    settings = _settings(ctx)
+    try:
+        node = Node(settings)
+    except RuleSetError as exc:
+        raise click.ClickException(f"rules in {settings.rules_dir} are invalid:\n{exc}") from None
+    try:
+        node.run_until_signalled()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+
+
+@main.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Show the effective settings and the environment variable of each."""
+    settings = _settings(ctx)
+    values = settings.model_dump(mode="json")
+    for key, env_name, description in describe_settings():
+        shown = "***" if "password" in key and values[key] else values[key]
+        click.echo(f"{key:<20} {shown!s:<40} {env_name:<28} {description}")
+
+
+@main.group()
+def rules() -> None:
+    """Check and try routing rules."""
+
+
+@rules.command("check")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def rules_check(ctx: click.Context, directory: Path | None) -> None:
+    """Validate every rules file (default: the configured rules_dir)."""
+    from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.route.loader import RuleSetError, load_ruleset
+
+    settings = _settings(ctx)
+    directory = directory or settings.rules_dir
+    try:
+        ruleset = load_ruleset(directory, known_models=ModelRegistry(settings.models_dir).names())
+    except RuleSetError as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        raise click.ClickException(f"{len(exc.errors)} error(s) in {directory}") from None
+    for rule in ruleset.rules:
+        state = "" if rule.enabled else " (disabled)"
+        click.echo(f"ok  {rule.name}{state}: models {', '.join(rule.models)}")
+    click.echo(f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s) are valid")
+
+
+@rules.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Say which rule and model the study in PATHS (files or folders) would get, and why."""
+    from dicom_ai.assemble.study import StudyReadError, studies_from_paths
+    from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.route.loader import RuleSetError, load_ruleset
+    from dicom_ai.route.matcher import explain
+
+    settings = _settings(ctx)
+    try:
+        ruleset = load_ruleset(settings.rules_dir, known_models=ModelRegistry(settings.models_dir).names())
+        studies = studies_from_paths(paths)
+    except RuleSetError as exc:
+        raise click.ClickException(f"rules are invalid:\n{exc}") from None
+    except StudyReadError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not studies:
+        raise click.ClickException("no DICOM instances found in the given paths")
+    for study in studies:
+        click.echo(f"study {study.study_instance_uid} ({len(study.series)} series)")
+        verdicts = explain(study, ruleset)
+        for verdict in verdicts:
+            click.echo(f"  {verdict}")
+        if not any(v.matched for v in verdicts):
+            click.echo("  -> no rule matches: the study is stored and passed through without AI results")
+
+
+@main.group()
+def models() -> None:
+    """Inspect the model registry."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """List the models in models_dir with their card's key facts."""
+    from dicom_ai.infer.registry import ModelRegistry
+
+    settings = _settings(ctx)
+    registry = ModelRegistry(settings.models_dir)
+    for name, card in registry.cards().items():
+        labels = ", ".join(f"{label.name} ({label.code.scheme} {label.code.value}) >= {label.threshold:g}"
+                           for label in card.labels)
+        flag = "  NOT FOR CLINICAL USE" if card.not_for_clinical_use else ""
+        click.echo(f"{name} {card.version}{flag}")
+        click.echo(f"    {card.display_name}; gate {json.dumps(card.gate)}; labels: {labels}")
+    for folder, problem in registry.problems().items():
+        click.echo(f"BROKEN {folder}: {problem}", err=True)
+    if not registry.cards():
+        click.echo(f"no models in {settings.models_dir}")
+
+
+@main.command()
+@click.option("--state", default=None, help="Only studies in this state (receiving, complete, done, ...).")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """What the node has received and done, newest first."""
+    from dataclasses import asdict
+
+    from dicom_ai.store import Store
+
+    settings = _settings(ctx)
+    if not settings.database_path.exists():
+        raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
+    store = Store(settings.database_path)
+    rows = store.studies(limit=limit, state=state)
+    if as_json:
+        click.echo(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no studies")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_received_at))
+        priority = f"{row.priority} {row.priority_score:.2f}" if row.priority else "-"
+        click.echo(
+            f"{when}  {row.state:<10} {priority:<14} {row.instance_count:>4} inst  {row.results:>3} results"
+            f"  {row.pending_sends:>2} to send  {row.study_instance_uid}  {row.patient_id}"
+        )
+        if row.error:
+            click.echo(f"    error: {row.error}")
+        if row.priority_reasons:
+            click.echo(f"    why: {'; '.join(row.priority_reasons)}")
+
+
+@main.command()
+@click.argument("peer", callback=lambda _c, _p, v: _peer(v), metavar="AE@HOST:PORT")
+@click.pass_context
+def echo(ctx: click.Context, peer: Peer) -> None:
+    """C-ECHO a DICOM peer (e.g. the PACS, or this node)."""
+    from dicom_ai.send.cstore import SendError
+    from dicom_ai.send.cstore import echo as c_echo
+
+    settings = _settings(ctx)
+    try:
+        status = c_echo(settings.ae, peer)
+    except SendError as exc:
+        raise click.ClickException(str(exc)) from None
+    if status != 0:
+        raise click.ClickException(f"{peer} answered C-ECHO with status 0x{status:04X}")
+    click.echo(f"{peer}: C-ECHO Success")
+
+
+@main.command()
+@click.argument("peer", callback=lambda _c, _p, v: _peer(v), metavar="AE@HOST:PORT")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def send(ctx: click.Context, peer: Peer, paths: tuple[Path, ...]) -> None:
+    """C-STORE DICOM files (folders are walked) to a peer."""
+    from dicom_ai.send.cstore import SendError, send_files
+
+    settings = _settings(ctx)
+    files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
+    try:
+        outcome = send_files(settings.ae, peer, files)
+    except SendError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # unreadable input file
+        raise click.ClickException(f"cannot send: {exc}") from None
+    failed = {path: error for path, error in outcome.items() if error}
+    for path, error in failed.items():
+        click.echo(f"FAILED {path}: {error}", err=True)
+    click.echo(f"sent {len(outcome) - len(failed)} of {len(files)} file(s) to {peer}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("recipe", type=click.Choice(["chest-demo"]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Model folder to write (model.pt, model.yaml, README.md).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="A few steps on a few images: checks the recipe, not a usable model.")
+def train(recipe: str, out: Path, seed: int, quick: bool) -> None:
+    """Train a demo model from synthetic data, reproducibly (fixed seed)."""
+    from dicom_ai.train.chest_demo import train_chest_demo
+
+    _setup_logging("INFO")
+    report = train_chest_demo(out, seed=seed, quick=quick)
+    click.echo(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

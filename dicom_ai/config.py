@@ -1,0 +1,143 @@
+"""Settings: embedded defaults, then one TOML file, then DICOM_AI_* environment variables.
+
+Every key of the file can be overridden by the environment variable DICOM_AI_<KEY upper-cased>,
+so a container or a systemd unit never needs to edit the file. A bad value stops start-up with
+one line naming the key, where it came from and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "DICOM_AI_"
+CONFIG_ENV = "DICOM_AI_CONFIG"  # path of the TOML file; not itself a setting
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the default repertoire, no backslash
+_PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming the key."""
+
+
+class Peer(BaseModel):
+    """A remote DICOM application entity written as AE@host:port."""
+
+    model_config = ConfigDict(frozen=True)
+
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        match = _PEER.match(text.strip())
+        if not match:
+            raise ValueError(f"expected AE@host:port (e.g. ORTHANC@127.0.0.1:4242), got {text!r}")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is out of range 1-65535")
+        return cls(aet=match["aet"].strip(), host=match["host"], port=port)
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+class Settings(BaseModel):
+    """Everything the node needs; see README.md, section Configuration, for each key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(default=Path(".state"), description="state directory: database and spool")
+    ae: str = Field(default="DICOM_AI", description="our AE title")
+    host: str = Field(default="0.0.0.0", description="address the DICOM SCP listens on")
+    port: int = Field(default=11112, ge=1, le=65535, description="DICOM port")
+    pacs: Peer | None = Field(default=None, description="where results go, AE@host:port")
+    orthanc_url: str | None = Field(default=None, description="Orthanc REST URL for priority flags")
+    orthanc_user: str | None = Field(default=None, description="Orthanc REST user, if any")
+    orthanc_password: str | None = Field(default=None, description="Orthanc REST password")
+    rules_dir: Path = Field(default=_REPO_ROOT / "rules", description="routing rules (*.yaml)")
+    models_dir: Path = Field(default=_REPO_ROOT / "models", description="model folders")
+    stable_after: float = Field(default=5.0, gt=0, description="quiet seconds before a study is complete")
+    heatmaps: Literal["all", "positive", "none"] = Field(default="all", description="which images get a heatmap SC")
+    send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
+    send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
+    send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
+    max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0 = unlimited)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    @field_validator("ae")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not _AE_TITLE.match(value) or not value.strip():
+            raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+        return value.strip()
+
+    @field_validator("pacs", mode="before")
+    @classmethod
+    def _peer(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return Peer.parse(value) if value.strip() else None
+        return value
+
+    @field_validator("orthanc_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8042, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / "dicom-ai.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge the file at `path` (or $DICOM_AI_CONFIG) with DICOM_AI_* variables and validate."""
+    environ = os.environ if environ is None else environ
+    origin: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    path = path or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+        origin = {key: str(path) for key in values}
+    for key in Settings.model_fields:
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in environ:
+            values[key] = environ[env_name]
+            origin[key] = f"environment variable {env_name}"
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "?"
+        where = origin.get(str(error["loc"][0]) if error["loc"] else "", "defaults")
+        problem = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problem = f"unknown key (known keys: {', '.join(Settings.model_fields)})"
+        raise ConfigError(f"config key '{key}' (from {where}): {problem}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(key, environment variable, description) for every setting: used by README tests and --help."""
+    return [
+        (key, ENV_PREFIX + key.upper(), field.description or "")
+        for key, field in Settings.model_fields.items()
+    ]

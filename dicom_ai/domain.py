@@ -1,0 +1,128 @@
+"""The small vocabulary every stage speaks, so stages depend on it and not on each other.
+
+Data flows receive -> assemble -> route -> infer -> encode -> send -> prioritize; each stage takes
+and returns these frozen records. DICOM attribute values keep their DICOM keyword spelling.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pydicom import Dataset
+
+
+class StudyState(enum.StrEnum):
+    """Where a study is in its life; stored as text in the database."""
+
+    RECEIVING = "receiving"  # instances arriving; not yet quiet for stable_after seconds
+    COMPLETE = "complete"  # quiet long enough: waiting for the pipeline
+    PROCESSING = "processing"  # the pipeline has it (a crash here re-runs it on start-up)
+    DONE = "done"  # results encoded and queued for sending
+    NO_MATCH = "no_match"  # no rule matched: stored, no results
+    FAILED = "failed"  # the pipeline raised; the error is kept on the study
+
+
+class Priority(enum.IntEnum):
+    """Reading priority; a larger value is read first."""
+
+    ROUTINE = 0
+    URGENT = 1
+    STAT = 2
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (value, scheme designator, meaning), e.g. SNOMED CT 95436008."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One stored SOP instance: where its file is and which study/series it belongs to."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    path: Path
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """A series as routing sees it: its instances and one representative header (no pixels)."""
+
+    series_instance_uid: str
+    instances: tuple[Instance, ...]
+    header: Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """A complete study handed from assemble to route."""
+
+    study_instance_uid: str
+    series: tuple[Series, ...]
+
+    @property
+    def header(self) -> Dataset:
+        """Study-level attributes (patient, study) as carried by the first series."""
+        return self.series[0].header
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who produced a result: goes into the SR's device observer and Contributing Equipment."""
+
+    name: str
+    version: str
+    device_uid: str
+    manufacturer: str
+    display_name: str
+    not_for_clinical_use: bool
+    intended_use: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One label's outcome on one image."""
+
+    label: str
+    code: Code
+    probability: float
+    threshold: float
+
+    @property
+    def present(self) -> bool:
+        return self.probability >= self.threshold
+
+
+@dataclass(frozen=True, eq=False)
+class ImageResult:
+    """A model's output for one source image, with what encode needs to draw the heatmap.
+
+    `display` is the image as a radiologist would see it (uint8, Rows x Columns, after modality
+    LUT, VOI/windowing and MONOCHROME1 inversion); `heatmap` is float32 in [0, 1] of the same
+    shape, or None when heatmaps were not asked for.
+    """
+
+    source: Instance
+    findings: tuple[Finding, ...]
+    display: np.ndarray
+    heatmap: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PriorityDecision:
+    """A priority and the reasons for it, in words a radiologist can read."""
+
+    level: Priority
+    score: float
+    reasons: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,120 @@
+"""The running node: the SCP receives, and the scheduler is the clock that drives every other stage.
+
+Jobs (apscheduler, each never overlapping itself):
+- assemble: every `tick` seconds, studies quiet for `stable_after` become complete;
+- pipeline: processes complete studies one at a time (woken at once by assemble);
+- outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline);
+- rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_ai.config import Settings
+from dicom_ai.infer.registry import ModelRegistry
+from dicom_ai.pipeline import Pipeline
+from dicom_ai.receive.scp import start_scp
+from dicom_ai.route.loader import RuleWatcher
+from dicom_ai.send.outbox import Outbox
+from dicom_ai.store import Spool, Store
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Owns the store, the SCP and the scheduler; `start()` then `stop()`."""
+
+    def __init__(self, settings: Settings, tick: float = 0.5) -> None:
+        self.settings = settings
+        self.tick = tick
+        self.store = Store(settings.database_path)
+        self.spool = Spool(settings.spool_dir)
+        self.models = ModelRegistry(settings.models_dir)
+        for folder, problem in self.models.problems().items():
+            log.error("model folder %s is unusable and will be skipped: %s", folder, problem)
+        self.rules = RuleWatcher(settings.rules_dir, known_models=self.models.names())
+        self.pipeline = Pipeline(self.store, self.spool, self.rules, self.models, settings)
+        self.outbox = Outbox(self.store, settings)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._server = None
+
+    def start(self) -> None:
+        strays = self.spool.sweep_incoming()
+        if strays:
+            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
+        recovered = self.store.recover_interrupted()
+        if recovered:
+            log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
+        if self.settings.pacs is None:
+            log.warning("no PACS configured (DICOM_AI_PACS): results are kept in %s but not sent", self.spool.results)
+        self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
+        self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
+        self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
+        self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
+        self.scheduler.start()
+        s = self.settings
+        self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store)
+        log.info(
+            "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
+            s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
+            s.stable_after, s.pacs or "nowhere",
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.scheduler.shutdown(wait=True)
+        self.store.close()
+        log.info("dicom-ai stopped")
+
+    def _wake(self, job_id: str) -> None:
+        job = self.scheduler.get_job(job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(self.scheduler.timezone))
+
+    def _assemble(self) -> None:
+        completed = self.store.complete_quiet_studies(time.time() - self.settings.stable_after)
+        for uid in completed:
+            log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
+        if completed:
+            self._wake("pipeline")
+
+    def _process(self) -> None:
+        processed = 0
+        while self.pipeline.process_next() is not None:
+            processed += 1
+            self._deliver()
+        if processed:
+            self._wake("outbox")
+
+    def _deliver(self) -> None:
+        self.outbox.deliver_due()
+
+    def run_until_signalled(self) -> None:
+        """Serve until SIGINT/SIGTERM; an acknowledged instance is already durable, so stopping is safe."""
+        stop = threading.Event()
+
+        def _handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _handler)
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()

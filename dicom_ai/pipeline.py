@@ -1,0 +1,164 @@
+"""The one place where the stages meet: a complete study goes route -> infer -> encode -> outbox.
+
+Each study is processed by a compare-and-set claim (complete -> processing) and finished in one
+transaction that records findings, result files and the sends to do. Result UIDs are derived
+from the inputs and the model version, so re-processing (after a crash or a late instance) writes
+the same objects again instead of new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dicom_ai.assemble.study import StudyReadError, build_study, read_header
+from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, StudyState
+from dicom_ai.encode import encode_results
+from dicom_ai.prioritize.orthanc_flags import flags_payload
+from dicom_ai.prioritize.policy import combine, decide_priority
+from dicom_ai.route.matcher import route
+from dicom_ai.send.outbox import DICOM, ORTHANC_METADATA
+from dicom_ai.store.database import ResultFile
+
+if TYPE_CHECKING:
+    from dicom_ai.config import Settings
+    from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.route.loader import RuleWatcher
+    from dicom_ai.route.rules import PriorityPolicy
+    from dicom_ai.store import Spool, Store
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(Exception):
+    """A study could not be processed; the message is kept on the study for the admin."""
+
+
+@dataclass
+class _ModelJob:
+    """The series one model will see for a study, and the policy of the first rule that asked for it."""
+
+    rule: str
+    policy: PriorityPolicy | None
+    series: list[Series] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    store: Store
+    spool: Spool
+    rules: RuleWatcher
+    models: ModelRegistry
+    settings: Settings
+
+    def process_next(self) -> str | None:
+        """Claim and process the oldest complete study; returns its UID, or None when idle."""
+        study_uid = self.store.claim_complete_study()
+        if study_uid is None:
+            return None
+        started = time.monotonic()
+        try:
+            self._process(study_uid)
+        except (PipelineError, StudyReadError) as exc:
+            log.error("study %s failed: %s", study_uid, exc)
+            self.store.finish_without_results(study_uid, StudyState.FAILED, str(exc))
+        except Exception as exc:  # a bug must not leave the study stuck in processing
+            log.exception("study %s failed unexpectedly", study_uid)
+            self.store.finish_without_results(study_uid, StudyState.FAILED, f"internal error: {exc!r}")
+        log.debug("study %s processed in %.2f s", study_uid, time.monotonic() - started)
+        return study_uid
+
+    def _jobs(self, study_uid: str) -> tuple[dict[str, _ModelJob], list[str]]:
+        study = build_study(self.store.instances_of(study_uid))
+        jobs: dict[str, _ModelJob] = {}
+        rule_names: list[str] = []
+        for decision in route(study, self.rules.ruleset):
+            rule_names.append(decision.rule.name)
+            for model_name in decision.models:
+                job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority))
+                job.series.extend(s for s in decision.series if s not in job.series)
+        if not jobs:
+            modalities = sorted({str(s.header.get("Modality", "?")) for s in study.series})
+            self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
+        return jobs, rule_names
+
+    def _no_results(self, study_uid: str, reason: str) -> None:
+        log.info("study %s: %s; stored without results", study_uid, reason)
+        self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
+
+    def _process(self, study_uid: str) -> None:
+        jobs, rule_names = self._jobs(study_uid)
+        if not jobs:
+            return
+        results: list[ResultFile] = []
+        findings: list[tuple[str, str, str, Finding]] = []
+        decisions: list[PriorityDecision] = []
+        infos: list[ModelInfo] = []
+        all_findings: list[Finding] = []
+        skipped: list[str] = []
+        for model_name, job in jobs.items():
+            try:
+                model = self.models.get(model_name)
+            except Exception as exc:
+                raise PipelineError(f"rule {job.rule}: model {model_name} cannot be loaded: {exc}") from exc
+            accepted: list[Series] = []
+            for series in job.series:
+                ok, why = model.accepts(series.header)
+                if ok:
+                    accepted.append(series)
+                else:
+                    skipped.append(f"{model_name} refused series {series.series_instance_uid}: {why}")
+            if not accepted:
+                continue
+            instances = [instance for series in accepted for instance in series.instances]
+            started = time.monotonic()
+            try:
+                image_results: list[ImageResult] = model.predict(instances, heatmaps=self.settings.heatmaps)
+            except Exception as exc:
+                raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
+            info = model.info
+            model_findings = [f for r in image_results for f in r.findings]
+            decision = decide_priority(model_findings, job.policy)
+            sources = {i.sop_instance_uid: read_header(i.path) for i in instances}
+            encoded = encode_results(image_results, sources, info, decision)
+            for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
+                path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
+                self.spool.write_dataset(dataset, path)
+                results.append(
+                    ResultFile(str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), kind, info.name,
+                               info.version, path)
+                )
+            findings += [(r.source.sop_instance_uid, info.name, info.version, f) for r in image_results
+                         for f in r.findings]
+            all_findings += model_findings
+            decisions.append(decision)
+            infos.append(info)
+            log.info(
+                "study %s: rule %s -> %s %s on %d image(s) in %.2f s: %s (%s)",
+                study_uid, job.rule, info.name, info.version, len(image_results), time.monotonic() - started,
+                decision.level.name, "; ".join(decision.reasons),
+            )
+        for reason in skipped:
+            log.info("study %s: %s", study_uid, reason)
+        if not infos:
+            self._no_results(study_uid, "; ".join(skipped) or "no series for any model")
+            return
+        priority = combine(decisions)
+        outbox: list[tuple[str, str, str, str]] = []
+        if self.settings.pacs is not None:
+            outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
+        if self.settings.orthanc_url:
+            outbox.append(
+                (ORTHANC_METADATA, study_uid, self.settings.orthanc_url, flags_payload(priority, all_findings, infos))
+            )
+        self.store.save_outcome(
+            study_uid,
+            rules=rule_names,
+            models=[f"{i.name}@{i.version}" for i in infos],
+            findings=findings,
+            results=results,
+            priority=priority,
+            outbox=outbox,
+        )

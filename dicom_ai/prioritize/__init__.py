@@ -1,0 +1,1 @@
+"""prioritize: turn findings into a reading priority and publish it where radiologists look."""

@@ -1,0 +1,69 @@
+"""Write the priority onto the study in Orthanc as user metadata (names declared in orthanc/orthanc.json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from orthanc_api_client import OrthancApiClient
+
+from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+
+log = logging.getLogger(__name__)
+
+# Study-level user metadata; orthanc/README.md documents each one.
+AI_PRIORITY = "AiPriority"
+AI_SCORE = "AiScore"
+AI_FINDINGS = "AiFindings"
+AI_REASONS = "AiReasons"
+AI_MODEL = "AiModel"
+AI_UPDATED = "AiUpdated"
+
+
+class OrthancFlagError(Exception):
+    """Orthanc did not take the metadata; the outbox retries."""
+
+
+def flags_payload(priority: PriorityDecision, findings: Sequence[Finding], models: Sequence[ModelInfo]) -> str:
+    """The metadata values as JSON, stored in the outbox so a retry sends exactly the same."""
+    summary = "; ".join(
+        f"{f.label} {f.probability:.0%} ({'present' if f.present else 'absent'})"
+        for f in sorted(findings, key=lambda f: -f.probability)
+    )
+    values = {
+        AI_PRIORITY: priority.level.name,
+        AI_SCORE: f"{priority.score:.4f}",
+        AI_FINDINGS: summary or "none",
+        AI_REASONS: "; ".join(priority.reasons),
+        AI_MODEL: ", ".join(f"{m.name} {m.version}" for m in models),
+        AI_UPDATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return json.dumps(values, sort_keys=True)
+
+
+class OrthancFlags:
+    """Publishes metadata to one Orthanc over its REST API."""
+
+    def __init__(self, url: str, user: str | None = None, password: str | None = None) -> None:
+        self.url = url
+        self._client = OrthancApiClient(url, user=user, pwd=password)
+
+    def publish(self, study_instance_uid: str, payload: str) -> None:
+        values: Mapping[str, str] = json.loads(payload)
+        try:
+            orthanc_id = self._client.studies.lookup(study_instance_uid)
+        except Exception as exc:  # the client raises its own HTTP and connection errors
+            raise OrthancFlagError(f"Orthanc at {self.url}: cannot look up study {study_instance_uid}: {exc}") from exc
+        if not orthanc_id:
+            raise OrthancFlagError(f"Orthanc at {self.url} has no study {study_instance_uid} (yet)")
+        for name, value in values.items():
+            try:
+                self._client.studies.set_string_metadata(orthanc_id, name, value)
+            except Exception as exc:
+                raise OrthancFlagError(
+                    f"Orthanc at {self.url}: cannot set metadata {name} on study {study_instance_uid} "
+                    f"(is it declared in UserMetadata?): {exc}"
+                ) from exc
+        log.info("flagged study %s in Orthanc: %s", study_instance_uid, values.get(AI_PRIORITY))

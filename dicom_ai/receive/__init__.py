@@ -1,0 +1,1 @@
+"""receive: the DICOM C-STORE / C-ECHO service class provider."""

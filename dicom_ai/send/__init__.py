@@ -1,0 +1,1 @@
+"""send: deliver results (DICOM to the PACS, metadata to Orthanc) from the durable outbox."""

@@ -1,0 +1,456 @@
+"""The database: what we received, where each study is, what we must still send.
+
+The database is the source of truth after a crash: every state change is one transaction, and a
+study's state moves only by compare-and-set, so two workers (or a restart) never process or send
+the same thing twice. Commits are durable (WAL with synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from dicom_ai.domain import Finding, Instance, PriorityDecision, StudyState
+from dicom_ai.store.migrations import migrations
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the SCP learnt about an instance it has just made durable in the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_aet: str
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """A study as listed by `dicom-ai studies`."""
+
+    study_instance_uid: str
+    state: str
+    patient_id: str
+    accession_number: str
+    study_date: str
+    instance_count: int
+    last_received_at: float
+    priority: str | None
+    priority_score: float | None
+    priority_reasons: tuple[str, ...]
+    error: str | None
+    models: tuple[str, ...]
+    results: int
+    pending_sends: int
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One thing to deliver: a DICOM file to the PACS, or priority metadata to Orthanc."""
+
+    id: int
+    kind: str
+    key: str
+    study_instance_uid: str
+    destination: str
+    payload: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """An encoded result written to disk, to be recorded and queued for sending."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    kind: str
+    model: str
+    model_version: str
+    path: Path
+
+
+class Store:
+    """Thread-safe access to the node's SQLite database (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db = Database(conn)
+        self._lock = threading.RLock()
+        with self._db.ensure_autocommit_on():
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrations.apply(self._db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Database]:
+        with self._lock, self._db.atomic():
+            yield self._db
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._db.query(sql, params))
+
+    def _event(self, db: Database, kind: str, study_uid: str | None, **detail: Any) -> None:
+        db["events"].insert(
+            {"at": time.time(), "kind": kind, "study_instance_uid": study_uid, "detail": json.dumps(detail)}
+        )
+
+    # receive -------------------------------------------------------------------------------
+
+    def record_instance(self, item: ReceivedInstance, now: float | None = None) -> bool:
+        """Record a durable instance; True when it is new. A new instance re-opens its study."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            existing = list(
+                db.query(
+                    "select receive_count from instances where sop_instance_uid = ?", [item.sop_instance_uid]
+                )
+            )
+            study = list(
+                db.query("select state from studies where study_instance_uid = ?", [item.study_instance_uid])
+            )
+            is_new = not existing
+            if not study:
+                db["studies"].insert(
+                    {
+                        "study_instance_uid": item.study_instance_uid,
+                        "patient_id": item.patient_id,
+                        "patient_name": item.patient_name,
+                        "accession_number": item.accession_number,
+                        "study_date": item.study_date,
+                        "study_description": item.study_description,
+                        "state": StudyState.RECEIVING,
+                        "first_received_at": now,
+                        "last_received_at": now,
+                        "instance_count": 0,
+                    }
+                )
+                self._event(db, "study_opened", item.study_instance_uid, calling_aet=item.calling_aet)
+            elif is_new and study[0]["state"] != StudyState.RECEIVING:
+                # Also from processing: the running pipeline then finds its study re-opened and
+                # discards its now incomplete results (see save_outcome).
+                self._event(db, "study_reopened", item.study_instance_uid, previous_state=study[0]["state"])
+            if is_new:
+                db.execute(
+                    "update studies set state = ?, last_received_at = ?, error = null,"
+                    " instance_count = instance_count + 1 where study_instance_uid = ?",
+                    [StudyState.RECEIVING, now, item.study_instance_uid],
+                )
+            else:
+                # A repeat of a known instance only extends a quiet period that is still running.
+                db.execute(
+                    "update studies set last_received_at = ? where study_instance_uid = ? and state = ?",
+                    [now, item.study_instance_uid, StudyState.RECEIVING],
+                )
+            db["instances"].upsert(
+                {
+                    "sop_instance_uid": item.sop_instance_uid,
+                    "sop_class_uid": item.sop_class_uid,
+                    "series_instance_uid": item.series_instance_uid,
+                    "study_instance_uid": item.study_instance_uid,
+                    "modality": item.modality,
+                    "transfer_syntax_uid": item.transfer_syntax_uid,
+                    "path": str(item.path),
+                    "size": item.size,
+                    "calling_aet": item.calling_aet,
+                    "received_at": now,
+                    "receive_count": (existing[0]["receive_count"] if existing else 0) + 1,
+                },
+                pk="sop_instance_uid",
+            )
+            if not is_new:
+                self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid)
+        return is_new
+
+    # assemble ------------------------------------------------------------------------------
+
+    def complete_quiet_studies(self, quiet_since: float) -> list[str]:
+        """Move studies with no instance since `quiet_since` from receiving to complete."""
+        with self._transaction() as db:
+            uids = [
+                row["study_instance_uid"]
+                for row in db.query(
+                    "select study_instance_uid from studies where state = ? and last_received_at <= ?",
+                    [StudyState.RECEIVING, quiet_since],
+                )
+            ]
+            for uid in uids:
+                db.execute(
+                    "update studies set state = ?, completed_at = ? where study_instance_uid = ?",
+                    [StudyState.COMPLETE, time.time(), uid],
+                )
+                self._event(db, "study_complete", uid)
+        return uids
+
+    def claim_complete_study(self) -> str | None:
+        """Take the oldest complete study for processing (complete -> processing), if any."""
+        with self._transaction() as db:
+            rows = list(
+                db.query(
+                    "select study_instance_uid from studies where state = ? order by completed_at limit 1",
+                    [StudyState.COMPLETE],
+                )
+            )
+            if not rows:
+                return None
+            uid = rows[0]["study_instance_uid"]
+            db.execute(
+                "update studies set state = ? where study_instance_uid = ?", [StudyState.PROCESSING, uid]
+            )
+            return str(uid)
+
+    def recover_interrupted(self) -> list[str]:
+        """After a crash: studies caught in processing are complete again (results are idempotent)."""
+        with self._transaction() as db:
+            uids = [
+                row["study_instance_uid"]
+                for row in db.query(
+                    "select study_instance_uid from studies where state = ?", [StudyState.PROCESSING]
+                )
+            ]
+            for uid in uids:
+                db.execute(
+                    "update studies set state = ? where study_instance_uid = ?", [StudyState.COMPLETE, uid]
+                )
+                self._event(db, "study_recovered", uid)
+        return uids
+
+    def instances_of(self, study_uid: str) -> list[Instance]:
+        rows = self._query(
+            "select * from instances where study_instance_uid = ? order by series_instance_uid, received_at",
+            [study_uid],
+        )
+        return [
+            Instance(
+                sop_instance_uid=row["sop_instance_uid"],
+                sop_class_uid=row["sop_class_uid"],
+                series_instance_uid=row["series_instance_uid"],
+                study_instance_uid=row["study_instance_uid"],
+                path=Path(row["path"]),
+            )
+            for row in rows
+        ]
+
+    # pipeline outcome ----------------------------------------------------------------------
+
+    def finish_without_results(self, study_uid: str, state: StudyState, reason: str) -> bool:
+        """processing -> no_match or failed; False when a late instance re-opened it meanwhile."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "update studies set state = ?, processed_at = ?, error = ? where study_instance_uid = ?"
+                " and state = ?",
+                [state, time.time(), reason if state == StudyState.FAILED else None, study_uid, StudyState.PROCESSING],
+            )
+            self._event(db, f"study_{state}", study_uid, reason=reason)
+            return cursor.rowcount == 1
+
+    def save_outcome(
+        self,
+        study_uid: str,
+        *,
+        rules: Sequence[str],
+        models: Sequence[str],
+        findings: Sequence[tuple[str, str, str, Finding]],
+        results: Sequence[ResultFile],
+        priority: PriorityDecision,
+        outbox: Sequence[tuple[str, str, str, str]],
+    ) -> bool:
+        """Record findings, result files and what to send, and mark the study done, atomically.
+
+        `findings` holds (source SOP UID, model, model version, finding); `outbox` holds
+        (kind, key, destination, payload). A re-run of the same study replaces rather than
+        duplicates: the outbox is unique per (kind, key, destination) and an item already sent
+        with the same payload is not sent again.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            state = list(db.query("select state from studies where study_instance_uid = ?", [study_uid]))
+            if not state or state[0]["state"] != StudyState.PROCESSING:
+                log.info("study %s was re-opened while processing; its results wait for the next run", study_uid)
+                return False
+            for source_uid, model, version, finding in findings:
+                db.execute(
+                    "insert into findings (study_instance_uid, sop_instance_uid, model, model_version, label,"
+                    " code_value, code_scheme, probability, threshold, present, created_at)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " on conflict (study_instance_uid, sop_instance_uid, model, label) do update set"
+                    " model_version = excluded.model_version, probability = excluded.probability,"
+                    " threshold = excluded.threshold, present = excluded.present, created_at = excluded.created_at",
+                    [
+                        study_uid,
+                        source_uid,
+                        model,
+                        version,
+                        finding.label,
+                        finding.code.value,
+                        finding.code.scheme,
+                        finding.probability,
+                        finding.threshold,
+                        int(finding.present),
+                        now,
+                    ],
+                )
+            for result in results:
+                db["results"].upsert(
+                    {
+                        "sop_instance_uid": result.sop_instance_uid,
+                        "study_instance_uid": study_uid,
+                        "series_instance_uid": result.series_instance_uid,
+                        "kind": result.kind,
+                        "model": result.model,
+                        "model_version": result.model_version,
+                        "path": str(result.path),
+                        "created_at": now,
+                    },
+                    pk="sop_instance_uid",
+                )
+            for kind, key, destination, payload in outbox:
+                db.execute(
+                    "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
+                    " next_attempt_at, created_at) values (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+                    " on conflict (kind, key, destination) do update set"
+                    " state = case when outbox.state = 'sent' and outbox.payload = excluded.payload"
+                    "   then 'sent' else 'pending' end,"
+                    " attempts = case when outbox.state = 'sent' and outbox.payload = excluded.payload"
+                    "   then outbox.attempts else 0 end,"
+                    " payload = excluded.payload, next_attempt_at = excluded.next_attempt_at",
+                    [kind, key, study_uid, destination, payload, now, now],
+                )
+            db.execute(
+                "update studies set state = ?, processed_at = ?, error = null, priority = ?, priority_score = ?,"
+                " priority_reasons = ?, rules = ?, models = ? where study_instance_uid = ?",
+                [
+                    StudyState.DONE,
+                    now,
+                    priority.level.name,
+                    priority.score,
+                    json.dumps(list(priority.reasons)),
+                    json.dumps(list(rules)),
+                    json.dumps(list(models)),
+                    study_uid,
+                ],
+            )
+            self._event(
+                db, "study_done", study_uid, priority=priority.level.name, results=len(results), models=list(models)
+            )
+        return True
+
+    # send ----------------------------------------------------------------------------------
+
+    def due_outbox(self, now: float | None = None, limit: int = 500) -> list[OutboxItem]:
+        now = time.time() if now is None else now
+        rows = self._query(
+            "select * from outbox where state = 'pending' and next_attempt_at <= ? order by id limit ?",
+            [now, limit],
+        )
+        return [
+            OutboxItem(
+                id=row["id"],
+                kind=row["kind"],
+                key=row["key"],
+                study_instance_uid=row["study_instance_uid"],
+                destination=row["destination"],
+                payload=row["payload"],
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    def mark_sent(self, item: OutboxItem) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "update outbox set state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = null"
+                " where id = ? and payload = ?",
+                [time.time(), item.id, item.payload],
+            )
+            self._event(db, "sent", item.study_instance_uid, kind=item.kind, key=item.key, to=item.destination)
+
+    def mark_failed_attempt(self, item: OutboxItem, error: str, retry_at: float | None) -> None:
+        """Record a failed delivery; `retry_at` None gives up (state failed, kept for the admin)."""
+        with self._transaction() as db:
+            db.execute(
+                "update outbox set attempts = attempts + 1, last_error = ?, state = ?, next_attempt_at = ?"
+                " where id = ? and payload = ?",
+                [error, "pending" if retry_at is not None else "failed", retry_at or 0, item.id, item.payload],
+            )
+            self._event(
+                db, "send_failed", item.study_instance_uid, kind=item.kind, key=item.key, error=error,
+                gave_up=retry_at is None,
+            )
+
+    # reporting -----------------------------------------------------------------------------
+
+    def studies(self, limit: int = 50, state: str | None = None) -> list[StudyRow]:
+        where, params = ("where s.state = ?", [state]) if state else ("", [])
+        rows = self._query(
+            "select s.*,"
+            " (select count(*) from results r where r.study_instance_uid = s.study_instance_uid) as n_results,"
+            " (select count(*) from outbox o where o.study_instance_uid = s.study_instance_uid"
+            "   and o.state = 'pending') as n_pending"
+            f" from studies s {where} order by s.last_received_at desc limit ?",
+            [*params, limit],
+        )
+        return [
+            StudyRow(
+                study_instance_uid=row["study_instance_uid"],
+                state=row["state"],
+                patient_id=row["patient_id"] or "",
+                accession_number=row["accession_number"] or "",
+                study_date=row["study_date"] or "",
+                instance_count=row["instance_count"] or 0,
+                last_received_at=row["last_received_at"] or 0.0,
+                priority=row["priority"],
+                priority_score=row["priority_score"],
+                priority_reasons=tuple(json.loads(row["priority_reasons"] or "[]")),
+                error=row["error"],
+                models=tuple(json.loads(row["models"] or "[]")),
+                results=row["n_results"],
+                pending_sends=row["n_pending"],
+            )
+            for row in rows
+        ]
+
+    def receive_counts(self, study_uid: str) -> dict[str, int]:
+        """SOP Instance UID -> how many times it was received (1 unless a sender repeated it)."""
+        rows = self._query(
+            "select sop_instance_uid, receive_count from instances where study_instance_uid = ?", [study_uid]
+        )
+        return {row["sop_instance_uid"]: row["receive_count"] for row in rows}
+
+    def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
+        return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
+
+    def events(self, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if study_uid:
+            return self._query(
+                "select * from events where study_instance_uid = ? order by id desc limit ?", [study_uid, limit]
+            )
+        return self._query("select * from events order by id desc limit ?", [limit])

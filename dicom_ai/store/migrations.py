@@ -1,0 +1,112 @@
+"""Named, ordered schema migrations: a new column or table is a new function, never an edit."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("dicom_ai")
+
+
+@migrations(name="001_initial")
+def _initial(db: Database) -> None:
+    db["studies"].create(
+        {
+            "study_instance_uid": str,
+            "patient_id": str,
+            "patient_name": str,
+            "accession_number": str,
+            "study_date": str,
+            "study_description": str,
+            "state": str,
+            "first_received_at": float,
+            "last_received_at": float,
+            "completed_at": float,
+            "processed_at": float,
+            "instance_count": int,
+            "error": str,
+            "priority": str,
+            "priority_score": float,
+            "priority_reasons": str,  # JSON list of strings
+            "rules": str,  # JSON list of rule names that matched
+            "models": str,  # JSON list of model name@version that ran
+        },
+        pk="study_instance_uid",
+        not_null={"state"},
+    )
+    db["studies"].create_index(["state", "last_received_at"])
+    db["instances"].create(
+        {
+            "sop_instance_uid": str,
+            "sop_class_uid": str,
+            "series_instance_uid": str,
+            "study_instance_uid": str,
+            "modality": str,
+            "transfer_syntax_uid": str,
+            "path": str,
+            "size": int,
+            "calling_aet": str,
+            "received_at": float,
+            "receive_count": int,
+        },
+        pk="sop_instance_uid",
+        foreign_keys=[("study_instance_uid", "studies", "study_instance_uid")],
+    )
+    db["instances"].create_index(["study_instance_uid", "series_instance_uid"])
+    db["results"].create(
+        {
+            "sop_instance_uid": str,
+            "study_instance_uid": str,
+            "series_instance_uid": str,
+            "kind": str,  # SR | SC
+            "model": str,
+            "model_version": str,
+            "path": str,
+            "created_at": float,
+        },
+        pk="sop_instance_uid",
+    )
+    db["results"].create_index(["study_instance_uid"])
+    db["findings"].create(
+        {
+            "id": int,
+            "study_instance_uid": str,
+            "sop_instance_uid": str,  # the analysed source image
+            "model": str,
+            "model_version": str,
+            "label": str,
+            "code_value": str,
+            "code_scheme": str,
+            "probability": float,
+            "threshold": float,
+            "present": int,
+            "created_at": float,
+        },
+        pk="id",
+    )
+    db["findings"].create_index(["study_instance_uid", "sop_instance_uid", "model", "label"], unique=True)
+    db["outbox"].create(
+        {
+            "id": int,
+            "kind": str,  # dicom | orthanc_metadata
+            "key": str,  # SOP Instance UID, or the study UID for metadata
+            "study_instance_uid": str,
+            "destination": str,
+            "payload": str,  # a file path, or JSON
+            "state": str,  # pending | sent | failed
+            "attempts": int,
+            "next_attempt_at": float,
+            "last_error": str,
+            "created_at": float,
+            "sent_at": float,
+        },
+        pk="id",
+        not_null={"state"},
+    )
+    db["outbox"].create_index(["kind", "key", "destination"], unique=True)
+    db["outbox"].create_index(["state", "next_attempt_at"])
+    db["events"].create(
+        {"id": int, "at": float, "kind": str, "study_instance_uid": str, "detail": str},
+        pk="id",
+    )
+    db["events"].create_index(["study_instance_uid"])

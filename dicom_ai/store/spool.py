@@ -1,0 +1,88 @@
+"""The spool: received instances and encoded results as DICOM files, made durable before use.
+
+Files are written under a temporary name, fsynced, renamed into place and the directory fsynced,
+so a crash leaves either the old file, the new file, or a stray temporary: never half a file
+under a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class SpoolError(Exception):
+    """A file could not be made durable (disk full, permissions...)."""
+
+
+def is_safe_uid(uid: str) -> bool:
+    """UIDs become path components: accept only digits and dots, at most 64 characters."""
+    return bool(_UID.match(uid)) and len(uid) <= 64
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Where files live: incoming/ for partial uploads, studies/ for received, results/ for ours."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.studies = root / "studies"
+        self.results = root / "results"
+        for folder in (self.incoming, self.studies, self.results):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.studies / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def result_path(self, study_uid: str, sop_uid: str) -> Path:
+        return self.results / study_uid / f"{sop_uid}.dcm"
+
+    def adopt(self, temporary: Path, final: Path) -> int:
+        """Make `temporary` durable and move it to `final` (same filesystem); returns its size."""
+        try:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+                size = os.fstat(handle.fileno()).st_size
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, final)
+            fsync_directory(final.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot store {final}: {exc.strerror or exc}") from exc
+        return size
+
+    def write_dataset(self, dataset: Dataset, final: Path) -> int:
+        """Write a dataset as a DICOM file durably (used for our own results)."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=self.incoming, suffix=".dcm")
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            dataset.save_as(temporary, enforce_file_format=True)
+            return self.adopt(temporary, final)
+        except Exception:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def sweep_incoming(self) -> int:
+        """Remove temporaries left by a crash (never acknowledged, so the sender retries them)."""
+        removed = 0
+        for stray in self.incoming.iterdir():
+            stray.unlink(missing_ok=True)
+            removed += 1
+        return removed
