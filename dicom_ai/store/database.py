@@ -391,7 +391,7 @@ class Store:
                 " where id = ? and payload = ?",
                 [time.time(), item.id, item.payload],
             )
-            self._event(db, "sent", item.study_instance_uid, kind=item.kind, key=item.key, to=item.destination)
+            self._event(db, "sent", item.study_instance_uid, what=item.kind, key=item.key, to=item.destination)
 
     def mark_failed_attempt(self, item: OutboxItem, error: str, retry_at: float | None) -> None:
         """Record a failed delivery; `retry_at` None gives up (state failed, kept for the admin)."""
@@ -402,7 +402,7 @@ class Store:
                 [error, "pending" if retry_at is not None else "failed", retry_at or 0, item.id, item.payload],
             )
             self._event(
-                db, "send_failed", item.study_instance_uid, kind=item.kind, key=item.key, error=error,
+                db, "send_failed", item.study_instance_uid, what=item.kind, key=item.key, error=error,
                 gave_up=retry_at is None,
             )
 

@@ -1,0 +1,67 @@
+"""Fixtures shared by every test folder: real sample images, free loopback ports, a settings factory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from dicom_ai.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sample(name: str) -> Path:
+    """A real DICOM file shipped by pydicom or pydicom-data (never downloaded)."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed (pip install pydicom-data)")
+    return Path(path)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    """A real tool (dcmtk, dicom3tools, Orthanc): CI installs them, so missing there is a failure."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed but CI must have it (see .ci/run)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def copy_as_new_study(source: Path, target_dir: Path, **overrides: str) -> Path:
+    """A real image re-identified with fresh UIDs, so tests never collide in one Orthanc or database."""
+    dataset: Dataset = dcmread(source)
+    dataset.StudyInstanceUID = overrides.pop("StudyInstanceUID", generate_uid())
+    dataset.SeriesInstanceUID = overrides.pop("SeriesInstanceUID", generate_uid())
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    for keyword, value in overrides.items():
+        setattr(dataset, keyword, value)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = target_dir / f"{dataset.SOPInstanceUID}.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**values: object) -> Settings:
+        base: dict[str, object] = {"home": tmp_path / "home", "port": free_port(), "stable_after": 0.5}
+        base.update(values)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return factory

@@ -1,0 +1,98 @@
+"""Delivery from the outbox over real sockets, with retry when the peer is down."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicom_ai.config import Settings
+from dicom_ai.domain import Priority, PriorityDecision
+from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, flags_payload
+from dicom_ai.receive.scp import start_scp
+from dicom_ai.send.outbox import DICOM, ORTHANC_METADATA, Outbox
+from dicom_ai.store import Spool, Store
+from dicom_ai.store.database import ReceivedInstance, ResultFile
+from tests.conftest import copy_as_new_study, free_port, sample
+
+
+def _done_study(store: Store, study: str, outbox: list[tuple[str, str, str, str]]) -> None:
+    store.record_instance(
+        ReceivedInstance(sop_instance_uid=study + ".1", sop_class_uid="1.2", series_instance_uid=study + ".0",
+                         study_instance_uid=study, modality="CR", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                         path=Path("/x"), size=1, calling_aet="X"),
+        now=1.0,
+    )
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    store.save_outcome(study, rules=["r"], models=["m@1"], findings=[],
+                       results=[ResultFile(o[1], "9", "SR", "m", "1", Path(o[3])) for o in outbox if o[0] == DICOM],
+                       priority=PriorityDecision(Priority.ROUTINE, 0.1, ()), outbox=outbox)
+
+
+def test_sends_after_peer_comes_up(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, send_retry_initial=0.2)
+    store = Store(tmp_path / "db.sqlite")
+    result = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "results")
+    sop = dcmread(result).SOPInstanceUID
+    port = free_port()
+    peer = f"PACS@127.0.0.1:{port}"
+    _done_study(store, "1.2.3", [(DICOM, sop, peer, str(result))])
+    outbox = Outbox(store, settings)
+
+    assert outbox.deliver_due() == 0  # nobody listening yet
+    [row] = store.outbox_rows("1.2.3")
+    assert row["state"] == "pending" and row["attempts"] == 1 and "PACS@127.0.0.1" in row["last_error"]
+    assert outbox.deliver_due() == 0  # not due yet: backing off
+
+    pacs_store = Store(tmp_path / "pacs.sqlite")
+    server = start_scp("PACS", "127.0.0.1", port, 0, Spool(tmp_path / "pacs"), pacs_store)
+    try:
+        time.sleep(0.25)
+        assert outbox.deliver_due() == 1
+        assert pacs_store.receive_counts(dcmread(result).StudyInstanceUID) == {sop: 1}
+        assert outbox.deliver_due() == 0  # sent once only
+    finally:
+        server.shutdown()
+
+
+class _FlakyOrthanc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.fail_next = True
+
+    def publish(self, study: str, payload: str) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OrthancFlagError("Orthanc at http://127.0.0.1:1: connection refused")
+        self.calls.append((study, json.loads(payload)))
+
+
+def test_flags_retry_and_carry_the_priority(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, send_retry_initial=0.01)
+    store = Store(tmp_path / "db.sqlite")
+    fake = _FlakyOrthanc()
+    payload = flags_payload(PriorityDecision(Priority.STAT, 0.97, ("Consolidation 97% >= STAT threshold 90%",)), [], [])
+    _done_study(store, "1.2.4", [(ORTHANC_METADATA, "1.2.4", "http://127.0.0.1:1", payload)])
+    outbox = Outbox(store, settings, flags_factory=lambda url: fake)  # type: ignore[arg-type,return-value]
+    assert outbox.deliver_due() == 0
+    time.sleep(0.05)
+    assert outbox.deliver_due() == 1
+    [(study, values)] = fake.calls
+    assert study == "1.2.4"
+    assert values["AiPriority"] == "STAT"
+    assert values["AiReasons"] == "Consolidation 97% >= STAT threshold 90%"
+
+
+def test_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, send_max_attempts=2, send_retry_initial=0.01)
+    store = Store(tmp_path / "db.sqlite")
+    _done_study(store, "1.2.5", [(DICOM, "7.7", f"PACS@127.0.0.1:{free_port()}", str(tmp_path / "none.dcm"))])
+    outbox = Outbox(store, settings)
+    outbox.deliver_due()
+    time.sleep(0.05)
+    outbox.deliver_due()
+    [row] = store.outbox_rows("1.2.5")
+    assert row["state"] == "failed" and row["attempts"] == 2

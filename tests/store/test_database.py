@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicom_ai.domain import Code, Finding, Priority, PriorityDecision, StudyState
+from dicom_ai.store.database import ReceivedInstance, ResultFile, Store
+
+
+def _instance(study: str = "1.2.3", sop: str = "1.2.3.1.1", series: str = "1.2.3.1") -> ReceivedInstance:
+    return ReceivedInstance(
+        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", series_instance_uid=series,
+        study_instance_uid=study, modality="CR", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=Path(f"/spool/{sop}.dcm"), size=10, calling_aet="ORTHANC", patient_id="P1",
+    )
+
+
+def _state(store: Store, study: str = "1.2.3") -> str:
+    return next(row.state for row in store.studies() if row.study_instance_uid == study)
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    Store(tmp_path / "db.sqlite").close()
+    store = Store(tmp_path / "db.sqlite")  # a second open applies nothing twice
+    rows = store._query("select name from _sqlite_migrations")
+    assert [row["name"] for row in rows] == ["001_initial"]
+
+
+def test_quiet_study_completes_and_late_instance_reopens(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    assert store.record_instance(_instance(), now=100.0) is True
+    assert store.complete_quiet_studies(quiet_since=99.0) == []
+    assert store.complete_quiet_studies(quiet_since=100.0) == ["1.2.3"]
+    assert _state(store) == StudyState.COMPLETE
+    assert store.claim_complete_study() == "1.2.3"
+    assert store.claim_complete_study() is None  # a claim is exclusive
+    assert store.finish_without_results("1.2.3", StudyState.NO_MATCH, "no rule matched")
+    assert store.record_instance(_instance(sop="1.2.3.1.2"), now=200.0) is True
+    assert _state(store) == StudyState.RECEIVING
+    assert store.studies()[0].instance_count == 2
+
+
+def test_repeated_instance_is_counted_not_duplicated(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    assert store.record_instance(_instance(), now=2.0) is False
+    assert store.receive_counts("1.2.3") == {"1.2.3.1.1": 2}
+    assert _state(store) == StudyState.COMPLETE  # a repeat does not re-open a finished study
+    assert store.studies()[0].instance_count == 1
+
+
+def test_crash_during_processing_is_recovered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    store.close()
+    reopened = Store(tmp_path / "db.sqlite")
+    assert reopened.recover_interrupted() == ["1.2.3"]
+    assert reopened.claim_complete_study() == "1.2.3"
+
+
+def _outcome(store: Store, payload: str = "/r/sr.dcm") -> bool:
+    finding = Finding("Consolidation", Code("95436008", "SCT", "Lung consolidation"), 0.9, 0.5)
+    return store.save_outcome(
+        "1.2.3",
+        rules=["chest"],
+        models=["m@1"],
+        findings=[("1.2.3.1.1", "m", "1", finding)],
+        results=[ResultFile("9.9.1", "9.9", "SR", "m", "1", Path(payload))],
+        priority=PriorityDecision(Priority.URGENT, 0.9, ("Consolidation 90%",)),
+        outbox=[("dicom", "9.9.1", "PACS@127.0.0.1:4242", payload)],
+    )
+
+
+def test_outcome_is_atomic_and_rerun_does_not_resend(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    assert _outcome(store)
+    row = store.studies()[0]
+    assert (row.state, row.priority, row.results, row.pending_sends) == ("done", "URGENT", 1, 1)
+    [item] = store.due_outbox()
+    store.mark_sent(item)
+    assert store.due_outbox() == []
+    # the same study processed again (a late repeat, a restart) yields the same result UID
+    store.record_instance(_instance(sop="1.2.3.1.9"), now=5.0)
+    store.complete_quiet_studies(quiet_since=5.0)
+    store.claim_complete_study()
+    assert _outcome(store)
+    assert store.due_outbox() == []  # same UID and payload, already sent: not sent twice
+    assert len(store.outbox_rows("1.2.3")) == 1
+
+
+def test_outcome_of_a_reopened_study_is_discarded(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    store.record_instance(_instance(sop="1.2.3.1.5"), now=2.0)  # arrives while the model runs
+    assert _outcome(store) is False
+    assert _state(store) == StudyState.RECEIVING
+    assert store.due_outbox() == []
+
+
+def test_failed_attempts_back_off_then_give_up(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    _outcome(store)
+    [item] = store.due_outbox()
+    store.mark_failed_attempt(item, "refused", retry_at=10**12)
+    assert store.due_outbox() == []
+    [item] = store.due_outbox(now=10**12)
+    assert item.attempts == 1
+    store.mark_failed_attempt(item, "refused again", retry_at=None)
+    assert store.due_outbox(now=10**13) == []
+    assert store.outbox_rows("1.2.3")[0]["state"] == "failed"

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_ai.config import ConfigError, Peer, describe_settings, load_settings
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = load_settings(environ={})
+    assert settings.ae == "DICOM_AI"
+    assert settings.port == 11112
+    assert settings.pacs is None
+    assert settings.stable_after > 0
+
+
+def test_file_then_environment_override(tmp_path: Path) -> None:
+    config = tmp_path / "dicom-ai.toml"
+    config.write_text('ae = "FROM_FILE"\nport = 4000\npacs = "ORTHANC@127.0.0.1:4242"\n')
+    settings = load_settings(config, environ={"DICOM_AI_PORT": "5000", "DICOM_AI_HOME": str(tmp_path)})
+    assert settings.ae == "FROM_FILE"
+    assert settings.port == 5000
+    assert settings.home == tmp_path
+    assert settings.pacs == Peer(aet="ORTHANC", host="127.0.0.1", port=4242)
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("stable_after = 2.5\n")
+    assert load_settings(environ={"DICOM_AI_CONFIG": str(config)}).stable_after == 2.5
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"DICOM_AI_PORT": "seventy"}, "config key 'port' (from environment variable DICOM_AI_PORT)"),
+        ({"DICOM_AI_PORT": "70000"}, "config key 'port'"),
+        ({"DICOM_AI_PACS": "ORTHANC:4242"}, "expected AE@host:port"),
+        ({"DICOM_AI_AE": "A" * 17}, "not a valid AE title"),
+        ({"DICOM_AI_ORTHANC_URL": "localhost:8042"}, "expected an http(s) URL"),
+        ({"DICOM_AI_HEATMAPS": "some"}, "config key 'heatmaps'"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("stabel_after = 3\n")
+    with pytest.raises(ConfigError, match=r"config key 'stabel_after' \(from .*c.toml\): unknown key"):
+        load_settings(config, environ={})
+
+
+def test_broken_toml_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("port = = 3\n")
+    with pytest.raises(ConfigError, match="c.toml: not valid TOML"):
+        load_settings(config, environ={})
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for key, env_name, _ in describe_settings():
+        assert f"`{env_name}`" in readme, f"README.md does not document {key} ({env_name})"
