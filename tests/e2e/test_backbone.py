@@ -1,0 +1,209 @@
+"""End to end with real parts only: dcmtk storescu -> Orthanc (Debian) -> its plugin forwards the
+stable study -> our node (the installed `dicom-ai serve`) -> SR + heatmap SC back into the same
+study in Orthanc, priority metadata set, outputs valid under dciodvfy and dsrdump, nothing
+forwarded twice, and a study that no rule matches passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orthanc_api_client import OrthancApiClient
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from dicom_ai.store import Store
+from tests.conftest import copy_as_new_study, free_port, require_binary, sample
+from tests.e2e.orthanc_server import OrthancServer, storescu
+
+pytestmark = pytest.mark.e2e
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+STABLE_AFTER = 1.0  # our quiet time; Orthanc's StableAge is 1 s in the test config
+
+
+class RouterProcess:
+    """`dicom-ai serve` as an admin would run it, configured through the environment."""
+
+    def __init__(self, home: Path, port: int, orthanc: OrthancServer) -> None:
+        self.home = home
+        self.port = port
+        self.log_path = home / "dicom-ai.log"
+        home.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "DICOM_AI_HOME": str(home),
+            "DICOM_AI_HOST": "127.0.0.1",
+            "DICOM_AI_PORT": str(port),
+            "DICOM_AI_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+            "DICOM_AI_ORTHANC_URL": orthanc.http_url,
+            "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER),
+        }
+        cli = Path(sys.executable).parent / "dicom-ai"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([str(cli), "serve"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while b"dicom-ai ready" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dicom-ai serve did not start:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess]]:
+    for tool in ("storescu", "dciodvfy", "dsrdump", "Orthanc"):
+        require_binary(tool)
+    root = tmp_path_factory.mktemp("e2e")
+    router_port = free_port()
+    orthanc = OrthancServer(root / "orthanc", router_aet="DICOM_AI", router_port=router_port, stable_age=1)
+    orthanc.start()
+    try:
+        router = RouterProcess(root / "router", router_port, orthanc)
+    except Exception:
+        orthanc.stop()
+        raise
+    yield orthanc, router
+    router.stop()
+    orthanc.stop()
+    assert "Traceback" not in router.log(), router.log()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, router: RouterProcess) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; router log:\n{router.log()[-4000:]}")
+
+
+def study_instances(client: OrthancApiClient, study_uid: str) -> list[dict[str, Any]]:
+    orthanc_id = client.studies.lookup(study_uid)
+    if not orthanc_id:
+        return []
+    instances = client.get_json(f"studies/{orthanc_id}/instances")
+    return [client.get_json(f"instances/{i['ID']}/simplified-tags") | {"ID": i["ID"]} for i in instances]
+
+
+def by_class(instances: list[dict[str, Any]], sop_class: str) -> list[dict[str, Any]]:
+    return [i for i in instances if i.get("SOPClassUID") == sop_class]
+
+
+def validate_with_dciodvfy(path: Path) -> None:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, f"dciodvfy found errors in {path.name}:\n" + "\n".join(errors)
+
+
+def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
+    stack: tuple[OrthancServer, RouterProcess], tmp_path: Path
+) -> None:
+    orthanc, router = stack
+    client = OrthancApiClient(orthanc.http_url)
+    study_uid = generate_uid()
+    # The real chest PA CR, once uncompressed and once in JPEG 2000 (which Orthanc 1.10 cannot transcode).
+    files = [
+        copy_as_new_study(sample("RG1_UNCR.dcm"), tmp_path / "in", StudyInstanceUID=study_uid),
+        copy_as_new_study(sample("RG1_J2KR.dcm"), tmp_path / "in", StudyInstanceUID=study_uid),
+    ]
+    originals = {str(dcmread(f).SOPInstanceUID) for f in files}
+    storescu(files, orthanc.dicom_port)
+    sent_at = time.monotonic()
+
+    instances = wait_for(
+        "the SR in Orthanc",
+        lambda: (found := study_instances(client, study_uid)) and by_class(found, SR_CLASS) and found,
+        timeout=180, router=router,
+    )
+    sr_arrived = time.monotonic() - sent_at
+    orthanc_id = client.studies.lookup(study_uid)
+    priority = wait_for(
+        "AiPriority on the study",
+        lambda: client.studies.get_string_metadata(orthanc_id, "AiPriority", default_value=""),
+        timeout=60, router=router,
+    )
+    assert priority in ("STAT", "URGENT", "ROUTINE")
+    findings = client.studies.get_string_metadata(orthanc_id, "AiFindings")
+    assert "Consolidation" in findings
+    instances = wait_for(
+        "two heatmap SCs", lambda: len(by_class(found := study_instances(client, study_uid), SC_CLASS)) == 2 and found,
+        timeout=60, router=router,
+    )
+    [sr] = by_class(instances, SR_CLASS)
+    assert priority in sr["SeriesDescription"]  # every viewer's series list shows it
+    for instance in [sr, *by_class(instances, SC_CLASS)]:
+        path = tmp_path / f"{instance['ID']}.dcm"
+        path.write_bytes(client.instances.get_file(instance["ID"]))
+        validate_with_dciodvfy(path)
+        dataset = dcmread(path)
+        assert dataset.StudyInstanceUID == study_uid
+    dump = subprocess.run(["dsrdump", str(tmp_path / f"{sr['ID']}.dcm")], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert "Consolidation" in dump.stdout and "chest-xray-demo" in dump.stdout
+    for source in originals:
+        assert source in dump.stdout  # the SR references both analysed images
+
+    # The results made the study stable again in Orthanc: wait past that and check the loop guard.
+    time.sleep(4)
+    instances = study_instances(client, study_uid)
+    assert len(instances) == 2 + 1 + 2, [i["SOPClassUID"] for i in instances]  # nothing duplicated in the PACS
+    store = Store(router.home / "dicom-ai.sqlite")
+    try:
+        assert store.receive_counts(study_uid) == {uid: 1 for uid in originals}  # no result came back to us
+        [row] = [r for r in store.studies() if r.study_instance_uid == study_uid]
+        assert row.state == "done" and row.pending_sends == 0
+        assert [r for r in store.outbox_rows(study_uid) if r["attempts"] != 1] == []  # each result sent once
+    finally:
+        store.close()
+    print(f"\nturnaround storescu end -> SR in Orthanc: {sr_arrived:.2f} s "
+          f"(includes Orthanc StableAge 1 s and our stable_after {STABLE_AFTER:.0f} s)")
+
+
+def test_study_without_a_matching_rule_passes_through(
+    stack: tuple[OrthancServer, RouterProcess], tmp_path: Path
+) -> None:
+    orthanc, router = stack
+    client = OrthancApiClient(orthanc.http_url)
+    ct = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
+    study_uid = str(dcmread(ct).StudyInstanceUID)
+    storescu([ct], orthanc.dicom_port)
+
+    def finished() -> str | None:
+        completed = subprocess.run(
+            [str(Path(sys.executable).parent / "dicom-ai"), "studies", "--json"],
+            env={**os.environ, "DICOM_AI_HOME": str(router.home)}, capture_output=True, text=True, timeout=60,
+        )
+        assert completed.returncode == 0, completed.stderr
+        rows = [r for r in json.loads(completed.stdout) if r["study_instance_uid"] == study_uid]
+        return rows[0]["state"] if rows and rows[0]["state"] not in ("receiving", "complete", "processing") else None
+
+    assert wait_for("the CT study to be handled", finished, timeout=60, router=router) == "no_match"
+    time.sleep(1.5)
+    instances = study_instances(client, study_uid)
+    assert [i["SOPClassUID"] for i in instances] == ["1.2.840.10008.5.1.4.1.1.2"]  # only the CT itself
+    orthanc_id = client.studies.lookup(study_uid)
+    assert client.studies.get_string_metadata(orthanc_id, "AiPriority", default_value="") == ""
+    assert f"study {study_uid}: no rule matched" in router.log()
