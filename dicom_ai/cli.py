@@ -73,9 +73,9 @@ def serve(ctx: click.Context) -> None:
 def show_config(ctx: click.Context) -> None:
     """Show the effective settings and the environment variable of each."""
     settings = _settings(ctx)
-    values = settings.model_dump(mode="json")
     for key, env_name, description in describe_settings():
-        shown = "***" if "password" in key and values[key] else values[key]
+        value = getattr(settings, key)
+        shown = "***" if "password" in key and value else ("-" if value is None else value)
         click.echo(f"{key:<20} {shown!s:<40} {env_name:<28} {description}")
 
 

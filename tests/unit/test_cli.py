@@ -1,0 +1,54 @@
+"""The CLI answers bad input with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dicom_ai.cli import main
+from tests.conftest import free_port
+
+
+def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args), env=env or {}, catch_exceptions=False)
+
+
+def test_help_lists_every_verb() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for verb in ("serve", "config", "rules", "models", "studies", "echo", "send", "train"):
+        assert verb in result.output
+
+
+def test_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
+    result = run("config", env={"DICOM_AI_PORT": "0"})
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: config key 'port' (from environment variable DICOM_AI_PORT): Input should be greater than or equal to 1"
+    ]
+
+
+def test_config_shows_environment_overrides(tmp_path: Path) -> None:
+    result = run("config", env={"DICOM_AI_PACS": "PACS@127.0.0.1:4242", "DICOM_AI_ORTHANC_PASSWORD": "secret"})
+    assert result.exit_code == 0
+    assert "PACS@127.0.0.1:4242" in result.output
+    assert "secret" not in result.output
+
+
+def test_studies_without_database_says_so(tmp_path: Path) -> None:
+    result = run("studies", env={"DICOM_AI_HOME": str(tmp_path / "nothing")})
+    assert result.exit_code == 1
+    assert "no database at" in result.output
+
+
+def test_echo_to_nobody_is_a_clear_error() -> None:
+    result = run("echo", f"NOBODY@127.0.0.1:{free_port()}")
+    assert result.exit_code == 1
+    assert "association with NOBODY@127.0.0.1" in result.output
+
+
+def test_malformed_peer_is_named() -> None:
+    result = CliRunner().invoke(main, ["echo", "localhost:104"])
+    assert result.exit_code == 2
+    assert "expected AE@host:port" in result.output
