@@ -1,0 +1,177 @@
+"""A Comprehensive 3D SR holding a TID 1500 Measurement Report of the model's findings.
+
+One measurement group (TID 1501) per analysed image: tracking identifier and UID (OHIF needs
+both), finding type, TID 4019 algorithm identification, for every label a qualitative
+evaluation (Present/Absent) and the probability as a numeric measurement, and the source image.
+The observer is the model as a DEVICE (TID 1004), so nobody mistakes it for a person's report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+
+from dicom_ai.encode.charset import ensure_character_set
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from dicom_ai.domain import Code, Finding, ImageResult, ModelInfo
+
+log = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9901  # high, so results sort after the acquired series
+SR_INSTANCE_NUMBER = 1
+# Qualitative evaluation values (SNOMED CT).
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
+# The probability is reported in UCUM percent, as viewers show it: "Consolidation 93 %".
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+# Procedure Reported when the study carries no Procedure Code Sequence, by source Modality.
+PROCEDURE_BY_MODALITY: dict[str, hd.sr.CodedConcept] = {
+    "CR": hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure"),
+    "DX": hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure"),
+    "CT": hd.sr.CodedConcept("77477000", "SCT", "Computerized axial tomography"),
+    "MR": hd.sr.CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
+}
+IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging")
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    """A domain Code as a highdicom CodedConcept."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
+    """The study's own procedure code when it has one, else a generic imaging procedure by modality."""
+    for item in source.get("ProcedureCodeSequence") or []:
+        if item.get("CodeValue") and item.get("CodingSchemeDesignator") and item.get("CodeMeaning"):
+            return hd.sr.CodedConcept(
+                value=str(item.CodeValue), scheme_designator=str(item.CodingSchemeDesignator),
+                meaning=str(item.CodeMeaning),
+            )
+    return PROCEDURE_BY_MODALITY.get(str(source.get("Modality", "")).upper(), IMAGING_PROCEDURE)
+
+
+def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
+    """TID 1002 with a device observer (TID 1004) that is the model."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=model.device_uid,
+        name=model.display_name,
+        manufacturer_name=model.manufacturer,
+        model_name=f"{model.name} {model.version}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def leading_finding(findings: Sequence[Finding]) -> Finding:
+    """The finding that names a group: the most probable positive one, else the most probable one."""
+    return sorted(findings, key=lambda f: (not f.present, -f.probability, f.label))[0]
+
+
+def measurement_group(
+    result: ImageResult,
+    source: Dataset,
+    model: ModelInfo,
+    *,
+    tracking_uid: str,
+    image_number: int,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for one image: its findings as Present/Absent plus probability, and the image itself."""
+    where = f"SOPInstanceUID {result.source.sop_instance_uid}"
+    if not result.findings:
+        raise ValueError(f"{where}: the model reported no findings, so there is nothing to put in the SR")
+    labels = [f.label for f in result.findings]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: a label is reported twice on one image: {labels}")
+    lead = leading_finding(result.findings)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model.name,
+        version=model.version,
+        parameters=[f"threshold {f.label}={f.threshold:g}" for f in result.findings],
+        manufacturer=model.manufacturer,
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid, identifier=f"{lead.label} ({model.name}, image {image_number})"
+        ),
+        finding_type=coded(lead.code),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=coded(f.code), value=PRESENT if f.present else ABSENT)
+            for f in result.findings
+        ],
+        measurements=[
+            hd.sr.Measurement(name=coded(f.code), value=round(f.probability * 100.0, 2), unit=PERCENT)
+            for f in result.findings
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            )
+        ],
+    )
+
+
+def build_sr(
+    results: Sequence[ImageResult],
+    sources: Mapping[str, Dataset],
+    model: ModelInfo,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    tracking_uids: Mapping[str, str],
+    series_description: str,
+    equipment: hd.ContributingEquipment,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report for one model on one study, with the analysed images as evidence.
+
+    `results` come in the order of their measurement groups; `sources` and `tracking_uids` are
+    keyed by source SOP Instance UID.
+    """
+    if not results:
+        raise ValueError("build_sr needs at least one image result")
+    evidence = [sources[r.source.sop_instance_uid] for r in results]
+    groups = [
+        measurement_group(
+            result,
+            sources[result.source.sop_instance_uid],
+            model,
+            tracking_uid=tracking_uids[result.source.sop_instance_uid],
+            image_number=number,
+        )
+        for number, result in enumerate(results, start=1)
+    ]
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(model),
+        procedure_reported=procedure_reported(evidence[0]),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=SR_INSTANCE_NUMBER,
+        manufacturer=model.manufacturer,
+        is_complete=True,
+        is_final=False,  # an algorithm's output nobody has verified yet
+        is_verified=False,
+        series_description=series_description,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        contributing_equipment=[equipment],
+    )
+    sr.DeviceUID = model.device_uid  # General Equipment: the model made this object
+    ensure_character_set(sr)
+    return sr
