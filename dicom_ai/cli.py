@@ -19,8 +19,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
-    for noisy in ("pynetdicom", "apscheduler", "urllib3", "httpx"):
+    for noisy in ("pynetdicom", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is how a busy job is meant to behave;
+    # a job that raises is still logged, by apscheduler.executors, at ERROR.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 def _settings(ctx: click.Context) -> Settings:

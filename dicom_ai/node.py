@@ -57,6 +57,11 @@ class Node:
         recovered = self.store.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
+        for name in self.models.names():  # load now: the first study should not wait for it
+            try:
+                self.models.get(name)
+            except Exception as exc:
+                log.error("model %s cannot be loaded; studies routed to it will fail: %s", name, exc)
         if self.settings.pacs is None:
             log.warning("no PACS configured (DICOM_AI_PACS): results are kept in %s but not sent", self.spool.results)
         self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")

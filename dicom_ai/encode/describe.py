@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+from dicom_ai.domain import Priority
+
 if TYPE_CHECKING:
     from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
 
@@ -60,6 +62,9 @@ def series_description(
         raise ValueError(f"series_description kind must be one of {sorted(PREFIXES)}, got {kind!r}")
     head = f"{PREFIXES[kind]} {priority.level.name}"
     positives = strongest_findings(findings)
+    if not positives and priority.level > Priority.ROUTINE and findings:
+        # raised by a rule's threshold below the model's operating point: say which finding did it
+        positives = [max(findings, key=lambda f: f.probability)]
     if positives:
         top = positives[0]
         label = clean_lo(top.label) or top.code.meaning

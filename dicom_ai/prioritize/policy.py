@@ -17,20 +17,20 @@ class PriorityPolicyLike(Protocol):
 
 
 def decide_priority(findings: Sequence[Finding], policy: PriorityPolicyLike | None) -> PriorityDecision:
-    """Without a policy a present finding (probability >= the model's operating threshold) is URGENT."""
+    """STAT at `stat_above`; URGENT at `urgent_above`, or, when the policy sets none, at the
+    model's operating threshold (the finding is present); ROUTINE otherwise."""
     considered = [f for f in findings if policy is None or not policy.findings or f.label in policy.findings]
     if not considered:
         return PriorityDecision(Priority.ROUTINE, 0.0, ("no finding that the priority policy considers",))
     top = max(considered, key=lambda f: f.probability)
     described = f"{top.label} {top.probability:.0%}"
-    if policy is not None and policy.stat_above is not None and top.probability >= policy.stat_above:
-        return PriorityDecision(Priority.STAT, top.probability, (f"{described} >= STAT threshold {policy.stat_above:.0%}",))
-    if policy is not None and policy.urgent_above is not None and top.probability >= policy.urgent_above:
-        return PriorityDecision(
-            Priority.URGENT, top.probability, (f"{described} >= URGENT threshold {policy.urgent_above:.0%}",)
-        )
-    has_thresholds = policy is not None and (policy.stat_above is not None or policy.urgent_above is not None)
-    if not has_thresholds and top.present:
+    stat_above = policy.stat_above if policy is not None else None
+    urgent_above = policy.urgent_above if policy is not None else None
+    if stat_above is not None and top.probability >= stat_above:
+        return PriorityDecision(Priority.STAT, top.probability, (f"{described} >= STAT threshold {stat_above:.0%}",))
+    if urgent_above is not None and top.probability >= urgent_above:
+        return PriorityDecision(Priority.URGENT, top.probability, (f"{described} >= URGENT threshold {urgent_above:.0%}",))
+    if urgent_above is None and top.present:
         return PriorityDecision(
             Priority.URGENT, top.probability, (f"{described} >= operating threshold {top.threshold:.0%}",)
         )

@@ -66,11 +66,12 @@ def storescu(
     called: str = "ORTHANC",
     host: str = "127.0.0.1",
     timeout: float = 120.0,
+    options: Sequence[str] = (),
 ) -> None:
-    """Send files with dcmtk's storescu; raise StorescuError with its stderr if anything failed."""
+    """Send files with dcmtk's storescu (extra `options` such as -xv to propose JPEG 2000); raise StorescuError with its stderr if anything failed."""
     if not files:
         raise ValueError("storescu: no files to send")
-    command = ["storescu", "-aet", aet, "-aec", called, host, str(port), *map(str, files)]
+    command = ["storescu", *options, "-aet", aet, "-aec", called, host, str(port), *map(str, files)]
     done = subprocess.run(command, env=nodelay_env(), capture_output=True, text=True, timeout=timeout)
     # Some dcmtk versions exit 0 after a refused C-STORE, so error lines count as failure too.
     errors = [line for line in done.stderr.splitlines() if line.startswith(("E:", "F:"))]

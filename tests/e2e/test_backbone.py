@@ -130,7 +130,8 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
         copy_as_new_study(sample("RG1_J2KR.dcm"), tmp_path / "in", StudyInstanceUID=study_uid),
     ]
     originals = {str(dcmread(f).SOPInstanceUID) for f in files}
-    storescu(files, orthanc.dicom_port)
+    storescu(files[:1], orthanc.dicom_port)
+    storescu(files[1:], orthanc.dicom_port, options=["-xv"])  # propose JPEG 2000 lossless
     sent_at = time.monotonic()
 
     instances = wait_for(
@@ -160,7 +161,7 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
         validate_with_dciodvfy(path)
         dataset = dcmread(path)
         assert dataset.StudyInstanceUID == study_uid
-    dump = subprocess.run(["dsrdump", str(tmp_path / f"{sr['ID']}.dcm")], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run(["dsrdump", "+Pu", str(tmp_path / f"{sr['ID']}.dcm")], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "Consolidation" in dump.stdout and "chest-xray-demo" in dump.stdout
     for source in originals:

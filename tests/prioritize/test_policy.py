@@ -48,3 +48,9 @@ def test_combine_keeps_the_most_urgent_with_its_reasons() -> None:
     combined = combine([urgent, stat])
     assert combined.level == Priority.STAT
     assert combined.reasons == stat.reasons
+
+
+def test_stat_only_policy_falls_back_to_the_operating_threshold_for_urgent() -> None:
+    policy = Policy(stat_above=0.9)
+    assert decide_priority([finding(0.6)], policy).level == Priority.URGENT
+    assert decide_priority([finding(0.4)], policy).level == Priority.ROUTINE
