@@ -1,0 +1,275 @@
+"""The model card: `models/<name>/model.yaml`, one schema for every model the node can run.
+
+The card is the whole contract between an admin and the node: which weights, how to build and
+feed the network, which images it may see (the modality gate), what each output means (a coded
+concept and an operating threshold) and what it is for. A bad card is refused with a message
+that names the file and the field, so one broken folder is reported instead of guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import RE_VALID_UID
+
+from dicom_ai.domain import Code
+
+CARD_FILENAME = "model.yaml"
+NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+MAX_UID_LENGTH = 64  # PS3.5 9.1
+# Name-based UUIDs of weight digests live in this namespace; "2.25." + the UUID's integer is a UID
+# without a registered root (PS3.5 B.2).
+DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-ai:model-weights")
+
+# Coding scheme designators a label's code may use (PS3.16 Section 8).
+SCHEME_SNOMED_CT = "SCT"
+SCHEME_RADLEX = "RADLEX"
+_CODE_VALUE_PATTERNS = {
+    SCHEME_SNOMED_CT: re.compile(r"^\d{6,18}$"),  # SNOMED CT identifiers are digits only
+    SCHEME_RADLEX: re.compile(r"^RID\d+$"),  # RadLex identifiers look like RID5350
+}
+
+
+class ModelError(Exception):
+    """A model cannot be found, loaded or run; the message says which and what to fix."""
+
+
+class CardError(ModelError):
+    """A model.yaml is missing or invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeSpec(_Strict):
+    """A coded concept for a label: SNOMED CT (SCT) or RadLex (RADLEX)."""
+
+    value: str
+    scheme: Literal["SCT", "RADLEX"]
+    meaning: str = Field(min_length=1, max_length=64)  # Code Meaning is LO: 64 characters
+
+    @model_validator(mode="after")
+    def _value_matches_scheme(self) -> CodeSpec:
+        if not _CODE_VALUE_PATTERNS[self.scheme].match(self.value):
+            example = "95436008" if self.scheme == SCHEME_SNOMED_CT else "RID5350"
+            raise ValueError(f"{self.value!r} is not a {self.scheme} code value (e.g. {example!r})")
+        return self
+
+    def to_code(self) -> Code:
+        return Code(value=self.value, scheme=self.scheme, meaning=self.meaning)
+
+
+class LabelSpec(_Strict):
+    """One model output: its name, its code and the operating point chosen on validation data."""
+
+    name: str = Field(min_length=1, max_length=64)
+    code: CodeSpec
+    threshold: float = Field(ge=0.0, le=1.0)
+
+
+class ArchitectureSpec(_Strict):
+    """A class of monai.networks.nets and the keyword arguments that rebuild the trained network."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _is_monai_network(cls, value: str) -> str:
+        import monai.networks.nets as nets
+        import torch
+
+        found = getattr(nets, value, None)
+        if not (inspect.isclass(found) and issubclass(found, torch.nn.Module)):
+            raise ValueError(f"{value!r} is not a network class in monai.networks.nets (e.g. 'DenseNet', 'DenseNet121', 'EfficientNetBN')")
+        return value
+
+
+class InputSpec(_Strict):
+    """What the network is fed: the display image resized to `size` = [rows, columns].
+
+    `normalize` is `zscore` (per-image zero mean, unit deviation: robust to exposure and
+    window differences between sites) or `unit` (display values divided by 255).
+    """
+
+    size: tuple[int, int]
+    channels: Literal[1, 3] = 1
+    normalize: Literal["zscore", "unit"] = "zscore"
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 8 or max(value) > 4096:
+            raise ValueError(f"size {list(value)} must be two numbers of pixels between 8 and 4096")
+        return value
+
+
+class GradCamSpec(_Strict):
+    """Where Grad-CAM reads activations: a module name from `model.named_modules()`."""
+
+    target_layer: str = Field(min_length=1)
+
+
+class ModelCard(_Strict):
+    """The validated contents of a model.yaml; see docs of each field in the class body."""
+
+    name: str
+    version: str = Field(min_length=1, max_length=64)  # goes into Software Versions (LO)
+    display_name: str = Field(min_length=1, max_length=64)
+    manufacturer: str = Field(min_length=1, max_length=64)
+    device_uid: str | None = None  # None: derived from the weights' sha256 (derive_device_uid)
+    format: Literal["state_dict", "torchscript"]
+    weights: str  # a file inside the model's folder
+    architecture: ArchitectureSpec | None = None  # required for state_dict
+    gate: dict[str, list[str]] = Field(default_factory=dict)  # DICOM keyword -> accepted values
+    input: InputSpec
+    output: Literal["sigmoid", "softmax"]
+    labels: list[LabelSpec] = Field(min_length=1)
+    gradcam: GradCamSpec | None = None
+    intended_use: str = Field(min_length=1)
+    not_for_clinical_use: bool = True
+    training: dict[str, Any] = Field(default_factory=dict)  # free-form record of how it was made
+    metrics: dict[str, Any] = Field(default_factory=dict)  # held-out results
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value) or len(value) > 64:
+            raise ValueError(f"{value!r} is not a model name: use lower-case letters, digits and single hyphens (e.g. 'chest-xray-demo')")
+        return value
+
+    @field_validator("device_uid")
+    @classmethod
+    def _valid_uid(cls, value: str | None) -> str | None:
+        if value is not None and not (RE_VALID_UID.match(value) and len(value) <= MAX_UID_LENGTH):
+            raise ValueError(f"{value!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _inside_folder(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+            raise ValueError(f"{value!r} must be a file name relative to the model's folder (e.g. 'model.pt')")
+        return value
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _single_values_as_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("gate")
+    @classmethod
+    def _dicom_keywords(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for keyword, accepted in value.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword (spell it like Modality, BodyPartExamined, ViewPosition)")
+            if not accepted:
+                raise ValueError(f"{keyword}: list at least one accepted value")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.format == "state_dict" and self.architecture is None:
+            raise ValueError("architecture is required when format is state_dict (the weights hold no network structure)")
+        if self.format == "torchscript" and self.gradcam is not None:
+            raise ValueError(
+                "gradcam cannot run on TorchScript weights (hooks cannot be registered on ScriptModules); "
+                "remove gradcam or ship a state_dict"
+            )
+        names = [label.name for label in self.labels]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"label names must be unique; repeated: {', '.join(duplicates)}")
+        if self.output == "softmax" and len(self.labels) < 2:
+            raise ValueError("softmax output needs at least two labels (one per class); use sigmoid for a single label")
+        if self.architecture is not None:
+            kwargs = self.architecture.kwargs
+            if "out_channels" in kwargs and kwargs["out_channels"] != len(self.labels):
+                raise ValueError(f"architecture.kwargs.out_channels is {kwargs['out_channels']} but {len(self.labels)} labels are listed")
+            if "in_channels" in kwargs and kwargs["in_channels"] != self.input.channels:
+                raise ValueError(f"architecture.kwargs.in_channels is {kwargs['in_channels']} but input.channels is {self.input.channels}")
+        return self
+
+    @property
+    def codes(self) -> dict[str, Code]:
+        """Label name -> coded concept, in output order."""
+        return {label.name: label.code.to_code() for label in self.labels}
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read and validate a model.yaml; raise CardError naming the file and every bad field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CardError(f"{path}: not found (every model folder needs a {CARD_FILENAME})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(f"{path}: cannot read it ({exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CardError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: expected a mapping of fields (name, version, weights, ...), got {type(data).__name__}")
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise CardError(f"{path}: {_describe_errors(exc)}") from None
+
+
+def dump_card(card: ModelCard, path: Path) -> None:
+    """Write a card as YAML in field order, so that the file reads like the schema."""
+    data = card.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def derive_device_uid(weights: Path) -> str:
+    """A UID (2.25.x) derived from the weights' sha256: new weights, new device UID, no registry.
+
+    Not pydicom's generate_uid(prefix=None, entropy_srcs=...): with prefix None it ignores the
+    entropy and returns a random UUID, so the UID would change on every start.
+    """
+    try:
+        sha = file_sha256(weights)
+    except OSError as exc:
+        raise ModelError(f"{weights}: cannot read the weights to derive a device UID ({exc})") from exc
+    return f"2.25.{uuid.uuid5(DEVICE_UID_NAMESPACE, 'sha256:' + sha).int}"
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = _location(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling against the model card schema)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        parts.append(f"field '{location}': {message}" if location else message)
+    return "; ".join(parts)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,104 @@
+"""The models an admin installed: one sub-folder of models_dir per model, each with a model.yaml.
+
+Cards are read when the registry is made (cheap, and rules can be checked against them); weights
+are loaded on first use, once, and kept. A folder that is broken in any way is listed in
+`problems()` with its error and never takes the node down: the other models keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from dicom_ai.infer.card import CARD_FILENAME, ModelCard, ModelError, load_card
+from dicom_ai.infer.runner import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """Model cards by name, and their loaded models on demand (thread-safe)."""
+
+    def __init__(self, models_dir: Path) -> None:
+        if not models_dir.is_dir():
+            raise ModelError(f"models folder {models_dir} does not exist (set models_dir to the folder holding <name>/{CARD_FILENAME})")
+        self.models_dir = models_dir
+        self._cards: dict[str, tuple[Path, ModelCard]] = {}
+        self._problems: dict[str, str] = {}
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._scan()
+
+    def _scan(self) -> None:
+        for folder in sorted(p for p in self.models_dir.iterdir() if p.is_dir()):
+            if folder.name.startswith((".", "_")):
+                continue
+            card_path = folder / CARD_FILENAME
+            if not card_path.is_file():
+                self._problem(folder.name, f"{folder}: no {CARD_FILENAME} in this folder")
+                continue
+            try:
+                card = load_card(card_path)
+            except ModelError as exc:
+                self._problem(folder.name, str(exc))
+                continue
+            if card.name in self._cards:
+                other = self._cards[card.name][0]
+                self._problem(folder.name, f"{card_path}: name {card.name!r} is already used by {other / CARD_FILENAME}")
+                continue
+            if not (folder / card.weights).is_file():
+                self._problem(folder.name, f"{card_path}: weights file {folder / card.weights} not found")
+                continue
+            self._cards[card.name] = (folder, card)
+        log.info("models in %s: %s", self.models_dir, ", ".join(self._cards) or "none")
+
+    def _problem(self, folder: str, message: str) -> None:
+        log.error("model folder skipped: %s", message)
+        self._problems[folder] = message
+
+    def names(self) -> list[str]:
+        """Names of the models whose cards are valid, sorted."""
+        return sorted(self._cards)
+
+    def cards(self) -> dict[str, ModelCard]:
+        return {name: card for name, (_, card) in sorted(self._cards.items())}
+
+    def problems(self) -> dict[str, str]:
+        """Folder name -> what is wrong with it (bad card, missing weights, failed load)."""
+        with self._lock:
+            return dict(self._problems)
+
+    def folder(self, name: str) -> Path:
+        """Where a model lives (for documentation links and the trainer)."""
+        return self._entry(name)[0]
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model `name`; loaded on first call, then shared. Raises ModelError."""
+        folder, card = self._entry(name)
+        with self._lock:
+            model = self._loaded.get(name)
+            if model is not None:
+                return model
+            try:
+                model = LoadedModel.load(folder, card)
+            except ModelError as exc:
+                self._problems[folder.name] = str(exc)
+                log.error("model %s failed to load: %s", name, exc)
+                raise
+            except Exception as exc:  # an arbitrary network's constructor or weights: never crash the node
+                message = f"model {name}: unexpected error while loading from {folder}: {exc!r}"
+                self._problems[folder.name] = message
+                log.exception("model %s failed to load", name)
+                raise ModelError(message) from exc
+            self._problems.pop(folder.name, None)
+            self._loaded[name] = model
+            log.info("model %s %s loaded from %s (device UID %s)", name, card.version, folder, model.info.device_uid)
+            return model
+
+    def _entry(self, name: str) -> tuple[Path, ModelCard]:
+        if name in self._cards:
+            return self._cards[name]
+        known = ", ".join(self.names()) or "none"
+        hint = f"; folder {name} has a problem: {self._problems[name]}" if name in self._problems else ""
+        raise ModelError(f"no usable model named {name!r} in {self.models_dir} (available: {known}){hint}")

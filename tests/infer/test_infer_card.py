@@ -1,0 +1,146 @@
+"""model.yaml: a valid card loads; every kind of mistake is refused naming the file and the field."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydicom.uid import UID
+
+from dicom_ai.domain import Code
+from dicom_ai.infer.card import CardError, ModelError, derive_device_uid, dump_card, load_card
+from tests.infer.infer_support import valid_card
+
+
+def write(tmp_path: Path, card: Any) -> Path:
+    path = tmp_path / "model.yaml"
+    path.write_text(card if isinstance(card, str) else yaml.safe_dump(card), encoding="utf-8")
+    return path
+
+
+def test_valid_card_loads_with_codes(tmp_path: Path) -> None:
+    card = load_card(write(tmp_path, valid_card()))
+    assert card.name == "tiny-chest"
+    assert card.input.size == (64, 64)
+    assert card.input.normalize == "zscore"  # the default
+    assert card.codes == {"Consolidation": Code("95436008", "SCT", "Lung consolidation")}
+    assert card.gate == {"Modality": ["CR", "DX"]}
+
+
+def test_dump_then_load_round_trips(tmp_path: Path) -> None:
+    card = load_card(write(tmp_path, valid_card()))
+    out = tmp_path / "again.yaml"
+    dump_card(card, out)
+    assert load_card(out) == card
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(card: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = card
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_set("colour", "blue"), "field 'colour': unknown field"),
+        (_set("version", _DELETE), "field 'version': required field is missing"),
+        (_set("name", "Chest_XRay"), "field 'name': 'Chest_XRay' is not a model name"),
+        (_set("format", "onnx"), "field 'format'"),
+        (_set("labels.0.code.scheme", "LN"), "field 'labels[0].code.scheme'"),
+        (_set("labels.0.code.value", "RID123"), "field 'labels[0].code': 'RID123' is not a SCT code value"),
+        (_set("labels.0.threshold", 1.5), "field 'labels[0].threshold'"),
+        (_set("labels", []), "field 'labels'"),
+        (_set("architecture", _DELETE), "architecture is required when format is state_dict"),
+        (_set("architecture.name", "NoSuchNet"), "field 'architecture.name': 'NoSuchNet' is not a network class"),
+        (_set("architecture.kwargs.out_channels", 3), "out_channels is 3 but 1 labels are listed"),
+        (_set("architecture.kwargs.in_channels", 3), "in_channels is 3 but input.channels is 1"),
+        (_set("format", "torchscript"), "gradcam cannot run on TorchScript weights"),
+        (_set("output", "softmax"), "softmax output needs at least two labels"),
+        (_set("device_uid", "1.2.abc"), "field 'device_uid': '1.2.abc' is not a valid DICOM UID"),
+        (_set("weights", "../elsewhere/model.pt"), "field 'weights'"),
+        (_set("gate", {"Modallity": ["CR"]}), "field 'gate': 'Modallity' is not a DICOM keyword"),
+        (_set("gate", {"Modality": []}), "list at least one accepted value"),
+        (_set("input.size", [2, 2]), "field 'input.size'"),
+        (_set("input.channels", 2), "field 'input.channels'"),
+    ],
+)
+def test_each_mistake_names_file_and_field(tmp_path: Path, mutate: Callable[[dict[str, Any]], None], expected: str) -> None:
+    card = valid_card()
+    mutate(card)
+    path = write(tmp_path, card)
+    with pytest.raises(CardError) as caught:
+        load_card(path)
+    assert str(path) in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_duplicate_label_names_are_refused(tmp_path: Path) -> None:
+    card = valid_card()
+    card["labels"].append(dict(card["labels"][0]))
+    card["architecture"]["kwargs"]["out_channels"] = 2
+    with pytest.raises(CardError, match="repeated: Consolidation"):
+        load_card(write(tmp_path, card))
+
+
+def test_radlex_codes_are_accepted(tmp_path: Path) -> None:
+    card = valid_card()
+    card["labels"][0]["code"] = {"value": "RID5350", "scheme": "RADLEX", "meaning": "pneumonia"}
+    assert load_card(write(tmp_path, card)).labels[0].code.scheme == "RADLEX"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping of fields"),
+        ("", "expected a mapping of fields"),
+    ],
+)
+def test_unparseable_files_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(CardError, match=expected) as caught:
+        load_card(path)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_is_a_card_error_and_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        load_card(tmp_path / "nowhere" / "model.yaml")
+
+
+def test_device_uid_follows_the_weights(tmp_path: Path) -> None:
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"first weights")
+    first = derive_device_uid(weights)
+    assert first == derive_device_uid(weights)  # stable for the same bytes
+    assert first.startswith("2.25.") and UID(first).is_valid and len(first) <= 64
+    assert first == derive_device_uid(Path(shutil.copy(weights, tmp_path / "copy.pt")))  # bytes, not the path
+    weights.write_bytes(b"second weights")
+    assert derive_device_uid(weights) != first
+
+
+def test_device_uid_of_missing_weights_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot read the weights"):
+        derive_device_uid(tmp_path / "absent.pt")
+
+
+def test_a_single_gate_value_may_be_written_without_a_list(tmp_path: Path) -> None:
+    card = valid_card()
+    card["gate"] = {"Modality": "DX", "BodyPartExamined": ["CHEST"]}
+    assert load_card(write(tmp_path, card)).gate == {"Modality": ["DX"], "BodyPartExamined": ["CHEST"]}
