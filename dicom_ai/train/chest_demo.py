@@ -491,7 +491,7 @@ def _readme(card: ModelCard) -> str:
   (TP {m['confusion']['tp']}, FN {m['confusion']['fn']}, TN {m['confusion']['tn']}, FP {m['confusion']['fp']}).
 - Grad-CAM pointing game: the heatmap's maximum lies within {m['pointing_game_tolerance_px']} px (at {INPUT_SIZE} px) of the
   consolidation on {_percent(m['pointing_game_hit_rate'])} of {m['pointing_game_images']} held-out positives
-  (a random point would: {_percent(m['pointing_game_chance'])}).
+  (a random point: {_percent(m['pointing_game_chance'])}).
 {real_line}
 ## Limits
 - Trained and tested on phantoms only: these numbers measure how well it separates the generator's
