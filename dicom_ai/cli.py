@@ -24,6 +24,7 @@ def _setup_logging(level: str) -> None:
     # "skipped: maximum number of running instances reached" is how a busy job is meant to behave;
     # a job that raises is still logged, by apscheduler.executors, at ERROR.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
 
 
 def _settings(ctx: click.Context) -> Settings:
