@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from tests.conftest import free_port
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,6 @@ class OrthancHttpError(RuntimeError):
 
 class StorescuError(RuntimeError):
     """dcmtk's storescu failed; the message carries its stderr."""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def nodelay_env() -> dict[str, str]:

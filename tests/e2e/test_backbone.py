@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.store import Store
+from tests import conftest
 from tests.conftest import copy_as_new_study, free_port, require_binary, sample
 from tests.e2e.orthanc_server import OrthancServer, storescu
 
@@ -91,13 +92,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancSer
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, router: RouterProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; router log:\n{router.log()[-4000:]}")
+    return conftest.wait_for(what, check, timeout, lambda: f"router log:\n{router.log()[-4000:]}")
 
 
 def study_instances(client: OrthancApiClient, study_uid: str) -> list[dict[str, Any]]:

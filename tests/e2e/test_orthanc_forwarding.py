@@ -29,7 +29,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_ai.prioritize import orthanc_flags
-from tests.conftest import copy_as_new_study, require_binary, sample
+from tests.conftest import copy_as_new_study, free_port, require_binary, sample, wait_for
 from tests.e2e.orthanc_server import (
     CONFIG_PATH,
     REPO,
@@ -37,7 +37,6 @@ from tests.e2e.orthanc_server import (
     OrthancServer,
     OrthancStartError,
     StorescuError,
-    free_port,
     nodelay_env,
     storescu,
 )
@@ -209,13 +208,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancSer
 
 
 def wait_until(what: str, check: Callable[[], Any], orthanc: OrthancServer, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; Orthanc log:\n{orthanc.log_tail()}")
+    return wait_for(what, check, timeout, lambda: f"Orthanc log:\n{orthanc.log_tail()}", poll=0.05)
 
 
 def plugin_lines(orthanc: OrthancServer, study_id: str, text: str) -> int:

@@ -13,7 +13,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_ai.domain import ImageResult, Priority
 from dicom_ai.encode import EncodedResults, encode_results
-from dicom_ai.encode.caption import caption_lines
 from dicom_ai.encode.describe import LO_MAX_CHARS
 from dicom_ai.encode.sc import MAX_SIDE, MIN_WIDTH, picture
 from tests.conftest import require_binary

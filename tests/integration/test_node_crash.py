@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -20,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.store import Spool, Store
-from tests.conftest import copy_as_new_study, free_port, sample
+from tests.conftest import copy_as_new_study, free_port, sample, wait_for
 
 CLI = Path(sys.executable).parent / "dicom-ai"
 
@@ -62,11 +63,8 @@ def send(port: int, files: list[Path]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def wait_until(check, timeout: float, log: Path) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
+def wait_until(check: Callable[[], Any], timeout: float, log: Path) -> None:
+    wait_for("the node", check, timeout, lambda: log.read_text()[-3000:])
 
 
 def pending(home: Path, study: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_ai.receive import status
 from dicom_ai.receive.scp import start_scp
