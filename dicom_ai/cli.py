@@ -199,6 +199,32 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
 
 
 @main.command()
+@click.argument("study_uids", nargs=-1, required=True, metavar="STUDY_UID...")
+@click.pass_context
+def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
+    """Process finished studies again (done, no_match or failed), e.g. after fixing a rule; audited."""
+    import getpass
+
+    from dicom_ai.store import Store
+
+    settings = _settings(ctx)
+    if not settings.database_path.exists():
+        raise click.ClickException(f"no database at {settings.database_path} (is DICOM_AI_HOME right?)")
+    store = Store(settings.database_path)
+    known = {row.study_instance_uid: row.state for row in store.studies(limit=1_000_000)}
+    refused = 0
+    for uid in study_uids:
+        if store.requeue(uid, by=getpass.getuser()):
+            click.echo(f"{uid}: queued; the running node processes it within seconds")
+        else:
+            refused += 1
+            why = f"it is {known[uid]}" if uid in known else "no such study"
+            click.echo(f"{uid}: not queued ({why}; only done, no_match or failed studies can be retried)", err=True)
+    if refused:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("peer", callback=lambda _c, _p, v: _peer(v), metavar="AE@HOST:PORT")
 @click.pass_context
 def echo(ctx: click.Context, peer: Peer) -> None:

@@ -243,6 +243,19 @@ class Store:
                 self._event(db, "study_recovered", uid)
         return uids
 
+    def requeue(self, study_uid: str, by: str) -> bool:
+        """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
+        finished = (StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"update studies set state = ?, completed_at = ? where study_instance_uid = ?"
+                f" and state in ({', '.join('?' * len(finished))})",
+                [StudyState.COMPLETE, time.time(), study_uid, *finished],
+            )
+            if cursor.rowcount == 1:
+                self._event(db, "study_requeued", study_uid, by=by)
+            return cursor.rowcount == 1
+
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(
             "select * from instances where study_instance_uid = ? order by series_instance_uid, received_at",

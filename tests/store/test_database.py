@@ -118,3 +118,15 @@ def test_failed_attempts_back_off_then_give_up(tmp_path: Path) -> None:
     store.mark_failed_attempt(item, "refused again", retry_at=None)
     assert store.due_outbox(now=10**13) == []
     assert store.outbox_rows("1.2.3")[0]["state"] == "failed"
+
+
+def test_requeue_only_finished_studies_and_audit_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    assert store.requeue("1.2.3", by="admin") is False  # still receiving
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    store.finish_without_results("1.2.3", StudyState.FAILED, "model broken")
+    assert store.requeue("1.2.3", by="admin") is True
+    assert store.claim_complete_study() == "1.2.3"
+    assert [e["kind"] for e in store.events("1.2.3", limit=2)] == ["study_requeued", "study_failed"]

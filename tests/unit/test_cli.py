@@ -17,7 +17,7 @@ def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyp
 def test_help_lists_every_verb() -> None:
     result = run("--help")
     assert result.exit_code == 0
-    for verb in ("serve", "config", "rules", "models", "studies", "echo", "send", "train"):
+    for verb in ("serve", "config", "rules", "models", "studies", "retry", "echo", "send", "train"):
         assert verb in result.output
 
 
