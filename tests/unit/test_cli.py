@@ -52,3 +52,13 @@ def test_malformed_peer_is_named() -> None:
     result = CliRunner().invoke(main, ["echo", "localhost:104"])
     assert result.exit_code == 2
     assert "expected AE@host:port" in result.output
+
+
+def test_every_command_is_in_the_readme() -> None:
+    import click as _click
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, command in main.commands.items():
+        names = [f"{name} {sub}" for sub in command.commands] if isinstance(command, _click.Group) else [name]
+        for full in names:
+            assert f"`dicom-ai {full}" in readme, f"README.md does not document `dicom-ai {full}`"
