@@ -173,12 +173,7 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
     """What the node has received and done, newest first."""
     from dataclasses import asdict
 
-    from dicom_ai.store import Store
-
-    settings = _settings(ctx)
-    if not settings.database_path.exists():
-        raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
-    store = Store(settings.database_path)
+    store = _open_store(_settings(ctx))
     rows = store.studies(limit=limit, state=state)
     if as_json:
         click.echo(json.dumps([asdict(row) for row in rows], indent=2))
@@ -199,18 +194,87 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
 
 
 @main.command()
+@click.option("--level", type=click.Choice(["STAT", "URGENT", "ROUTINE"]), default=None, help="Only this priority.")
+@click.option("--patient", default=None, help="Only this PatientID.")
+@click.option("--today", is_flag=True, help="Only studies received today: what to read first today.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def worklist(ctx: click.Context, level: str | None, patient: str | None, today: bool, limit: int, as_json: bool) -> None:
+    """The reading order: most urgent first; waiting studies rise against their turnaround target."""
+    from dataclasses import asdict
+
+    from dicom_ai.prioritize.worklist import TurnaroundTargets, build_worklist
+
+    settings = _settings(ctx)
+    store = _open_store(settings)
+    now = time.time()
+    midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    rows = [r for r in store.studies(limit=1_000_000)
+            if (patient is None or r.patient_id == patient) and (not today or r.first_received_at >= midnight)]
+    targets = TurnaroundTargets(settings.turnaround_stat_minutes, settings.turnaround_urgent_minutes,
+                                settings.turnaround_routine_minutes)
+    entries = [e for e in build_worklist(rows, now, targets) if level is None or e.priority.name == level][:limit]
+    if as_json:
+        click.echo(json.dumps([asdict(e) | {"priority": e.priority.name} for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("worklist is empty")
+    for rank, entry in enumerate(entries, 1):
+        late = "  LATE" if entry.overdue > 1 else ""
+        click.echo(f"{rank:>3}. {entry.priority.name:<8} waiting {entry.waiting_minutes:>6.0f} min{late}  "
+                   f"{entry.patient_id:<12} {entry.accession_number:<12} {entry.state:<10} {entry.study_instance_uid}")
+        click.echo(f"       why: {'; '.join(entry.reasons)}")
+
+
+@main.command()
+@click.argument("study_uid")
+@click.argument("level", type=click.Choice(["STAT", "URGENT", "ROUTINE"]), required=False)
+@click.option("--reason", default="", help="Why (kept in the audit trail and shown in the worklist).")
+@click.option("--by", "by", default=None, help="Who (default: the login name).")
+@click.option("--clear", is_flag=True, help="Remove the override: the AI priority applies again.")
+@click.pass_context
+def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str, by: str | None, clear: bool) -> None:
+    """Override a study's priority as a radiologist (audited); Orthanc gets the new flags."""
+    import getpass
+
+    from dicom_ai.prioritize.orthanc_flags import override_payload
+    from dicom_ai.send.outbox import ORTHANC_METADATA
+
+    if clear == (level is not None):
+        raise click.UsageError("give a LEVEL (STAT, URGENT or ROUTINE) or --clear")
+    if level and not reason.strip():
+        raise click.UsageError("--reason is required: the override is audited")
+    settings = _settings(ctx)
+    store = _open_store(settings)
+    who = by or getpass.getuser()
+    rows = [r for r in store.studies(limit=1_000_000) if r.study_instance_uid == study_uid]
+    if not rows:
+        raise click.ClickException(f"no study {study_uid} on this node")
+    outbox = None
+    if settings.orthanc_url:
+        payload = override_payload(level, reason, who, ai_priority=rows[0].priority)
+        outbox = (ORTHANC_METADATA, study_uid, settings.orthanc_url, payload)
+    store.set_priority_override(study_uid, level, reason, who, outbox=outbox)
+    click.echo(f"{study_uid}: priority {'override cleared' if clear else f'set to {level}'} by {who}")
+
+
+def _open_store(settings: Settings):  # type: ignore[no-untyped-def]
+    from dicom_ai.store import Store
+
+    if not settings.database_path.exists():
+        raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
+    return Store(settings.database_path)
+
+
+@main.command()
 @click.argument("study_uids", nargs=-1, required=True, metavar="STUDY_UID...")
 @click.pass_context
 def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
     """Process finished studies again (done, no_match or failed), e.g. after fixing a rule; audited."""
     import getpass
 
-    from dicom_ai.store import Store
-
-    settings = _settings(ctx)
-    if not settings.database_path.exists():
-        raise click.ClickException(f"no database at {settings.database_path} (is DICOM_AI_HOME right?)")
-    store = Store(settings.database_path)
+    store = _open_store(_settings(ctx))
     known = {row.study_instance_uid: row.state for row in store.studies(limit=1_000_000)}
     refused = 0
     for uid in study_uids:

@@ -69,6 +69,9 @@ class Settings(BaseModel):
     send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
+    turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
+    turnaround_urgent_minutes: float = Field(default=240, gt=0, description="read URGENT studies within")
+    turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0 = unlimited)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 

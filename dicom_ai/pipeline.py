@@ -150,9 +150,8 @@ class Pipeline:
         if self.settings.pacs is not None:
             outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
         if self.settings.orthanc_url:
-            outbox.append(
-                (ORTHANC_METADATA, study_uid, self.settings.orthanc_url, flags_payload(priority, all_findings, infos))
-            )
+            payload = flags_payload(priority, all_findings, infos, override=self.store.priority_override(study_uid))
+            outbox.append((ORTHANC_METADATA, study_uid, self.settings.orthanc_url, payload))
         self.store.save_outcome(
             study_uid,
             rules=rule_names,

@@ -26,18 +26,42 @@ class OrthancFlagError(Exception):
     """Orthanc did not take the metadata; the outbox retries."""
 
 
-def flags_payload(priority: PriorityDecision, findings: Sequence[Finding], models: Sequence[ModelInfo]) -> str:
-    """The metadata values as JSON, stored in the outbox so a retry sends exactly the same."""
+def flags_payload(
+    priority: PriorityDecision,
+    findings: Sequence[Finding],
+    models: Sequence[ModelInfo],
+    override: tuple[str, str, str] | None = None,
+) -> str:
+    """The metadata values as JSON, stored in the outbox so a retry sends exactly the same.
+
+    A radiologist's `override` (level, reason, by) outranks the AI's level, which stays in the reasons.
+    """
     summary = "; ".join(
         f"{f.label} {f.probability:.0%} ({'present' if f.present else 'absent'})"
         for f in sorted(findings, key=lambda f: -f.probability)
     )
+    reasons = "; ".join(priority.reasons)
+    if override is not None:
+        level, why, by = override
+        reasons = f"set to {level} by {by}: {why}; AI said {priority.level.name}: {reasons}"
     values = {
-        AI_PRIORITY: priority.level.name,
+        AI_PRIORITY: override[0] if override else priority.level.name,
         AI_SCORE: f"{priority.score:.4f}",
         AI_FINDINGS: summary or "none",
-        AI_REASONS: "; ".join(priority.reasons),
+        AI_REASONS: reasons,
         AI_MODEL: ", ".join(f"{m.name} {m.version}" for m in models),
+        AI_UPDATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return json.dumps(values, sort_keys=True)
+
+
+def override_payload(level: str | None, reason: str, by: str, ai_priority: str | None) -> str:
+    """Flags after a radiologist's override (or its removal, level None: back to the AI's)."""
+    effective = level or ai_priority or "ROUTINE"
+    why = f"set to {level} by {by}: {reason}" if level else f"override removed by {by}"
+    values = {
+        AI_PRIORITY: effective,
+        AI_REASONS: why,
         AI_UPDATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return json.dumps(values, sort_keys=True)

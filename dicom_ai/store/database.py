@@ -63,6 +63,10 @@ class StudyRow:
     models: tuple[str, ...]
     results: int
     pending_sends: int
+    first_received_at: float = 0.0
+    priority_override: str | None = None
+    priority_override_reason: str | None = None
+    priority_override_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -447,9 +451,56 @@ class Store:
                 models=tuple(json.loads(row["models"] or "[]")),
                 results=row["n_results"],
                 pending_sends=row["n_pending"],
+                first_received_at=row["first_received_at"] or 0.0,
+                priority_override=row["priority_override"],
+                priority_override_reason=row["priority_override_reason"],
+                priority_override_by=row["priority_override_by"],
             )
             for row in rows
         ]
+
+    def set_priority_override(
+        self, study_uid: str, level: str | None, reason: str, by: str,
+        outbox: tuple[str, str, str, str] | None = None,
+    ) -> bool:
+        """Record (or clear, with level None) a radiologist's priority, audited; False if no such study.
+
+        `outbox` (kind, key, destination, payload) queues the new flags for the PACS in the same
+        transaction, so the override reaches Orthanc even if the node restarts.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            rows = list(db.query(
+                "select priority, priority_override from studies where study_instance_uid = ?", [study_uid]))
+            if not rows:
+                return False
+            db.execute(
+                "update studies set priority_override = ?, priority_override_reason = ?, priority_override_by = ?,"
+                " priority_override_at = ? where study_instance_uid = ?",
+                [level, reason if level else None, by if level else None, now if level else None, study_uid],
+            )
+            self._event(db, "priority_overridden", study_uid, by=by, reason=reason, ai=rows[0]["priority"],
+                        previous=rows[0]["priority_override"], new=level)
+            if outbox is not None:
+                kind, key, destination, payload = outbox
+                db.execute(
+                    "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
+                    " next_attempt_at, created_at) values (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+                    " on conflict (kind, key, destination) do update set state = 'pending', attempts = 0,"
+                    " payload = excluded.payload, next_attempt_at = excluded.next_attempt_at",
+                    [kind, key, study_uid, destination, payload, now, now],
+                )
+        return True
+
+    def priority_override(self, study_uid: str) -> tuple[str, str, str] | None:
+        """(level, reason, by) when a radiologist has overridden the study's priority."""
+        rows = self._query(
+            "select priority_override, priority_override_reason, priority_override_by from studies"
+            " where study_instance_uid = ?", [study_uid])
+        if not rows or not rows[0]["priority_override"]:
+            return None
+        row = rows[0]
+        return row["priority_override"], row["priority_override_reason"] or "", row["priority_override_by"] or ""
 
     def receive_counts(self, study_uid: str) -> dict[str, int]:
         """SOP Instance UID -> how many times it was received (1 unless a sender repeated it)."""

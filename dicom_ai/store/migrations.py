@@ -110,3 +110,12 @@ def _initial(db: Database) -> None:
         pk="id",
     )
     db["events"].create_index(["study_instance_uid"])
+
+
+@migrations(name="002_priority_override")
+def _priority_override(db: Database) -> None:
+    """A radiologist's override of the AI priority, kept beside it (both are shown)."""
+    db["studies"].add_column("priority_override", str)
+    db["studies"].add_column("priority_override_reason", str)
+    db["studies"].add_column("priority_override_by", str)
+    db["studies"].add_column("priority_override_at", float)

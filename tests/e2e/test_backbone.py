@@ -174,6 +174,18 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
         assert [r for r in store.outbox_rows(study_uid) if r["attempts"] != 1] == []  # each result sent once
     finally:
         store.close()
+    # A radiologist overrides the priority: audited by the node, and Orthanc's flags follow.
+    new_level = "ROUTINE" if priority != "ROUTINE" else "URGENT"
+    override = subprocess.run(
+        [str(Path(sys.executable).parent / "dicom-ai"), "priority", study_uid, new_level, "--reason", "e2e check",
+         "--by", "dr.e2e"],
+        env={**os.environ, "DICOM_AI_HOME": str(router.home), "DICOM_AI_ORTHANC_URL": orthanc.http_url},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert override.returncode == 0, override.stderr
+    wait_for("the override in Orthanc",
+             lambda: client.studies.get_string_metadata(orthanc_id, "AiPriority") == new_level, timeout=30, router=router)
+    assert "dr.e2e" in client.studies.get_string_metadata(orthanc_id, "AiReasons")
     print(f"\nturnaround storescu end -> SR in Orthanc: {sr_arrived:.2f} s "
           f"(includes Orthanc StableAge 1 s and our stable_after {STABLE_AFTER:.0f} s)")
 

@@ -1,0 +1,101 @@
+"""The reading worklist: most urgent first, and nothing waits forever.
+
+A study's effective priority is the radiologist's override if there is one, else the AI's, and it
+rises one level each time the study has waited longer than the turnaround target of its current
+level (ROUTINE -> URGENT -> STAT). Within a level, the study most overdue against its target is
+read first. Every entry carries the reasons for its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dicom_ai.domain import Priority
+from dicom_ai.store.database import StudyRow
+
+# Studies still arriving or being processed have no final priority yet, but are listed.
+_UNREAD_STATES = ("receiving", "complete", "processing", "done", "no_match", "failed")
+
+
+@dataclass(frozen=True)
+class TurnaroundTargets:
+    """Minutes within which a study of each level should be read (a site's service levels)."""
+
+    stat_minutes: float = 60
+    urgent_minutes: float = 240
+    routine_minutes: float = 1440
+
+    def minutes(self, level: Priority) -> float:
+        return {Priority.STAT: self.stat_minutes, Priority.URGENT: self.urgent_minutes,
+                Priority.ROUTINE: self.routine_minutes}[level]
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    study_instance_uid: str
+    patient_id: str
+    accession_number: str
+    study_date: str
+    state: str
+    ai_priority: str | None
+    priority: Priority
+    waiting_minutes: float
+    overdue: float  # time at the effective level / its target; > 1 is late
+    reasons: tuple[str, ...]
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min"
+
+
+def effective_priority(
+    base: Priority, waiting_minutes: float, targets: TurnaroundTargets
+) -> tuple[Priority, tuple[str, ...], float]:
+    """Promote one level per missed target; returns the level, the reasons and how overdue it is.
+
+    Each promotion starts the clock of the new level: a ROUTINE study becomes URGENT after the
+    ROUTINE target, and STAT after a further URGENT target. `overdue` is the time spent at the
+    final level over its target (above 1 only at STAT, which has nowhere to go).
+    """
+    level, remaining, reasons = base, waiting_minutes, []
+    while level < Priority.STAT and remaining > targets.minutes(level):
+        reasons.append(
+            f"waiting {_duration(waiting_minutes)} > {level.name} target {_duration(targets.minutes(level))}"
+        )
+        remaining -= targets.minutes(level)
+        level = Priority(level + 1)
+    return level, tuple(reasons), remaining / targets.minutes(level)
+
+
+def build_worklist(rows: Iterable[StudyRow], now: float, targets: TurnaroundTargets) -> list[WorklistEntry]:
+    """Entries for the given studies, in reading order."""
+    entries = []
+    for row in rows:
+        if row.state not in _UNREAD_STATES:
+            continue
+        waiting = max(0.0, (now - (row.first_received_at or row.last_received_at)) / 60)
+        if row.priority_override:
+            base = Priority[row.priority_override]
+            reasons: tuple[str, ...] = (
+                f"set to {base.name} by {row.priority_override_by}: {row.priority_override_reason}",
+            )
+        else:
+            base = Priority[row.priority] if row.priority else Priority.ROUTINE
+            reasons = row.priority_reasons or (("no AI result",) if not row.priority else ())
+        level, aged, overdue = effective_priority(base, waiting, targets)
+        entries.append(
+            WorklistEntry(
+                study_instance_uid=row.study_instance_uid,
+                patient_id=row.patient_id,
+                accession_number=row.accession_number,
+                study_date=row.study_date,
+                state=row.state,
+                ai_priority=row.priority,
+                priority=level,
+                waiting_minutes=waiting,
+                overdue=overdue,
+                reasons=reasons + aged,
+            )
+        )
+    return sorted(entries, key=lambda e: (-e.priority, -e.overdue, e.study_instance_uid))
