@@ -126,3 +126,14 @@ class PriorityDecision:
     level: Priority
     score: float
     reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PriorFinding:
+    """One label's outcome on an earlier study of the same patient (its highest probability)."""
+
+    study_instance_uid: str
+    received_at: float
+    label: str
+    probability: float
+    present: bool

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, StudyState
 from dicom_ai.encode import encode_results
+from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
@@ -98,6 +99,7 @@ class Pipeline:
         infos: list[ModelInfo] = []
         all_findings: list[Finding] = []
         skipped: list[str] = []
+        priors = self.store.prior_findings(study_uid)
         for model_name, job in jobs.items():
             try:
                 model = self.models.get(model_name)
@@ -120,7 +122,7 @@ class Pipeline:
                 raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
             info = model.info
             model_findings = [f for r in image_results for f in r.findings]
-            decision = decide_priority(model_findings, job.policy)
+            decision = apply_history(decide_priority(model_findings, job.policy), model_findings, priors)
             sources = {i.sop_instance_uid: read_header(i.path) for i in instances}
             encoded = encode_results(image_results, sources, info, decision)
             for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:

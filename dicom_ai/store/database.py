@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from dicom_ai.domain import Finding, Instance, PriorityDecision, StudyState
+from dicom_ai.domain import Finding, Instance, PriorFinding, PriorityDecision, StudyState
 from dicom_ai.store.migrations import migrations
 
 log = logging.getLogger(__name__)
@@ -491,6 +491,21 @@ class Store:
                     [kind, key, study_uid, destination, payload, now, now],
                 )
         return True
+
+    def prior_findings(self, study_uid: str) -> list[PriorFinding]:
+        """AI findings on earlier studies of the same patient (same non-empty PatientID)."""
+        rows = self._query(
+            "select f.study_instance_uid, s.first_received_at as received_at, f.label,"
+            " max(f.probability) as probability, max(f.present) as present"
+            " from findings f join studies s on s.study_instance_uid = f.study_instance_uid"
+            " join studies me on me.study_instance_uid = ?"
+            " where s.patient_id = me.patient_id and me.patient_id != ''"
+            " and s.study_instance_uid != me.study_instance_uid and s.first_received_at < me.first_received_at"
+            " group by f.study_instance_uid, f.label",
+            [study_uid],
+        )
+        return [PriorFinding(r["study_instance_uid"], r["received_at"], r["label"], r["probability"], bool(r["present"]))
+                for r in rows]
 
     def priority_override(self, study_uid: str) -> tuple[str, str, str] | None:
         """(level, reason, by) when a radiologist has overridden the study's priority."""
