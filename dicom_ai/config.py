@@ -69,6 +69,10 @@ class Settings(BaseModel):
     send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
+    webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
+    webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
+        default=("STAT",), description="priorities that notify, comma-separated")
+    webhook_include_patient: bool = Field(default=False, description="add PatientID, name and accession to notices")
     turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
     turnaround_urgent_minutes: float = Field(default=240, gt=0, description="read URGENT studies within")
     turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
@@ -89,7 +93,14 @@ class Settings(BaseModel):
             return Peer.parse(value) if value.strip() else None
         return value
 
-    @field_validator("orthanc_url")
+    @field_validator("webhook_levels", mode="before")
+    @classmethod
+    def _levels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("orthanc_url", "webhook_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
-from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, StudyState
+from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, Study, StudyState
 from dicom_ai.encode import encode_results
 from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM, ORTHANC_METADATA
+from dicom_ai.send.outbox import DICOM, ORTHANC_METADATA, WEBHOOK
+from dicom_ai.send.webhook import notice_payload
 from dicom_ai.store.database import ResultFile
 
 if TYPE_CHECKING:
@@ -71,8 +72,8 @@ class Pipeline:
         log.debug("study %s processed in %.2f s", study_uid, time.monotonic() - started)
         return study_uid
 
-    def _jobs(self, study_uid: str) -> tuple[dict[str, _ModelJob], list[str]]:
-        study = build_study(self.store.instances_of(study_uid))
+    def _jobs(self, study: Study) -> tuple[dict[str, _ModelJob], list[str]]:
+        study_uid = study.study_instance_uid
         jobs: dict[str, _ModelJob] = {}
         rule_names: list[str] = []
         for decision in route(study, self.rules.ruleset):
@@ -90,7 +91,8 @@ class Pipeline:
         self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
 
     def _process(self, study_uid: str) -> None:
-        jobs, rule_names = self._jobs(study_uid)
+        study = build_study(self.store.instances_of(study_uid))
+        jobs, rule_names = self._jobs(study)
         if not jobs:
             return
         results: list[ResultFile] = []
@@ -154,6 +156,15 @@ class Pipeline:
         if self.settings.orthanc_url:
             payload = flags_payload(priority, all_findings, infos, override=self.store.priority_override(study_uid))
             outbox.append((ORTHANC_METADATA, study_uid, self.settings.orthanc_url, payload))
+        if self.settings.webhook_url and priority.level.name in self.settings.webhook_levels:
+            header = study.header
+            patient = {
+                "PatientID": str(header.get("PatientID", "")),
+                "PatientName": str(header.get("PatientName", "")),
+                "AccessionNumber": str(header.get("AccessionNumber", "")),
+            } if self.settings.webhook_include_patient else None
+            payload = notice_payload(study_uid, priority, all_findings, infos, patient)
+            outbox.append((WEBHOOK, study_uid, self.settings.webhook_url, payload))
         self.store.save_outcome(
             study_uid,
             rules=rule_names,

@@ -17,12 +17,14 @@ from pathlib import Path
 from dicom_ai.config import Peer, Settings
 from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
+from dicom_ai.send.webhook import WebhookError, post_notice
 from dicom_ai.store.database import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
 DICOM = "dicom"
 ORTHANC_METADATA = "orthanc_metadata"
+WEBHOOK = "webhook"
 
 
 class Outbox:
@@ -64,6 +66,8 @@ class Outbox:
             for item in items:
                 if item.kind == ORTHANC_METADATA:
                     delivered += self._send_flags(item)
+                elif item.kind == WEBHOOK:
+                    delivered += self._send_notice(item)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -106,4 +110,14 @@ class Outbox:
             self._fail(item, str(exc))
             return 0
         self.store.mark_sent(item)
+        return 1
+
+    def _send_notice(self, item: OutboxItem) -> int:
+        try:
+            post_notice(item.destination, item.payload)
+        except WebhookError as exc:
+            self._fail(item, str(exc))
+            return 0
+        self.store.mark_sent(item)
+        log.info("notified %s about study %s", item.destination, item.study_instance_uid)
         return 1

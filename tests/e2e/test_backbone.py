@@ -23,7 +23,7 @@ from pydicom.uid import generate_uid
 
 from dicom_ai.store import Store
 from tests import conftest
-from tests.conftest import copy_as_new_study, free_port, require_binary, sample
+from tests.conftest import HttpReceiver, copy_as_new_study, free_port, require_binary, sample
 from tests.e2e.orthanc_server import OrthancServer, storescu
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ STABLE_AFTER = 1.0  # our quiet time; Orthanc's StableAge is 1 s in the test con
 class RouterProcess:
     """`dicom-ai serve` as an admin would run it, configured through the environment."""
 
-    def __init__(self, home: Path, port: int, orthanc: OrthancServer) -> None:
+    def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str) -> None:
         self.home = home
         self.port = port
         self.log_path = home / "dicom-ai.log"
@@ -49,6 +49,8 @@ class RouterProcess:
             "DICOM_AI_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
             "DICOM_AI_ORTHANC_URL": orthanc.http_url,
             "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER),
+            "DICOM_AI_WEBHOOK_URL": webhook,
+            "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
         }
         cli = Path(sys.executable).parent / "dicom-ai"
         self._log = open(self.log_path, "wb")
@@ -73,21 +75,24 @@ class RouterProcess:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess, HttpReceiver]]:
     for tool in ("storescu", "dciodvfy", "dsrdump", "Orthanc"):
         require_binary(tool)
     root = tmp_path_factory.mktemp("e2e")
+    webhook = HttpReceiver(failures=0)
     router_port = free_port()
     orthanc = OrthancServer(root / "orthanc", router_aet="DICOM_AI", router_port=router_port, stable_age=1)
     orthanc.start()
     try:
-        router = RouterProcess(root / "router", router_port, orthanc)
+        router = RouterProcess(root / "router", router_port, orthanc, webhook.url)
     except Exception:
         orthanc.stop()
+        webhook.stop()
         raise
-    yield orthanc, router
+    yield orthanc, router, webhook
     router.stop()
     orthanc.stop()
+    webhook.stop()
     assert "Traceback" not in router.log(), router.log()
 
 
@@ -114,9 +119,9 @@ def validate_with_dciodvfy(path: Path) -> None:
 
 
 def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
-    stack: tuple[OrthancServer, RouterProcess], tmp_path: Path
+    stack: tuple[OrthancServer, RouterProcess, HttpReceiver], tmp_path: Path
 ) -> None:
-    orthanc, router = stack
+    orthanc, router, webhook = stack
     client = OrthancApiClient(orthanc.http_url)
     study_uid = generate_uid()
     # The real chest PA CR, once uncompressed and once in JPEG 2000 (which Orthanc 1.10 cannot transcode).
@@ -174,6 +179,11 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
         assert [r for r in store.outbox_rows(study_uid) if r["attempts"] != 1] == []  # each result sent once
     finally:
         store.close()
+    # The notice (webhook) went out once, with the priority and no patient identifiers by default.
+    [notice] = wait_for("the webhook notice", lambda: [b for b in webhook.bodies
+                                                       if b["study_instance_uid"] == study_uid], 30, router)
+    assert notice["priority"] == priority and "patient" not in notice and notice["not_for_clinical_use"] is True
+
     # A radiologist overrides the priority: audited by the node, and Orthanc's flags follow.
     new_level = "ROUTINE" if priority != "ROUTINE" else "URGENT"
     override = subprocess.run(
@@ -191,9 +201,9 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
 
 
 def test_study_without_a_matching_rule_passes_through(
-    stack: tuple[OrthancServer, RouterProcess], tmp_path: Path
+    stack: tuple[OrthancServer, RouterProcess, HttpReceiver], tmp_path: Path
 ) -> None:
-    orthanc, router = stack
+    orthanc, router, webhook = stack
     client = OrthancApiClient(orthanc.http_url)
     ct = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
     study_uid = str(dcmread(ct).StudyInstanceUID)
@@ -215,3 +225,4 @@ def test_study_without_a_matching_rule_passes_through(
     orthanc_id = client.studies.lookup(study_uid)
     assert client.studies.get_string_metadata(orthanc_id, "AiPriority", default_value="") == ""
     assert f"study {study_uid}: no rule matched" in router.log()
+    assert not [b for b in webhook.bodies if b["study_instance_uid"] == study_uid]  # no result, no notice

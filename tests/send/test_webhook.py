@@ -1,0 +1,53 @@
+"""Critical-result notices to a real HTTP receiver on loopback, retried until accepted."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicom_ai.config import Settings
+from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
+from dicom_ai.send.outbox import WEBHOOK, Outbox
+from dicom_ai.send.webhook import notice_payload
+from dicom_ai.store import Store
+from tests.conftest import HttpReceiver
+from tests.send.test_outbox import _done_study
+
+MODEL = ModelInfo("chest-xray-demo", "1.0.0", "2.25.1", "dicom-ai", "Chest demo", True, "demo")
+FINDING = Finding("Consolidation", Code("95436008", "SCT", "Lung consolidation"), 0.97, 0.5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    running = HttpReceiver(failures=1)
+    yield running
+    running.stop()
+
+
+def test_notice_has_no_patient_identifiers_unless_asked() -> None:
+    decision = PriorityDecision(Priority.STAT, 0.97, ("Consolidation 97% >= STAT threshold 90%",))
+    anonymous = json.loads(notice_payload("1.2.3", decision, [FINDING], [MODEL], None))
+    assert "patient" not in anonymous
+    assert anonymous["priority"] == "STAT" and anonymous["not_for_clinical_use"] is True
+    assert anonymous["findings"] == [{"label": "Consolidation", "code": "SCT 95436008", "probability": 0.97,
+                                      "present": True}]
+    named = json.loads(notice_payload("1.2.3", decision, [FINDING], [MODEL], {"PatientID": "P1"}))
+    assert named["patient"] == {"PatientID": "P1"}
+
+
+def test_notice_is_retried_until_the_receiver_accepts(tmp_path: Path, receiver: HttpReceiver) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    payload = notice_payload("1.2.9", PriorityDecision(Priority.STAT, 0.97, ("x",)), [FINDING], [MODEL], None)
+    _done_study(store, "1.2.9", [(WEBHOOK, "1.2.9", receiver.url, payload)])
+    outbox = Outbox(store, Settings(home=tmp_path, send_retry_initial=0.05))
+    assert outbox.deliver_due() == 0  # 503
+    [row] = store.outbox_rows("1.2.9")
+    assert "HTTP 503" in row["last_error"]
+    time.sleep(0.1)
+    assert outbox.deliver_due() == 1
+    assert [b["study_instance_uid"] for b in receiver.bodies] == ["1.2.9"]
+    assert outbox.deliver_due() == 0  # once
