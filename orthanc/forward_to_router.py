@@ -322,11 +322,16 @@ def _install() -> None:
     rest = _OrthancRest()
     forwarder = Forwarder(settings, rest, log)
     forwarder.start()
+    import ai_worklist  # beside this script: Orthanc puts the script's folder on sys.path
+
+    stamp_arrival = ai_worklist.install(orthanc, rest.get, rest.put, log)
 
     def on_change(change_type: int, level: int, resource_id: str) -> None:
         if change_type == orthanc.ChangeType.STABLE_STUDY:
             log.info(f"{LOG_PREFIX}study {resource_id} is stable, queued")
             forwarder.submit(resource_id)
+        elif change_type == orthanc.ChangeType.NEW_STUDY:
+            stamp_arrival(resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             _check_router_modality(settings, rest, log)
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:

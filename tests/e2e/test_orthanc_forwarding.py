@@ -67,7 +67,7 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def test_configuration_declares_metadata_router_and_loopback_defaults() -> None:
     config = json.loads(CONFIG_PATH.read_text())
     metadata = config["UserMetadata"]
-    assert set(metadata) == {*STUDY_METADATA, "AiForwarded"}
+    assert set(metadata) == {*STUDY_METADATA, "AiForwarded", "AiArrived"}
     assert all(1024 <= index <= 65535 for index in metadata.values())
     assert len(set(metadata.values())) == len(metadata), "two metadata names share an index"
     # The router writes exactly the names declared here (undeclared names are refused by Orthanc).
@@ -363,6 +363,33 @@ def test_declared_study_metadata_round_trips_over_rest(
     assert orthanc.rest("GET", f"/studies/{study_id}/metadata/AiPriority") == b"ROUTINE"
     with pytest.raises(OrthancHttpError):  # undeclared names are refused: the declaration matters
         orthanc.rest("PUT", f"/studies/{study_id}/metadata/AiUndeclared", "x")
+
+
+@pytest.mark.e2e
+def test_worklist_in_orthanc_sorts_by_priority_then_waiting(
+    tmp_path: Path, stack: tuple[OrthancServer, RouterStandIn]
+) -> None:
+    orthanc, _ = stack
+    before = {entry["ID"] for entry in orthanc.get_json("/dicom-ai/worklist")}
+    ids = []
+    for _ in range(4):
+        ct = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
+        ids.append(json.loads(orthanc.rest("POST", "/instances", ct.read_bytes()))["ParentStudy"])
+        time.sleep(1.1)  # AiArrived has one-second resolution: make the waiting order certain
+    oldest, urgent, stat, newest = ids
+    wait_until("AiArrived on every study", lambda: all(
+        "AiArrived" in orthanc.get_json(f"/studies/{i}/metadata")
+        for i in ids), orthanc)
+    orthanc.rest("PUT", f"/studies/{urgent}/metadata/AiPriority", "URGENT")
+    orthanc.rest("PUT", f"/studies/{stat}/metadata/AiPriority", "STAT")
+    orthanc.rest("PUT", f"/studies/{stat}/metadata/AiReasons", "Consolidation 97% >= STAT threshold 90%")
+    entries = [e for e in orthanc.get_json("/dicom-ai/worklist") if e["ID"] not in before]
+    assert [e["ID"] for e in entries] == [stat, urgent, oldest, newest]
+    assert entries[0]["AiReasons"] == "Consolidation 97% >= STAT threshold 90%"
+    assert entries[2]["WaitingMinutes"] >= entries[3]["WaitingMinutes"]
+    page = orthanc.rest("GET", "/dicom-ai/worklist.html").decode()
+    assert page.index(stat) < page.index(urgent) < page.index(oldest) < page.index(newest)
+    assert f"explorer.html#study?uuid={stat}" in page
 
 
 @pytest.mark.e2e
