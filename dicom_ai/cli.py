@@ -238,8 +238,9 @@ def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str,
     """Override a study's priority as a radiologist (audited); Orthanc gets the new flags."""
     import getpass
 
+    from dicom_ai.prioritize.mwl import with_priority
     from dicom_ai.prioritize.orthanc_flags import override_payload
-    from dicom_ai.send.outbox import ORTHANC_METADATA
+    from dicom_ai.send.outbox import MWL, ORTHANC_METADATA
 
     if clear == (level is not None):
         raise click.UsageError("give a LEVEL (STAT, URGENT or ROUTINE) or --clear")
@@ -251,10 +252,14 @@ def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str,
     rows = [r for r in store.studies(limit=1_000_000) if r.study_instance_uid == study_uid]
     if not rows:
         raise click.ClickException(f"no study {study_uid} on this node")
-    outbox = None
+    outbox = []
     if settings.orthanc_url:
         payload = override_payload(level, reason, who, ai_priority=rows[0].priority)
-        outbox = (ORTHANC_METADATA, study_uid, settings.orthanc_url, payload)
+        outbox.append((ORTHANC_METADATA, study_uid, settings.orthanc_url, payload))
+    entry = store.outbox_payload(MWL, study_uid)
+    if settings.mwl_dir is not None and entry is not None:
+        why = f"set to {level} by {who}: {reason}" if level else f"override removed by {who}"
+        outbox.append((MWL, study_uid, str(settings.mwl_dir), with_priority(entry, level or rows[0].priority or "ROUTINE", why)))
     store.set_priority_override(study_uid, level, reason, who, outbox=outbox)
     click.echo(f"{study_uid}: priority {'override cleared' if clear else f'set to {level}'} by {who}")
 

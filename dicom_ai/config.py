@@ -69,6 +69,7 @@ class Settings(BaseModel):
     send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
+    mwl_dir: Path | None = Field(default=None, description="write a worklist .wl file per study here (Orthanc's worklist plugin folder)")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")

@@ -17,10 +17,11 @@ from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, Study, StudyState
 from dicom_ai.encode import encode_results
 from dicom_ai.prioritize.history import apply_history
+from dicom_ai.prioritize.mwl import mwl_payload
 from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM, ORTHANC_METADATA, WEBHOOK
+from dicom_ai.send.outbox import DICOM, MWL, ORTHANC_METADATA, WEBHOOK
 from dicom_ai.send.webhook import notice_payload
 from dicom_ai.store.database import ResultFile
 
@@ -153,9 +154,14 @@ class Pipeline:
         outbox: list[tuple[str, str, str, str]] = []
         if self.settings.pacs is not None:
             outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
+        override = self.store.priority_override(study_uid)
         if self.settings.orthanc_url:
-            payload = flags_payload(priority, all_findings, infos, override=self.store.priority_override(study_uid))
+            payload = flags_payload(priority, all_findings, infos, override=override)
             outbox.append((ORTHANC_METADATA, study_uid, self.settings.orthanc_url, payload))
+        if self.settings.mwl_dir is not None:
+            level = override[0] if override else priority.level.name
+            payload = mwl_payload(study.header, level, "; ".join(priority.reasons))
+            outbox.append((MWL, study_uid, str(self.settings.mwl_dir), payload))
         if self.settings.webhook_url and priority.level.name in self.settings.webhook_levels:
             header = study.header
             patient = {

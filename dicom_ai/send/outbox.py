@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicom_ai.config import Peer, Settings
+from dicom_ai.prioritize.mwl import write_entry
 from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
 from dicom_ai.send.webhook import WebhookError, post_notice
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 DICOM = "dicom"
 ORTHANC_METADATA = "orthanc_metadata"
 WEBHOOK = "webhook"
+MWL = "mwl"
 
 
 class Outbox:
@@ -68,6 +70,8 @@ class Outbox:
                     delivered += self._send_flags(item)
                 elif item.kind == WEBHOOK:
                     delivered += self._send_notice(item)
+                elif item.kind == MWL:
+                    delivered += self._write_worklist(item)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -120,4 +124,13 @@ class Outbox:
             return 0
         self.store.mark_sent(item)
         log.info("notified %s about study %s", item.destination, item.study_instance_uid)
+        return 1
+
+    def _write_worklist(self, item: OutboxItem) -> int:
+        try:
+            write_entry(Path(item.destination), item.study_instance_uid, item.payload)
+        except (OSError, ValueError, KeyError) as exc:
+            self._fail(item, f"cannot write worklist entry in {item.destination}: {exc}")
+            return 0
+        self.store.mark_sent(item)
         return 1

@@ -461,11 +461,11 @@ class Store:
 
     def set_priority_override(
         self, study_uid: str, level: str | None, reason: str, by: str,
-        outbox: tuple[str, str, str, str] | None = None,
+        outbox: Sequence[tuple[str, str, str, str]] = (),
     ) -> bool:
         """Record (or clear, with level None) a radiologist's priority, audited; False if no such study.
 
-        `outbox` (kind, key, destination, payload) queues the new flags for the PACS in the same
+        `outbox` items (kind, key, destination, payload) queue the new flags for the PACS in the same
         transaction, so the override reaches Orthanc even if the node restarts.
         """
         now = time.time()
@@ -481,8 +481,7 @@ class Store:
             )
             self._event(db, "priority_overridden", study_uid, by=by, reason=reason, ai=rows[0]["priority"],
                         previous=rows[0]["priority_override"], new=level)
-            if outbox is not None:
-                kind, key, destination, payload = outbox
+            for kind, key, destination, payload in outbox:
                 db.execute(
                     "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
                     " next_attempt_at, created_at) values (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
@@ -506,6 +505,10 @@ class Store:
         )
         return [PriorFinding(r["study_instance_uid"], r["received_at"], r["label"], r["probability"], bool(r["present"]))
                 for r in rows]
+
+    def outbox_payload(self, kind: str, key: str) -> str | None:
+        rows = self._query("select payload from outbox where kind = ? and key = ? order by id desc limit 1", [kind, key])
+        return rows[0]["payload"] if rows else None
 
     def priority_override(self, study_uid: str) -> tuple[str, str, str] | None:
         """(level, reason, by) when a radiologist has overridden the study's priority."""

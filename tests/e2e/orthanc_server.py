@@ -123,6 +123,11 @@ class OrthancServer:
     def router_modality(self) -> str:
         return str(self.config["DicomAi"]["RouterModality"])
 
+    @property
+    def worklist_dir(self) -> Path:
+        """Where Orthanc's worklist plugin reads .wl files (the router's DICOM_AI_MWL_DIR)."""
+        return self.workdir / "worklists"
+
     def _merged_config(self) -> dict[str, Any]:
         """orthanc/orthanc.json with this server's ports, folders, absolute paths and router."""
         try:
@@ -138,6 +143,8 @@ class OrthancServer:
         # (the repo root for the demo): made absolute, the merged file works from anywhere.
         config["Plugins"] = [os.path.normpath(CONFIG_PATH.parent / p) for p in config.get("Plugins", [])]
         config["PythonScript"] = os.path.normpath(REPO / config["PythonScript"])
+        self.worklist_dir.mkdir(parents=True, exist_ok=True)
+        config["Worklists"]["Database"] = str(self.worklist_dir)
         section = config["DicomAi"]
         section["RouterAet"] = self.router_aet
         config.setdefault("DicomModalities", {})[section["RouterModality"]] = [

@@ -50,6 +50,7 @@ class RouterProcess:
             "DICOM_AI_ORTHANC_URL": orthanc.http_url,
             "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER),
             "DICOM_AI_WEBHOOK_URL": webhook,
+            "DICOM_AI_MWL_DIR": str(orthanc.worklist_dir),
             "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
         }
         cli = Path(sys.executable).parent / "dicom-ai"
@@ -76,7 +77,7 @@ class RouterProcess:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess, HttpReceiver]]:
-    for tool in ("storescu", "dciodvfy", "dsrdump", "Orthanc"):
+    for tool in ("storescu", "findscu", "dciodvfy", "dsrdump", "Orthanc"):
         require_binary(tool)
     root = tmp_path_factory.mktemp("e2e")
     webhook = HttpReceiver(failures=0)
@@ -110,6 +111,22 @@ def study_instances(client: OrthancApiClient, study_uid: str) -> list[dict[str, 
 
 def by_class(instances: list[dict[str, Any]], sop_class: str) -> list[dict[str, Any]]:
     return [i for i in instances if i.get("SOPClassUID") == sop_class]
+
+
+def mwl_priority(orthanc: OrthancServer, study_uid: str, folder: Path) -> str | None:
+    """Ask Orthanc's modality worklist with dcmtk's findscu, as a RIS would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("rsp*.dcm"):
+        old.unlink()
+    done = subprocess.run(
+        ["findscu", "-W", "-aet", "RIS", "-aec", orthanc.aet, "127.0.0.1", str(orthanc.dicom_port),
+         "-k", f"StudyInstanceUID={study_uid}", "-k", "RequestedProcedurePriority", "-k", "AccessionNumber",
+         "-X", "-od", str(folder)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [dcmread(p) for p in sorted(folder.glob("rsp*.dcm"))]
+    return str(answers[0].RequestedProcedurePriority) if answers else None
 
 
 def validate_with_dciodvfy(path: Path) -> None:
@@ -184,18 +201,26 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
                                                        if b["study_instance_uid"] == study_uid], 30, router)
     assert notice["priority"] == priority and "patient" not in notice and notice["not_for_clinical_use"] is True
 
+    # The modality worklist carries the priority in its standard field.
+    mwl = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
+    assert wait_for("the worklist entry", lambda: mwl_priority(orthanc, study_uid, tmp_path / "mwl"), 30,
+                    router) == mwl[priority]
+
     # A radiologist overrides the priority: audited by the node, and Orthanc's flags follow.
     new_level = "ROUTINE" if priority != "ROUTINE" else "URGENT"
     override = subprocess.run(
         [str(Path(sys.executable).parent / "dicom-ai"), "priority", study_uid, new_level, "--reason", "e2e check",
          "--by", "dr.e2e"],
-        env={**os.environ, "DICOM_AI_HOME": str(router.home), "DICOM_AI_ORTHANC_URL": orthanc.http_url},
+        env={**os.environ, "DICOM_AI_HOME": str(router.home), "DICOM_AI_ORTHANC_URL": orthanc.http_url,
+             "DICOM_AI_MWL_DIR": str(orthanc.worklist_dir)},
         capture_output=True, text=True, timeout=60,
     )
     assert override.returncode == 0, override.stderr
     wait_for("the override in Orthanc",
              lambda: client.studies.get_string_metadata(orthanc_id, "AiPriority") == new_level, timeout=30, router=router)
     assert "dr.e2e" in client.studies.get_string_metadata(orthanc_id, "AiReasons")
+    wait_for("the overridden worklist entry",
+             lambda: mwl_priority(orthanc, study_uid, tmp_path / "mwl") == mwl[new_level], 30, router)
     print(f"\nturnaround storescu end -> SR in Orthanc: {sr_arrived:.2f} s "
           f"(includes Orthanc StableAge 1 s and our stable_after {STABLE_AFTER:.0f} s)")
 
