@@ -70,6 +70,9 @@ class Settings(BaseModel):
     send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
     mwl_dir: Path | None = Field(default=None, description="write a worklist .wl file per study here (Orthanc's worklist plugin folder)")
+    hl7_mllp: str | None = Field(default=None, description="send an HL7 v2.5 ORU^R01 per result to this host:port (MLLP)")
+    hl7_receiving_application: str = Field(default="RIS", description="MSH-5 of those messages")
+    hl7_receiving_facility: str = Field(default="", description="MSH-6 of those messages")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")
@@ -100,6 +103,16 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip().upper() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("hl7_mllp")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, _, port = value.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port such as 127.0.0.1:2575, got {value!r}")
+        return value.strip()
 
     @field_validator("orthanc_url", "webhook_url")
     @classmethod

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
-from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, Study, StudyState
+from dicom_ai.domain import Finding, ImageResult, ModelInfo, Priority, PriorityDecision, Series, Study, StudyState
 from dicom_ai.encode import encode_results
 from dicom_ai.prioritize.history import apply_history
+from dicom_ai.prioritize.hl7_result import oru_message
 from dicom_ai.prioritize.mwl import mwl_payload
 from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM, MWL, ORTHANC_METADATA, WEBHOOK
+from dicom_ai.send.outbox import DICOM, HL7, MWL, ORTHANC_METADATA, WEBHOOK
 from dicom_ai.send.webhook import notice_payload
 from dicom_ai.store.database import ResultFile
 
@@ -162,6 +163,13 @@ class Pipeline:
             level = override[0] if override else priority.level.name
             payload = mwl_payload(study.header, level, "; ".join(priority.reasons))
             outbox.append((MWL, study_uid, str(self.settings.mwl_dir), payload))
+        if self.settings.hl7_mllp:
+            reported = priority if override is None else PriorityDecision(
+                Priority[override[0]], priority.score, (f"set to {override[0]} by {override[2]}: {override[1]}",
+                                                        *priority.reasons))
+            message = oru_message(study.header, reported, all_findings, infos,
+                                  self.settings.hl7_receiving_application, self.settings.hl7_receiving_facility)
+            outbox.append((HL7, study_uid, self.settings.hl7_mllp, message))
         if self.settings.webhook_url and priority.level.name in self.settings.webhook_levels:
             header = study.header
             patient = {

@@ -114,3 +114,44 @@ class HttpReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+MLLP_START, MLLP_END = b"\x0b", b"\x1c\x0d"
+
+
+class MllpListener:
+    """A minimal MLLP server: frames messages, answers AE to the first `rejections`, then AA."""
+
+    def __init__(self, rejections: int = 0) -> None:
+        self.messages: list[str] = []
+        self.rejections = rejections
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                buffer = b""
+                while MLLP_END not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                text = buffer.strip(MLLP_START + MLLP_END).decode()
+                control_id = text.split("\r")[0].split("|")[9]
+                code = "AE" if self.rejections > 0 else "AA"
+                if self.rejections > 0:
+                    self.rejections -= 1
+                else:
+                    self.messages.append(text)
+                ack = f"MSH|^~\\&|RIS||DICOM_AI||20261128000000||ACK^R01|A{control_id}|P|2.5\rMSA|{code}|{control_id}\r"
+                conn.sendall(MLLP_START + ack.encode() + MLLP_END)
+
+    def close(self) -> None:
+        self.sock.close()

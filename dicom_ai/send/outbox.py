@@ -18,6 +18,7 @@ from dicom_ai.config import Peer, Settings
 from dicom_ai.prioritize.mwl import write_entry
 from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
+from dicom_ai.send.mllp import MllpError, send_hl7
 from dicom_ai.send.webhook import WebhookError, post_notice
 from dicom_ai.store.database import OutboxItem, Store
 
@@ -27,6 +28,7 @@ DICOM = "dicom"
 ORTHANC_METADATA = "orthanc_metadata"
 WEBHOOK = "webhook"
 MWL = "mwl"
+HL7 = "hl7"
 
 
 class Outbox:
@@ -72,6 +74,8 @@ class Outbox:
                     delivered += self._send_notice(item)
                 elif item.kind == MWL:
                     delivered += self._write_worklist(item)
+                elif item.kind == HL7:
+                    delivered += self._send_hl7(item)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -133,4 +137,14 @@ class Outbox:
             self._fail(item, f"cannot write worklist entry in {item.destination}: {exc}")
             return 0
         self.store.mark_sent(item)
+        return 1
+
+    def _send_hl7(self, item: OutboxItem) -> int:
+        try:
+            send_hl7(item.destination, item.payload)
+        except MllpError as exc:
+            self._fail(item, str(exc))
+            return 0
+        self.store.mark_sent(item)
+        log.info("sent HL7 ORU^R01 for study %s to %s", item.study_instance_uid, item.destination)
         return 1

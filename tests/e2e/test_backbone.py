@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 from orthanc_api_client import OrthancApiClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.store import Store
 from tests import conftest
-from tests.conftest import HttpReceiver, copy_as_new_study, free_port, require_binary, sample
+from tests.conftest import HttpReceiver, MllpListener, copy_as_new_study, free_port, require_binary, sample
 from tests.e2e.orthanc_server import OrthancServer, storescu
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +38,7 @@ STABLE_AFTER = 1.0  # our quiet time; Orthanc's StableAge is 1 s in the test con
 class RouterProcess:
     """`dicom-ai serve` as an admin would run it, configured through the environment."""
 
-    def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str) -> None:
+    def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str, mllp: int) -> None:
         self.home = home
         self.port = port
         self.log_path = home / "dicom-ai.log"
@@ -51,6 +53,7 @@ class RouterProcess:
             "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER),
             "DICOM_AI_WEBHOOK_URL": webhook,
             "DICOM_AI_MWL_DIR": str(orthanc.worklist_dir),
+            "DICOM_AI_HL7_MLLP": f"127.0.0.1:{mllp}",
             "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
         }
         cli = Path(sys.executable).parent / "dicom-ai"
@@ -76,24 +79,27 @@ class RouterProcess:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess, HttpReceiver]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, RouterProcess, HttpReceiver, MllpListener]]:
     for tool in ("storescu", "findscu", "dciodvfy", "dsrdump", "Orthanc"):
         require_binary(tool)
     root = tmp_path_factory.mktemp("e2e")
     webhook = HttpReceiver(failures=0)
+    ris = MllpListener()
     router_port = free_port()
     orthanc = OrthancServer(root / "orthanc", router_aet="DICOM_AI", router_port=router_port, stable_age=1)
     orthanc.start()
     try:
-        router = RouterProcess(root / "router", router_port, orthanc, webhook.url)
+        router = RouterProcess(root / "router", router_port, orthanc, webhook.url, ris.port)
     except Exception:
         orthanc.stop()
         webhook.stop()
+        ris.close()
         raise
-    yield orthanc, router, webhook
+    yield orthanc, router, webhook, ris
     router.stop()
     orthanc.stop()
     webhook.stop()
+    ris.close()
     assert "Traceback" not in router.log(), router.log()
 
 
@@ -136,9 +142,9 @@ def validate_with_dciodvfy(path: Path) -> None:
 
 
 def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
-    stack: tuple[OrthancServer, RouterProcess, HttpReceiver], tmp_path: Path
+    stack: tuple[OrthancServer, RouterProcess, HttpReceiver, MllpListener], tmp_path: Path
 ) -> None:
-    orthanc, router, webhook = stack
+    orthanc, router, webhook, ris = stack
     client = OrthancApiClient(orthanc.http_url)
     study_uid = generate_uid()
     # The real chest PA CR, once uncompressed and once in JPEG 2000 (which Orthanc 1.10 cannot transcode).
@@ -201,6 +207,13 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
                                                        if b["study_instance_uid"] == study_uid], 30, router)
     assert notice["priority"] == priority and "patient" not in notice and notice["not_for_clinical_use"] is True
 
+    # The RIS got an ORU^R01 over MLLP with the priority in TQ1-9, valid under strict HL7 v2.5 rules.
+    [oru] = wait_for("the HL7 result", lambda: [m for m in ris.messages if study_uid[-22:] in m or
+                                                 str(dcmread(files[0]).PatientID) in m], 30, router)
+    parsed = parse_message(oru, validation_level=VALIDATION_LEVEL.STRICT)
+    tq1 = parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_timing_qty.tq1.tq1_9.to_er7()
+    assert tq1.split("^")[0] == {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}[priority]
+
     # The modality worklist carries the priority in its standard field.
     mwl = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
     assert wait_for("the worklist entry", lambda: mwl_priority(orthanc, study_uid, tmp_path / "mwl"), 30,
@@ -226,9 +239,9 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
 
 
 def test_study_without_a_matching_rule_passes_through(
-    stack: tuple[OrthancServer, RouterProcess, HttpReceiver], tmp_path: Path
+    stack: tuple[OrthancServer, RouterProcess, HttpReceiver, MllpListener], tmp_path: Path
 ) -> None:
-    orthanc, router, webhook = stack
+    orthanc, router, webhook, ris = stack
     client = OrthancApiClient(orthanc.http_url)
     ct = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
     study_uid = str(dcmread(ct).StudyInstanceUID)

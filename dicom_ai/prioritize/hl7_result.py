@@ -1,0 +1,83 @@
+"""The result and its priority as an HL7 v2.5 ORU^R01, for a RIS that takes results over MLLP.
+
+Priority goes where order systems look for it: TQ1-9 (S stat, A asap for our URGENT, R routine),
+and the findings go as numeric OBX (probability in %) with an abnormal flag when present. Built
+and checked with hl7apy's strict validation, so a malformed message never leaves the node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+from pydicom import Dataset
+
+from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+
+# HL7 table 0485 (Extended Priority Codes).
+TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE": "R^Routine^HL70485"}
+
+
+def _clean(text: str) -> str:
+    """HL7 delimiters would split a field: replace them in free text."""
+    return "".join(" " if ch in "|^~\\&\r\n" else ch for ch in text)
+
+
+def oru_message(
+    header: Dataset,
+    priority: PriorityDecision,
+    findings: Sequence[Finding],
+    models: Sequence[ModelInfo],
+    receiving_application: str,
+    receiving_facility: str,
+) -> str:
+    """An ORU^R01 (ER7 text) for one study's AI result."""
+    study_uid = str(header.get("StudyInstanceUID", ""))
+    accession = _clean(str(header.get("AccessionNumber", "") or ""))
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    message = Message("ORU_R01", version="2.5", validation_level=VALIDATION_LEVEL.STRICT)
+    message.msh.msh_3 = "DICOM_AI"
+    message.msh.msh_5 = _clean(receiving_application)
+    if receiving_facility:
+        message.msh.msh_6 = _clean(receiving_facility)
+    message.msh.msh_7 = now
+    message.msh.msh_9 = "ORU^R01^ORU_R01"
+    message.msh.msh_10 = hashlib.sha1(f"{study_uid}|{now}".encode()).hexdigest()[:20]
+    message.msh.msh_11 = "P"
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    patient.pid.pid_3 = _clean(str(header.get("PatientID", "") or "UNKNOWN"))
+    name = str(header.get("PatientName", "") or "")
+    if name:
+        patient.pid.pid_5 = _clean(name.replace("^", " ")).strip()
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    order.orc.orc_1 = "RE"
+    order.orc.orc_3 = accession or study_uid[-22:]
+    order.obr.obr_3 = accession or study_uid[-22:]
+    order.obr.obr_4 = "AI^" + _clean(", ".join(f"{m.name} {m.version}" for m in models))[:190] + "^L"
+    order.obr.obr_7 = now
+    order.obr.obr_25 = "P"  # preliminary: a radiologist reads it
+    timing = order.add_group("ORU_R01_TIMING_QTY")
+    timing.tq1.tq1_9 = TQ1_PRIORITY[priority.level.name]
+    for index, finding in enumerate(sorted(findings, key=lambda f: -f.probability)[:50], 1):
+        observation = order.add_group("ORU_R01_OBSERVATION")
+        obx = observation.obx
+        obx.obx_1 = str(index)
+        obx.obx_2 = "NM"
+        obx.obx_3 = f"{finding.code.value}^{_clean(finding.code.meaning)}^{'SCT' if finding.code.scheme == 'SCT' else 'L'}"
+        obx.obx_5 = f"{finding.probability * 100:.1f}"
+        obx.obx_6 = "%"
+        if finding.present:
+            obx.obx_8 = "A"
+        obx.obx_11 = "P"
+    reasons = order.add_group("ORU_R01_OBSERVATION")
+    reasons.obx.obx_1 = str(len(findings[:50]) + 1)
+    reasons.obx.obx_2 = "TX"
+    reasons.obx.obx_3 = "PRIORITY^AI reading priority^L"
+    demo = " NOT FOR CLINICAL USE (demo model)." if any(m.not_for_clinical_use for m in models) else ""
+    reasons.obx.obx_5 = _clean(f"{priority.level.name}: {'; '.join(priority.reasons)}.{demo}")[:2000]
+    reasons.obx.obx_11 = "P"
+    return str(message.to_er7())
