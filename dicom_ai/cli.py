@@ -69,7 +69,7 @@ def serve(ctx: click.Context) -> None:
     try:
         node.run_until_signalled()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot listen: {exc}") from None
 
 
 @main.command("config")
@@ -204,7 +204,7 @@ def worklist(ctx: click.Context, level: str | None, patient: str | None, today: 
     """The reading order: most urgent first; waiting studies rise against their turnaround target."""
     from dataclasses import asdict
 
-    from dicom_ai.prioritize.worklist import TurnaroundTargets, build_worklist
+    from dicom_ai.prioritize.worklist import build_worklist
 
     settings = _settings(ctx)
     store = _open_store(settings)
@@ -212,9 +212,7 @@ def worklist(ctx: click.Context, level: str | None, patient: str | None, today: 
     midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     rows = [r for r in store.studies(limit=1_000_000)
             if (patient is None or r.patient_id == patient) and (not today or r.first_received_at >= midnight)]
-    targets = TurnaroundTargets(settings.turnaround_stat_minutes, settings.turnaround_urgent_minutes,
-                                settings.turnaround_routine_minutes)
-    entries = [e for e in build_worklist(rows, now, targets) if level is None or e.priority.name == level][:limit]
+    entries = [e for e in build_worklist(rows, now, settings.turnaround_targets) if level is None or e.priority.name == level][:limit]
     if as_json:
         click.echo(json.dumps([asdict(e) | {"priority": e.priority.name} for e in entries], indent=2))
         return

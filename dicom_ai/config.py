@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dicom_ai.domain import TurnaroundTargets
+
 ENV_PREFIX = "DICOM_AI_"
 CONFIG_ENV = "DICOM_AI_CONFIG"  # path of the TOML file; not itself a setting
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the default repertoire, no backslash
@@ -77,6 +79,8 @@ class Settings(BaseModel):
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")
     webhook_include_patient: bool = Field(default=False, description="add PatientID, name and accession to notices")
+    http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
+    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
     turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
     turnaround_urgent_minutes: float = Field(default=240, gt=0, description="read URGENT studies within")
     turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
@@ -122,6 +126,11 @@ class Settings(BaseModel):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8042, got {value!r}")
         return value.rstrip("/")
+
+    @property
+    def turnaround_targets(self) -> TurnaroundTargets:
+        return TurnaroundTargets(self.turnaround_stat_minutes, self.turnaround_urgent_minutes,
+                                 self.turnaround_routine_minutes)
 
     @property
     def database_path(self) -> Path:

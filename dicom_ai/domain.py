@@ -137,3 +137,16 @@ class PriorFinding:
     label: str
     probability: float
     present: bool
+
+
+@dataclass(frozen=True)
+class TurnaroundTargets:
+    """Minutes within which a study of each level should be read (a site's service levels)."""
+
+    stat_minutes: float = 60
+    urgent_minutes: float = 240
+    routine_minutes: float = 1440
+
+    def minutes(self, level: Priority) -> float:
+        return {Priority.STAT: self.stat_minutes, Priority.URGENT: self.urgent_minutes,
+                Priority.ROUTINE: self.routine_minutes}[level]

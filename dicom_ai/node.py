@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from datetime import datetime
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
+from dicom_ai.web.worklist_page import start_web
 from dicom_ai.store import Spool, Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class Node:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._server = None
+        self._web: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
         strays = self.spool.sweep_incoming()
@@ -70,7 +73,16 @@ class Node:
         self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
         self.scheduler.start()
         s = self.settings
-        self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store)
+        try:
+            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store)
+        except OSError as exc:
+            raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
+        if s.http_port:
+            try:
+                self._web = start_web(s.http_host, s.http_port, self.store, s.turnaround_targets)
+            except OSError as exc:
+                raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
+                              f"{exc.strerror or exc}") from exc
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
@@ -81,6 +93,10 @@ class Node:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._web is not None:
+            self._web.shutdown()
+            self._web.server_close()
+            self._web = None
         self.scheduler.shutdown(wait=True)
         self.store.close()
         log.info("dicom-ai stopped")

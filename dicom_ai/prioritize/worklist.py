@@ -11,24 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dicom_ai.domain import Priority
+from dicom_ai.domain import Priority, TurnaroundTargets
 from dicom_ai.store.database import StudyRow
 
 # Studies still arriving or being processed have no final priority yet, but are listed.
 _UNREAD_STATES = ("receiving", "complete", "processing", "done", "no_match", "failed")
-
-
-@dataclass(frozen=True)
-class TurnaroundTargets:
-    """Minutes within which a study of each level should be read (a site's service levels)."""
-
-    stat_minutes: float = 60
-    urgent_minutes: float = 240
-    routine_minutes: float = 1440
-
-    def minutes(self, level: Priority) -> float:
-        return {Priority.STAT: self.stat_minutes, Priority.URGENT: self.urgent_minutes,
-                Priority.ROUTINE: self.routine_minutes}[level]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class RouterProcess:
         self.home = home
         self.port = port
         self.log_path = home / "dicom-ai.log"
+        self.http_port = free_port()
         home.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -54,6 +56,7 @@ class RouterProcess:
             "DICOM_AI_WEBHOOK_URL": webhook,
             "DICOM_AI_MWL_DIR": str(orthanc.worklist_dir),
             "DICOM_AI_HL7_MLLP": f"127.0.0.1:{mllp}",
+            "DICOM_AI_HTTP_PORT": str(self.http_port),
             "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
         }
         cli = Path(sys.executable).parent / "dicom-ai"
@@ -213,6 +216,13 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
     parsed = parse_message(oru, validation_level=VALIDATION_LEVEL.STRICT)
     tq1 = parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_timing_qty.tq1.tq1_9.to_er7()
     assert tq1.split("^")[0] == {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}[priority]
+
+    # Our own worklist page lists it with its priority and reasons.
+    page = urllib.request.urlopen(f"http://127.0.0.1:{router.http_port}/?today=1", timeout=10).read().decode()
+    assert study_uid in page and priority in page
+    [entry] = [e for e in json.loads(urllib.request.urlopen(f"http://127.0.0.1:{router.http_port}/api/worklist",
+                                                            timeout=10).read()) if e["study_instance_uid"] == study_uid]
+    assert entry["priority"] == priority and entry["reasons"]
 
     # The modality worklist carries the priority in its standard field.
     mwl = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}

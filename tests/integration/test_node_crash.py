@@ -46,7 +46,7 @@ def pacs(tmp_path: Path) -> Iterator[Pacs]:
 
 def start_node(home: Path, port: int, pacs: Pacs, stable_after: float) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DICOM_AI_HOME": str(home), "DICOM_AI_HOST": "127.0.0.1", "DICOM_AI_PORT": str(port),
-           "DICOM_AI_PACS": f"PACS@127.0.0.1:{pacs.port}", "DICOM_AI_STABLE_AFTER": str(stable_after)}
+           "DICOM_AI_PACS": f"PACS@127.0.0.1:{pacs.port}", "DICOM_AI_STABLE_AFTER": str(stable_after), "DICOM_AI_HTTP_PORT": "0"}
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "node.log", "ab")
     process = subprocess.Popen([str(CLI), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)

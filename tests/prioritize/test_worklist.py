@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from dicom_ai.cli import main
 from dicom_ai.domain import Priority, PriorityDecision
-from dicom_ai.prioritize.worklist import TurnaroundTargets, build_worklist, effective_priority
+from dicom_ai.domain import TurnaroundTargets
+from dicom_ai.prioritize.worklist import build_worklist, effective_priority
 from dicom_ai.store.database import ReceivedInstance, Store
 
 TARGETS = TurnaroundTargets(stat_minutes=60, urgent_minutes=240, routine_minutes=1440)
