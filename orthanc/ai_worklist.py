@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-META_ARRIVED = "AiArrived"  # study level, written here on NEW_STUDY (UTC, ISO 8601)
+META_ARRIVED = "AiArrived"  # study level, written here on NEW_STUDY (UTC, ISO 8601 with microseconds)
 STUDY_METADATA = ("AiPriority", "AiScore", "AiFindings", "AiReasons", "AiModel", META_ARRIVED)
 PRIORITY_RANK = {"STAT": 0, "URGENT": 1, "ROUTINE": 2}  # no AI priority yet: after ROUTINE
 WORKLIST_ROUTE = "/dicom-ai/worklist"
@@ -38,10 +38,12 @@ def utc_now() -> datetime:
 def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
+    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, layout).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
 
 
 def orthanc_time(text: str | None) -> datetime | None:
@@ -59,12 +61,14 @@ def worklist_entries(
 ) -> list[dict[str, Any]]:
     """One entry per study, in reading order: priority, then longest waiting first."""
     entries = []
+    arrival: dict[str, datetime] = {}
     for study in studies:
         meta = metadata.get(study["ID"], {})
         tags = study.get("MainDicomTags", {})
         patient = study.get("PatientMainDicomTags", {})
         arrived = parse_time(meta.get(META_ARRIVED)) or orthanc_time(study.get("LastUpdate")) or now
         priority = meta.get("AiPriority", "")
+        arrival[study["ID"]] = arrived
         entries.append({
             "ID": study["ID"],
             "StudyInstanceUID": tags.get("StudyInstanceUID", ""),
@@ -80,7 +84,7 @@ def worklist_entries(
             "AiModel": meta.get("AiModel", ""),
             "WaitingMinutes": round(max(0.0, (now - arrived).total_seconds() / 60), 1),
         })
-    entries.sort(key=lambda e: (PRIORITY_RANK.get(e["AiPriority"], len(PRIORITY_RANK)), -e["WaitingMinutes"],
+    entries.sort(key=lambda e: (PRIORITY_RANK.get(e["AiPriority"], len(PRIORITY_RANK)), arrival[e["ID"]],
                                 e["StudyInstanceUID"]))
     return entries
 
@@ -147,7 +151,7 @@ def install(
 
     def stamp_arrival(study_id: str) -> None:
         try:
-            rest_put(f"/studies/{study_id}/metadata/{META_ARRIVED}", utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"))
+            rest_put(f"/studies/{study_id}/metadata/{META_ARRIVED}", utc_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
         except Exception as exc:  # never let bookkeeping break reception
             log.warning(f"dicom-ai worklist: cannot set {META_ARRIVED} on study {study_id}: {exc}")
 
