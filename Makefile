@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-unit test-e2e models lint clean
+.PHONY: install run test test-unit test-e2e models clean bench
 
 $(BIN)/dicom-ai: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-e2e: install
 # Retrain the demo models from synthetic data (reproducible: fixed seeds).
 models: install
 	$(BIN)/dicom-ai train chest-demo --out models/chest-xray-demo
+
+# Benchmarks (ratios against storescp and Orthanc, not tests): bench/results/latest.{json,md}; BENCH_SCALE=0.1 for a quick run.
+bench: install
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,260 @@
+"""The receivers under test and the sender, as child processes that are always cleaned up.
+
+Every receiver is started fresh for each measurement so its peak RSS (VmHWM) belongs to that
+measurement alone. Processes are registered in a module-level set and killed on exit, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tests.e2e import orthanc_server
+from tests.e2e.orthanc_server import OrthancServer, free_port
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 90.0  # seconds a receiver gets to listen
+STOP_TIMEOUT = 30.0
+_CHILDREN: set[subprocess.Popen[bytes]] = set()
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message names the process and carries its log tail."""
+
+
+def _kill_children() -> None:
+    for process in list(_CHILDREN):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _CHILDREN.discard(process)
+
+
+atexit.register(_kill_children)
+
+
+def spawn(command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a child whose output goes to `log_path`; it is killed at exit if still running."""
+    with open(log_path, "ab") as sink:
+        process = subprocess.Popen(list(command), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd)
+    _CHILDREN.add(process)
+    return process
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    _CHILDREN.discard(process)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process in MiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def dcmtk_env(nodelay: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    """Poll until something accepts TCP on 127.0.0.1:port."""
+    import socket
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{what} exited with {process.returncode}:\n{_tail(log_path)}")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not listen on port {port} in {READY_TIMEOUT:.0f} s:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+class Receiver:
+    """A running receiver: its called AE title, port, main pid, and a count of what it stored."""
+
+    name = "?"
+    ae = "ANY"
+
+    def __init__(self, workdir: Path, nodelay: bool, fork: bool = False) -> None:
+        self.workdir = workdir
+        self.nodelay = nodelay
+        self.fork = fork
+        self.port = 0
+        self.pid = 0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+
+class OursReceiver(Receiver):
+    """The real `dicom-ai serve` (durable: fsync + SQLite before Success); no study ever completes during a run."""
+
+    name = "dicom-ai"
+    ae = "DICOM_AI"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.workdir / "serve.log"
+        env = {
+            **os.environ,
+            "DICOM_AI_HOME": str(self.workdir / "home"),
+            "DICOM_AI_HOST": "127.0.0.1",
+            "DICOM_AI_PORT": str(self.port),
+            "DICOM_AI_STABLE_AFTER": "86400",
+            "DICOM_AI_LOG_LEVEL": "INFO",
+        }
+        cli = Path(sys.executable).parent / "dicom-ai"
+        self.process = spawn([str(cli), "serve"], env, self.log_path)
+        self.pid = self.process.pid
+        deadline = time.monotonic() + READY_TIMEOUT
+        while b"dicom-ai ready" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"dicom-ai serve did not start:\n{_tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+    def stored(self) -> int:
+        return sum(1 for _ in (self.workdir / "home" / "spool" / "studies").rglob("*.dcm"))
+
+
+class StorescpReceiver(Receiver):
+    """dcmtk's storescp writing to a folder (no fsync); --fork for concurrent associations."""
+
+    name = "storescp"
+    ae = "STORESCP"
+
+    def start(self) -> None:
+        self.out = self.workdir / "out"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.workdir / "storescp.log"
+        command = ["storescp", *(["--fork"] if self.fork else []), "-aet", self.ae, "-od", str(self.out), str(self.port)]
+        self.process = spawn(command, dcmtk_env(self.nodelay), self.log_path)
+        self.pid = self.process.pid
+        wait_listening(self.port, self.process, "storescp", self.log_path)
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+    def stored(self) -> int:
+        return sum(1 for _ in self.out.iterdir())
+
+
+class OrthancReceiver(Receiver):
+    """Orthanc from orthanc/orthanc.json (tests/e2e/orthanc_server), forwarding disabled by a huge StableAge."""
+
+    name = "Orthanc"
+    ae = "ORTHANC"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        original = orthanc_server.nodelay_env
+        orthanc_server.nodelay_env = lambda: dcmtk_env(self.nodelay)  # type: ignore[assignment]
+        try:
+            self.server = OrthancServer(self.workdir, router_aet="NOBODY", router_port=free_port(), stable_age=86400)
+            self.server.start()
+        finally:
+            orthanc_server.nodelay_env = original  # type: ignore[assignment]
+        assert self.server.process is not None
+        _CHILDREN.add(self.server.process)
+        self.pid = self.server.process.pid
+        self.port = self.server.dicom_port
+        self.ae = self.server.aet
+
+    def stop(self) -> None:
+        if self.server.process is not None:
+            _CHILDREN.discard(self.server.process)
+        self.server.stop()
+
+    def stored(self) -> int:
+        return int(self.server.get_json("/statistics")["CountInstances"])
+
+
+RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, StorescpReceiver, OrthancReceiver)}
+
+
+@contextlib.contextmanager
+def running(receiver: Receiver) -> Iterator[Receiver]:
+    """Start the receiver, yield it, stop it and delete its folder."""
+    try:
+        receiver.start()
+        yield receiver
+    finally:
+        with contextlib.suppress(Exception):
+            receiver.stop()
+        shutil.rmtree(receiver.workdir, ignore_errors=True)
+
+
+def storescu_command(files: Sequence[Path], port: int, called: str) -> list[str]:
+    return ["storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+
+
+def send(batches: Sequence[Sequence[Path]], port: int, called: str, nodelay: bool, timeout: float = 600) -> float:
+    """Run one storescu per batch, all at once; the wall seconds until the last exits. Raises on any failure."""
+    env = dcmtk_env(nodelay)
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen(storescu_command(b, port, called), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for b in batches
+    ]
+    for p in processes:
+        _CHILDREN.add(p)  # type: ignore[arg-type]
+    errors: list[str] = []
+    try:
+        for p in processes:
+            _, stderr = p.communicate(timeout=timeout)
+            bad = [line for line in stderr.splitlines() if line.startswith(("E:", "F:"))]
+            if p.returncode != 0 or bad:
+                errors.append(f"exit {p.returncode}: " + "\n".join(bad or stderr.splitlines()[-5:]))
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            _CHILDREN.discard(p)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise BenchError(f"storescu to {called}@127.0.0.1:{port} failed:\n" + "\n".join(errors)[:3000])
+    return elapsed

@@ -1,0 +1,108 @@
+"""The markdown table of a run (bench/results/latest.md), including how far each target is missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _receive(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["## 1. Receive throughput (storescu → receiver, loopback, medians of interleaved rounds)", "",
+           "| corpus | TCP_NODELAY | assoc. | receiver | instances | inst/s | MB/s | peak RSS MiB | dicom-ai speed vs this peer |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r.get("ours_over_peer")
+        out.append(f"| {r['corpus']} | {'1' if r['nodelay'] else 'unset'} | {r['associations']} | {r['receiver']} | "
+                   f"{r['instances']} | {_f(r['inst_per_s'])} | {_f(r['mb_per_s'])} | {_f(r['peak_rss_mb'], 0)} | "
+                   f"{'' if ratio is None else f'{ratio:.2f}×'} |")
+    out += ["", "The last column is the per-round ratio peer time / dicom-ai time, medianed: above 1 we are faster.", ""]
+    return out
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    out = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    for r in results.get("receive", []):
+        if r["receiver"] == "storescp" and r.get("ours_over_peer") is not None:
+            ratio = r["ours_over_peer"]
+            what = f"dicom-ai ≥ storescp, {r['corpus']}, nodelay={'1' if r['nodelay'] else 'unset'}, ×{r['associations']}"
+            verdict = "met" if ratio >= 1 else f"missed: {(1 - ratio) * 100:.0f}% slower ({1 / ratio:.1f}× the time)"
+            out.append(f"| {what} | {ratio:.2f}× | {verdict} |")
+    ours = [r for r in results.get("receive", []) if r["receiver"] == "dicom-ai" and r["nodelay"] and r["associations"] == 1]
+    if ours:
+        low, high = min(r["peak_rss_mb"] for r in ours), max(r["peak_rss_mb"] for r in ours)
+        growth = (high - low) / low * 100 if low else 0
+        out.append(f"| flat memory whatever the instance size | peak RSS {low:.0f}–{high:.0f} MiB | "
+                   f"{'met' if growth <= 10 else 'missed'} ({growth:.0f}% spread) |")
+    t = results.get("turnaround")
+    if t:
+        p50 = t["p50_minus_waits_s"]
+        out.append(f"| turnaround minus stability waits < 1 s (chest CR) | p50 {p50:.2f} s, p95 {t['p95_minus_waits_s']:.2f} s | "
+                   f"{'met' if p50 < 1 else f'missed by {p50 - 1:.2f} s (p50)'} |")
+    return out + [""]
+
+
+def _turnaround(t: dict[str, Any]) -> list[str]:
+    waits = t["orthanc_stable_age_s"] + t["stable_after_s"]
+    out = ["## 2. End-to-end turnaround through Orthanc (storescu end → SR in Orthanc)", "",
+           f"{t['studies']} chest CR studies (RG1_UNCR.dcm, new UIDs), one after another; Orthanc StableAge "
+           f"{t['orthanc_stable_age_s']} s + our stable_after {t['stable_after_s']} s = {waits:.0f} s of configured waits.", "",
+           "| | p50 s | p95 s |", "|---|---|---|",
+           f"| raw | {t['p50_s']:.2f} | {t['p95_s']:.2f} |",
+           f"| minus configured waits | {t['p50_minus_waits_s']:.2f} | {t['p95_minus_waits_s']:.2f} |", ""]
+    if t.get("stages_p50_s"):
+        out += ["| stage (median s) | " + " | ".join(t["stages_p50_s"]) + " |",
+                "|---|" + "---|" * len(t["stages_p50_s"]),
+                "| | " + " | ".join(f"{v:.2f}" for v in t["stages_p50_s"].values()) + " |", ""]
+    return out
+
+
+def _inference(i: dict[str, Any]) -> list[str]:
+    out = [f"## 3. Inference ({i['model']}, torch eager, {i['torch_threads']} threads)", "",
+           "| batch | Grad-CAM | ms/image | images/s |", "|---|---|---|---|"]
+    for r in i["speed"]:
+        out.append(f"| {r['batch']} | {'yes' if r['gradcam'] else 'no'} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} |")
+    p = i["pipeline"]
+    out += ["", "| one-image chest study | median s |", "|---|---|",
+            f"| Pipeline.process_next (route + read + infer + Grad-CAM + encode SR/SC + fsync + commit) | {p['study_s']:.3f} |",
+            f"| model forward alone (batch 1) | {p['forward_s']:.3f} |",
+            f"| reading the CR and making its display image | {p['read_and_display_s']:.3f} |",
+            f"| **pipeline / forward** | **{p['study_over_forward']:.1f}×** |", ""]
+    return out
+
+
+def _scale(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["## 4-5. Scale (synthetic one-instance studies in the SQLite store)", "",
+           "| studies | insert studies/s (durable) | `studies` ms | `studies --state` ms | rule replay s | DB MB |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['studies']:,} | {r['fill_studies_per_s']:.0f} | {r['studies_query_ms']:.1f} | "
+                   f"{r['studies_state_query_ms']:.1f} | {r['rule_replay_s']:.2f} | {r['database_mb']:.1f} |")
+    if len(rows) == 2:
+        a, b = rows
+        growth = b["studies"] / a["studies"]
+        out += ["", f"Growth for {growth:.0f}× the studies: `studies` {b['studies_query_ms'] / a['studies_query_ms']:.1f}×, "
+                f"rule replay {b['rule_replay_s'] / a['rule_replay_s']:.1f}×, database {b['database_mb'] / a['database_mb']:.1f}×."]
+    return out + [""]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    v = m["versions"]
+    lines = ["# dicom-ai benchmarks", "",
+             f"{m['when']}, BENCH_SCALE={results['bench_scale']}, {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
+             f"{m['os']}, Python {m['python']}; torch {v['torch']}, monai {v['monai']}, pydicom {v['pydicom']}, "
+             f"pynetdicom {v['pynetdicom']}, highdicom {v['highdicom']}; {v['dcmtk']}; Orthanc {v['orthanc']}."
+             f" Run time {results.get('duration_s', 0):.0f} s.", ""]
+    lines += _targets(results)
+    if "receive" in results:
+        lines += _receive(results["receive"])
+    if "turnaround" in results:
+        lines += _turnaround(results["turnaround"])
+    if "inference" in results:
+        lines += _inference(results["inference"])
+    if "scale" in results:
+        lines += _scale(results["scale"])
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""End-to-end turnaround: storescu -> real Orthanc -> (stable) -> `dicom-ai serve` -> SR back in Orthanc."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydicom.data import get_testdata_file
+
+from bench.corpus import copy_as_new_study
+from bench.procs import _CHILDREN, BenchError, spawn, terminate
+from bench.stats import median, percentile
+from tests.e2e.orthanc_server import OrthancServer, free_port, storescu
+
+log = logging.getLogger(__name__)
+
+ORTHANC_STABLE_AGE = 1  # s, Orthanc's StableAge in this benchmark
+STABLE_AFTER = 1.0  # s, our quiet time
+SR_TIMEOUT = 120.0  # s per study before the benchmark gives up
+POLL = 0.02  # s between REST polls
+
+
+def _sr_arrived(orthanc: OrthancServer, study_uid: str) -> bool:
+    orthanc_id = orthanc.find_study(study_uid)
+    if orthanc_id is None:
+        return False
+    series = orthanc.get_json(f"/studies/{orthanc_id}/series")
+    return any(s.get("MainDicomTags", {}).get("Modality") == "SR" for s in series)
+
+
+def run(workdir: Path, studies: int) -> dict[str, Any]:
+    """Send `studies` chest radiographs one after another; seconds from storescu's end to the SR in Orthanc."""
+    source = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if source is None:
+        raise BenchError("RG1_UNCR.dcm is not installed (pip install pydicom-data)")
+    router_port = free_port()
+    orthanc = OrthancServer(workdir / "orthanc", router_aet="DICOM_AI", router_port=router_port,
+                            stable_age=ORTHANC_STABLE_AGE)
+    orthanc.start()
+    assert orthanc.process is not None
+    _CHILDREN.add(orthanc.process)
+    home = workdir / "router"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DICOM_AI_HOME": str(home), "DICOM_AI_HOST": "127.0.0.1", "DICOM_AI_PORT": str(router_port),
+           "DICOM_AI_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "DICOM_AI_ORTHANC_URL": orthanc.http_url,
+           "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER)}
+    log_path = home / "serve.log"
+    serve = spawn([str(Path(sys.executable).parent / "dicom-ai"), "serve"], env, log_path)
+    times: list[float] = []
+    sent_wall: dict[str, float] = {}
+    arrived_wall: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 90
+        while b"dicom-ai ready" not in log_path.read_bytes():
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"dicom-ai serve did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        for number in range(studies + 1):  # the first study warms caches and is not counted
+            path, study_uid = copy_as_new_study(Path(source), workdir / "in")
+            storescu([path], orthanc.dicom_port, called=orthanc.aet)
+            sent = time.perf_counter()
+            sent_wall[study_uid] = time.time()
+            deadline = time.monotonic() + SR_TIMEOUT
+            while not _sr_arrived(orthanc, study_uid):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no SR for study {study_uid} after {SR_TIMEOUT:.0f} s; node log:\n"
+                                     f"{log_path.read_text()[-3000:]}")
+                time.sleep(POLL)
+            elapsed = time.perf_counter() - sent
+            arrived_wall[study_uid] = time.time()
+            log.info("turnaround study %d: %.2f s%s", number, elapsed, " (warm-up, not counted)" if number == 0 else "")
+            if number:
+                times.append(elapsed)
+            else:
+                sent_wall.pop(study_uid)
+    finally:
+        terminate(serve)
+        _CHILDREN.discard(orthanc.process)  # type: ignore[arg-type]
+        orthanc.stop()
+    waits = ORTHANC_STABLE_AGE + STABLE_AFTER
+    stages = _stages(home / "dicom-ai.sqlite", sent_wall, arrived_wall)
+    return {
+        "studies": len(times), "orthanc_stable_age_s": ORTHANC_STABLE_AGE, "stable_after_s": STABLE_AFTER,
+        "raw_s": times, "p50_s": median(times), "p95_s": percentile(times, 95),
+        "p50_minus_waits_s": median(times) - waits, "p95_minus_waits_s": percentile(times, 95) - waits,
+        "stages_p50_s": stages,
+    }
+
+
+def _stages(database: Path, sent: dict[str, float], arrived: dict[str, float]) -> dict[str, float]:
+    """Where the time goes, from our database's wall-clock stamps (median over the counted studies)."""
+    import sqlite3
+
+    parts: dict[str, list[float]] = {"orthanc_to_us": [], "quiet_to_complete": [], "complete_to_processed": [],
+                                     "processed_to_sr_in_orthanc": []}
+    with sqlite3.connect(database) as db:
+        for uid, t_sent in sent.items():
+            row = db.execute("select first_received_at, last_received_at, completed_at, processed_at from studies"
+                             " where study_instance_uid = ?", [uid]).fetchone()
+            if row is None or None in row:
+                continue
+            first, last, completed, processed = row
+            parts["orthanc_to_us"].append(first - t_sent)
+            parts["quiet_to_complete"].append(completed - last)
+            parts["complete_to_processed"].append(processed - completed)
+            parts["processed_to_sr_in_orthanc"].append(arrived[uid] - processed)
+    return {k: median(v) for k, v in parts.items() if v}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run(Path("/tmp/bench-turnaround"), 3), indent=2))
