@@ -78,7 +78,13 @@ class Settings(BaseModel):
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")
-    webhook_include_patient: bool = Field(default=False, description="add PatientID, name and accession to notices")
+    notify_include_patient: bool = Field(default=False, description="add PatientID, name and accession to notices")
+    smtp_host: str | None = Field(default=None, description="SMTP server for e-mail notices")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="its port")
+    smtp_from: str = Field(default="dicom-ai@localhost", description="sender address of notices")
+    smtp_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
+    email_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
+        default=("STAT",), description="priorities that send an e-mail, comma-separated")
     http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
     http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
     turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
@@ -101,11 +107,11 @@ class Settings(BaseModel):
             return Peer.parse(value) if value.strip() else None
         return value
 
-    @field_validator("webhook_levels", mode="before")
+    @field_validator("webhook_levels", "email_levels", "smtp_to", mode="before")
     @classmethod
     def _levels(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator("hl7_mllp")

@@ -22,8 +22,8 @@ from dicom_ai.prioritize.mwl import mwl_payload
 from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM, HL7, MWL, ORTHANC_METADATA, WEBHOOK
-from dicom_ai.send.webhook import notice_payload
+from dicom_ai.send.outbox import DICOM, EMAIL, HL7, MWL, ORTHANC_METADATA, WEBHOOK
+from dicom_ai.send.webhook import email_payload, notice_payload
 from dicom_ai.store.database import ResultFile
 
 if TYPE_CHECKING:
@@ -170,15 +170,18 @@ class Pipeline:
             message = oru_message(study.header, reported, all_findings, infos,
                                   self.settings.hl7_receiving_application, self.settings.hl7_receiving_facility)
             outbox.append((HL7, study_uid, self.settings.hl7_mllp, message))
+        header = study.header
+        patient = {
+            "PatientID": str(header.get("PatientID", "")),
+            "PatientName": str(header.get("PatientName", "")),
+            "AccessionNumber": str(header.get("AccessionNumber", "")),
+        } if self.settings.notify_include_patient else None
+        notice = notice_payload(study_uid, priority, all_findings, infos, patient)
         if self.settings.webhook_url and priority.level.name in self.settings.webhook_levels:
-            header = study.header
-            patient = {
-                "PatientID": str(header.get("PatientID", "")),
-                "PatientName": str(header.get("PatientName", "")),
-                "AccessionNumber": str(header.get("AccessionNumber", "")),
-            } if self.settings.webhook_include_patient else None
-            payload = notice_payload(study_uid, priority, all_findings, infos, patient)
-            outbox.append((WEBHOOK, study_uid, self.settings.webhook_url, payload))
+            outbox.append((WEBHOOK, study_uid, self.settings.webhook_url, notice))
+        if self.settings.smtp_host and self.settings.smtp_to and priority.level.name in self.settings.email_levels:
+            mail = email_payload(notice, self.settings.smtp_from, self.settings.smtp_to)
+            outbox.append((EMAIL, study_uid, f"{self.settings.smtp_host}:{self.settings.smtp_port}", mail))
         self.store.save_outcome(
             study_uid,
             rules=rule_names,

@@ -19,7 +19,7 @@ from dicom_ai.prioritize.mwl import write_entry
 from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
 from dicom_ai.send.mllp import MllpError, send_hl7
-from dicom_ai.send.webhook import WebhookError, post_notice
+from dicom_ai.send.webhook import EmailError, WebhookError, post_notice, send_email
 from dicom_ai.store.database import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ ORTHANC_METADATA = "orthanc_metadata"
 WEBHOOK = "webhook"
 MWL = "mwl"
 HL7 = "hl7"
+EMAIL = "email"
 
 
 class Outbox:
@@ -76,6 +77,8 @@ class Outbox:
                     delivered += self._write_worklist(item)
                 elif item.kind == HL7:
                     delivered += self._send_hl7(item)
+                elif item.kind == EMAIL:
+                    delivered += self._send_email(item)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -147,4 +150,14 @@ class Outbox:
             return 0
         self.store.mark_sent(item)
         log.info("sent HL7 ORU^R01 for study %s to %s", item.study_instance_uid, item.destination)
+        return 1
+
+    def _send_email(self, item: OutboxItem) -> int:
+        try:
+            send_email(item.destination, item.payload)
+        except EmailError as exc:
+            self._fail(item, str(exc))
+            return 0
+        self.store.mark_sent(item)
+        log.info("e-mailed the result of study %s via %s", item.study_instance_uid, item.destination)
         return 1

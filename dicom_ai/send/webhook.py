@@ -1,11 +1,13 @@
-"""Critical-result notices: a JSON POST to a URL (chat bridge, paging system, RIS)."""
+"""Result notices: a JSON POST to a URL (chat bridge, paging system, RIS), or an e-mail over SMTP."""
 
 from __future__ import annotations
 
 import json
+import smtplib
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from email.message import EmailMessage
 
 from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
 
@@ -58,3 +60,41 @@ def post_notice(url: str, payload: str, timeout: float = 10.0) -> None:
         raise WebhookError(f"webhook {url} unreachable: {getattr(exc, 'reason', exc)}") from exc
     if not 200 <= status < 300:
         raise WebhookError(f"webhook {url} answered HTTP {status}")
+
+
+class EmailError(Exception):
+    """The SMTP server did not take the e-mail; the outbox retries."""
+
+
+def email_payload(notice: str, sender: str, recipients: Sequence[str]) -> str:
+    """An e-mail made from a notice (see notice_payload), as JSON for the outbox."""
+    body = json.loads(notice)
+    findings = "\n".join(f"  {f['label']} ({f['code']}): {f['probability']:.0%}{' PRESENT' if f['present'] else ''}"
+                         for f in body["findings"])
+    lines = [
+        f"AI priority: {body['priority']}",
+        f"Why: {'; '.join(body['reasons'])}",
+        f"Study Instance UID: {body['study_instance_uid']}",
+        *(f"{key}: {value}" for key, value in body.get("patient", {}).items()),
+        "Findings:", findings or "  none",
+        f"Model(s): {', '.join(body['models'])}",
+    ]
+    if body["not_for_clinical_use"]:
+        lines.append("NOT FOR CLINICAL USE: demo model trained on synthetic data.")
+    subject = f"[dicom-ai] {body['priority']} result for study ...{body['study_instance_uid'][-12:]}"
+    return json.dumps({"from": sender, "to": list(recipients), "subject": subject, "body": "\n".join(lines)},
+                      sort_keys=True)
+
+
+def send_email(destination: str, payload: str, timeout: float = 10.0) -> None:
+    """`destination` is the SMTP server as host:port."""
+    values = json.loads(payload)
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = values["from"], ", ".join(values["to"]), values["subject"]
+    message.set_content(values["body"])
+    host, _, port = destination.rpartition(":")
+    try:
+        with smtplib.SMTP(host, int(port), timeout=timeout) as smtp:
+            smtp.send_message(message)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise EmailError(f"SMTP server {destination}: {exc}") from exc
