@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from orthanc_api_client import OrthancApiClient
 
 from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+from dicom_ai.send.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ AI_MODEL = "AiModel"
 AI_UPDATED = "AiUpdated"
 
 
-class OrthancFlagError(Exception):
+class OrthancFlagError(DeliveryError):
     """Orthanc did not take the metadata; the outbox retries."""
 
 

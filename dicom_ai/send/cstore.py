@@ -11,11 +11,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_ai.config import Peer
+from dicom_ai.send.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
 
-class SendError(Exception):
+class SendError(DeliveryError):
     """The peer could not be reached or refused the association; nothing was sent."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hl7
 from hl7.client import MLLPClient
 
+from dicom_ai.send.errors import DeliveryError
 
-class MllpError(Exception):
+
+class MllpError(DeliveryError):
     """The receiver was unreachable or did not accept the message; the outbox retries."""
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from dicom_ai.config import Peer, Settings
 from dicom_ai.prioritize.mwl import write_entry
-from dicom_ai.prioritize.orthanc_flags import OrthancFlagError, OrthancFlags
+from dicom_ai.prioritize.orthanc_flags import OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
-from dicom_ai.send.mllp import MllpError, send_hl7
-from dicom_ai.send.webhook import EmailError, WebhookError, post_notice, send_email
+from dicom_ai.send.errors import DeliveryError
+from dicom_ai.send.mllp import send_hl7
+from dicom_ai.send.webhook import post_notice, send_email
 from dicom_ai.store.database import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ class Outbox:
         )
         self._flags: dict[str, OrthancFlags] = {}
         self._lock = threading.Lock()
+        # kind -> how to deliver one item; DICOM goes in batches (one association per peer) instead.
+        self._senders: dict[str, Callable[[OutboxItem], None]] = {
+            ORTHANC_METADATA: self._publish_flags,
+            WEBHOOK: lambda item: post_notice(item.destination, item.payload),
+            MWL: _write_worklist,
+            HL7: lambda item: send_hl7(item.destination, item.payload),
+            EMAIL: lambda item: send_email(item.destination, item.payload),
+        }
 
     def retry_at(self, attempts_so_far: int) -> float | None:
         """When to try again after a failure, or None to give up."""
@@ -67,18 +76,10 @@ class Outbox:
                     dicom[item.destination].append(item)
             for destination, batch in dicom.items():
                 delivered += self._send_dicom(destination, batch)
-            # Flags after the objects, so a viewer that opens a flagged study finds the SR there.
+            # The rest after the objects, so whoever is told about a study finds the SR there.
             for item in items:
-                if item.kind == ORTHANC_METADATA:
-                    delivered += self._send_flags(item)
-                elif item.kind == WEBHOOK:
-                    delivered += self._send_notice(item)
-                elif item.kind == MWL:
-                    delivered += self._write_worklist(item)
-                elif item.kind == HL7:
-                    delivered += self._send_hl7(item)
-                elif item.kind == EMAIL:
-                    delivered += self._send_email(item)
+                if item.kind != DICOM:
+                    delivered += self._deliver(item)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -111,53 +112,28 @@ class Outbox:
             log.info("sent %d result object(s) to %s", sent, destination)
         return sent
 
-    def _send_flags(self, item: OutboxItem) -> int:
+    def _deliver(self, item: OutboxItem) -> int:
+        deliver = self._senders.get(item.kind)
+        try:
+            if deliver is None:
+                raise DeliveryError(f"unknown outbox kind {item.kind!r} (written by a newer dicom-ai?)")
+            deliver(item)
+        except DeliveryError as exc:
+            self._fail(item, str(exc))
+            return 0
+        self.store.mark_sent(item)
+        log.info("delivered %s for study %s to %s", item.kind, item.study_instance_uid, item.destination)
+        return 1
+
+    def _publish_flags(self, item: OutboxItem) -> None:
         flags = self._flags.get(item.destination)
         if flags is None:
             flags = self._flags[item.destination] = self._flags_factory(item.destination)
-        try:
-            flags.publish(item.study_instance_uid, item.payload)
-        except OrthancFlagError as exc:
-            self._fail(item, str(exc))
-            return 0
-        self.store.mark_sent(item)
-        return 1
+        flags.publish(item.study_instance_uid, item.payload)
 
-    def _send_notice(self, item: OutboxItem) -> int:
-        try:
-            post_notice(item.destination, item.payload)
-        except WebhookError as exc:
-            self._fail(item, str(exc))
-            return 0
-        self.store.mark_sent(item)
-        log.info("notified %s about study %s", item.destination, item.study_instance_uid)
-        return 1
 
-    def _write_worklist(self, item: OutboxItem) -> int:
-        try:
-            write_entry(Path(item.destination), item.study_instance_uid, item.payload)
-        except (OSError, ValueError, KeyError) as exc:
-            self._fail(item, f"cannot write worklist entry in {item.destination}: {exc}")
-            return 0
-        self.store.mark_sent(item)
-        return 1
-
-    def _send_hl7(self, item: OutboxItem) -> int:
-        try:
-            send_hl7(item.destination, item.payload)
-        except MllpError as exc:
-            self._fail(item, str(exc))
-            return 0
-        self.store.mark_sent(item)
-        log.info("sent HL7 ORU^R01 for study %s to %s", item.study_instance_uid, item.destination)
-        return 1
-
-    def _send_email(self, item: OutboxItem) -> int:
-        try:
-            send_email(item.destination, item.payload)
-        except EmailError as exc:
-            self._fail(item, str(exc))
-            return 0
-        self.store.mark_sent(item)
-        log.info("e-mailed the result of study %s via %s", item.study_instance_uid, item.destination)
-        return 1
+def _write_worklist(item: OutboxItem) -> None:
+    try:
+        write_entry(Path(item.destination), item.study_instance_uid, item.payload)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DeliveryError(f"cannot write worklist entry in {item.destination}: {exc}") from exc

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 
 from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+from dicom_ai.send.errors import DeliveryError
 
 
-class WebhookError(Exception):
+class WebhookError(DeliveryError):
     """The receiver did not accept the notice; the outbox retries."""
 
 
@@ -62,7 +63,7 @@ def post_notice(url: str, payload: str, timeout: float = 10.0) -> None:
         raise WebhookError(f"webhook {url} answered HTTP {status}")
 
 
-class EmailError(Exception):
+class EmailError(DeliveryError):
     """The SMTP server did not take the e-mail; the outbox retries."""
 
 
