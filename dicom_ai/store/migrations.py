@@ -119,3 +119,9 @@ def _priority_override(db: Database) -> None:
     db["studies"].add_column("priority_override_reason", str)
     db["studies"].add_column("priority_override_by", str)
     db["studies"].add_column("priority_override_at", float)
+
+
+@migrations(name="003_studies_by_arrival")
+def _studies_by_arrival(db: Database) -> None:
+    """`dicom-ai studies` and the worklist list newest first; without this they sort every row."""
+    db["studies"].create_index(["last_received_at"])
