@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
-from dicom_ai.domain import Finding, ImageResult, ModelInfo, Priority, PriorityDecision, Series, Study, StudyState
+from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, Study, StudyState
 from dicom_ai.encode import encode_results
 from dicom_ai.prioritize.history import apply_history
-from dicom_ai.prioritize.hl7_result import oru_message
-from dicom_ai.prioritize.mwl import mwl_payload
-from dicom_ai.prioritize.orthanc_flags import flags_payload
 from dicom_ai.prioritize.policy import combine, decide_priority
+from dicom_ai.prioritize.publish import publications, with_override
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM, EMAIL, HL7, MWL, ORTHANC_METADATA, WEBHOOK
-from dicom_ai.send.webhook import email_payload, notice_payload
+from dicom_ai.send.outbox import DICOM
 from dicom_ai.store.database import ResultFile
 
 if TYPE_CHECKING:
@@ -155,33 +152,8 @@ class Pipeline:
         outbox: list[tuple[str, str, str, str]] = []
         if self.settings.pacs is not None:
             outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
-        override = self.store.priority_override(study_uid)
-        if self.settings.orthanc_url:
-            payload = flags_payload(priority, all_findings, infos, override=override)
-            outbox.append((ORTHANC_METADATA, study_uid, self.settings.orthanc_url, payload))
-        if self.settings.mwl_dir is not None:
-            level = override[0] if override else priority.level.name
-            payload = mwl_payload(study.header, level, "; ".join(priority.reasons))
-            outbox.append((MWL, study_uid, str(self.settings.mwl_dir), payload))
-        if self.settings.hl7_mllp:
-            reported = priority if override is None else PriorityDecision(
-                Priority[override[0]], priority.score, (f"set to {override[0]} by {override[2]}: {override[1]}",
-                                                        *priority.reasons))
-            message = oru_message(study.header, reported, all_findings, infos,
-                                  self.settings.hl7_receiving_application, self.settings.hl7_receiving_facility)
-            outbox.append((HL7, study_uid, self.settings.hl7_mllp, message))
-        header = study.header
-        patient = {
-            "PatientID": str(header.get("PatientID", "")),
-            "PatientName": str(header.get("PatientName", "")),
-            "AccessionNumber": str(header.get("AccessionNumber", "")),
-        } if self.settings.notify_include_patient else None
-        notice = notice_payload(study_uid, priority, all_findings, infos, patient)
-        if self.settings.webhook_url and priority.level.name in self.settings.webhook_levels:
-            outbox.append((WEBHOOK, study_uid, self.settings.webhook_url, notice))
-        if self.settings.smtp_host and self.settings.smtp_to and priority.level.name in self.settings.email_levels:
-            mail = email_payload(notice, self.settings.smtp_from, self.settings.smtp_to)
-            outbox.append((EMAIL, study_uid, f"{self.settings.smtp_host}:{self.settings.smtp_port}", mail))
+        published = with_override(priority, self.store.priority_override(study_uid))
+        outbox += publications(study, published, all_findings, infos, self.settings)
         self.store.save_outcome(
             study_uid,
             rules=rule_names,

@@ -31,22 +31,15 @@ def flags_payload(
     priority: PriorityDecision,
     findings: Sequence[Finding],
     models: Sequence[ModelInfo],
-    override: tuple[str, str, str] | None = None,
 ) -> str:
-    """The metadata values as JSON, stored in the outbox so a retry sends exactly the same.
-
-    A radiologist's `override` (level, reason, by) outranks the AI's level, which stays in the reasons.
-    """
+    """The metadata values as JSON, stored in the outbox so a retry sends exactly the same."""
     summary = "; ".join(
         f"{f.label} {f.probability:.0%} ({'present' if f.present else 'absent'})"
         for f in sorted(findings, key=lambda f: -f.probability)
     )
     reasons = "; ".join(priority.reasons)
-    if override is not None:
-        level, why, by = override
-        reasons = f"set to {level} by {by}: {why}; AI said {priority.level.name}: {reasons}"
     values = {
-        AI_PRIORITY: override[0] if override else priority.level.name,
+        AI_PRIORITY: priority.level.name,
         AI_SCORE: f"{priority.score:.4f}",
         AI_FINDINGS: summary or "none",
         AI_REASONS: reasons,
