@@ -14,9 +14,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
-from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision, Series, Study, StudyState
+from dicom_ai.domain import (
+    Finding,
+    ImageResult,
+    ModelInfo,
+    PriorFinding,
+    PriorityDecision,
+    Series,
+    Study,
+    StudyState,
+)
 from dicom_ai.encode import encode_results
 from dicom_ai.prioritize.history import apply_history
+from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.prioritize.publish import publications, with_override
 from dicom_ai.route.matcher import route
@@ -85,6 +95,22 @@ class Pipeline:
             self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
         return jobs, rule_names
 
+    def _with_pacs_history(
+        self, study: Study, priority: PriorityDecision, priors: list[PriorFinding]
+    ) -> PriorityDecision:
+        """Add the PACS's prior studies that no AI analysed as a reason to compare (best effort)."""
+        patient_id = str(study.header.get("PatientID", "") or "")
+        if self.settings.pacs is None or not patient_id:
+            return priority
+        try:
+            found = prior_studies(self.settings.ae, self.settings.pacs, patient_id, study.study_instance_uid)
+        except (PacsHistoryError, OSError, ValueError) as exc:
+            log.warning("study %s: no prior studies from the PACS (%s); priority from our own history only",
+                        study.study_instance_uid, exc)
+            return priority
+        reasons = comparison_reasons(found, analysed={p.study_instance_uid for p in priors})
+        return PriorityDecision(priority.level, priority.score, priority.reasons + reasons)
+
     def _no_results(self, study_uid: str, reason: str) -> None:
         log.info("study %s: %s; stored without results", study_uid, reason)
         self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
@@ -148,7 +174,7 @@ class Pipeline:
         if not infos:
             self._no_results(study_uid, "; ".join(skipped) or "no series for any model")
             return
-        priority = combine(decisions)
+        priority = self._with_pacs_history(study, combine(decisions), priors)
         outbox: list[tuple[str, str, str, str]] = []
         if self.settings.pacs is not None:
             outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]

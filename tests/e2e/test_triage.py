@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.train.phantoms import chest_phantom
-from tests.conftest import HttpReceiver, MllpListener, sample
+from tests.conftest import HttpReceiver, MllpListener, copy_as_new_study, sample
 from tests.e2e.conftest import RouterProcess, mwl_priority, wait_for
 from tests.e2e.orthanc_server import OrthancServer, storescu
 
@@ -65,9 +65,11 @@ def test_studies_come_out_in_priority_order_with_history_and_aging(
     orthanc, router, _, _ = node_stack
     patient_a, patient_b, patient_c = (f"T{generate_uid()[-8:]}{x}" for x in "ABC")
     prior_uid, prior = phantom_study(tmp_path / "in", patient_a, seed=100, finding=False)
-    storescu([prior], orthanc.dicom_port)
-    wait_for("the prior study", lambda: any(e["study_instance_uid"] == prior_uid for e in our_worklist(router)
-                                            if e["state"] == "done"), 120, router)
+    # C's only prior is a CT (2004-01-19) that no rule routes: the PACS knows it, no AI result does.
+    ct_prior = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in", PatientID=patient_c)
+    storescu([prior, ct_prior], orthanc.dicom_port)
+    wait_for("the prior studies", lambda: {e["study_instance_uid"]: e["state"] for e in our_worklist(router)}.get(
+        prior_uid) == "done", 120, router)
 
     # Then, in this order: C (clear), A's follow-up (new consolidation), B (large consolidation).
     later = [
@@ -86,6 +88,8 @@ def test_studies_come_out_in_priority_order_with_history_and_aging(
     by_uid = {e["study_instance_uid"]: e for e in entries}
     assert by_uid[b_uid]["priority"] == "STAT"
     assert by_uid[c_uid]["priority"] == "ROUTINE" and by_uid[prior_uid]["priority"] == "ROUTINE"
+    # History by C-FIND: the PACS's prior CT, which no AI analysed, is named for comparison.
+    assert "prior CT study of 2004-01-19 in the PACS, without AI result: compare" in by_uid[c_uid]["reasons"]
     # A's follow-up alone would be URGENT (present, below STAT 90%); new after a prior negative -> STAT
     history = by_uid[a_uid]
     assert history["ai_priority"] == "STAT" and any(r.startswith("new Consolidation: absent on prior study")
