@@ -23,7 +23,7 @@ PAGE_ROUTE = "/dicom-ai/worklist.html"
 EXPLORER_JS = """
 $('#lookup').live('pagebeforeshow', function() {
   if ($('#dicom-ai-worklist').length == 0) {
-    $('#lookup').find('div[data-role=content]').prepend(
+    $('#lookup').find('div[data-role=content]').first().prepend(
       '<p id="dicom-ai-worklist"><a href="../dicom-ai/worklist.html" data-ajax="false" target="_blank">' +
       'AI reading worklist (most urgent first)</a></p>');
   }
