@@ -204,15 +204,11 @@ def worklist(ctx: click.Context, level: str | None, patient: str | None, today: 
     """The reading order: most urgent first; waiting studies rise against their turnaround target."""
     from dataclasses import asdict
 
-    from dicom_ai.prioritize.worklist import build_worklist
+    from dicom_ai.prioritize.worklist import current_worklist
 
     settings = _settings(ctx)
-    store = _open_store(settings)
-    now = time.time()
-    midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-    rows = [r for r in store.studies(limit=1_000_000)
-            if (patient is None or r.patient_id == patient) and (not today or r.first_received_at >= midnight)]
-    entries = [e for e in build_worklist(rows, now, settings.turnaround_targets) if level is None or e.priority.name == level][:limit]
+    listed = current_worklist(_open_store(settings), settings.turnaround_targets, today=today, patient_id=patient)
+    entries = [e for e in listed if level is None or e.priority.name == level][:limit]
     if as_json:
         click.echo(json.dumps([asdict(e) | {"priority": e.priority.name} for e in entries], indent=2))
         return
@@ -247,17 +243,17 @@ def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str,
     settings = _settings(ctx)
     store = _open_store(settings)
     who = by or getpass.getuser()
-    rows = [r for r in store.studies(limit=1_000_000) if r.study_instance_uid == study_uid]
-    if not rows:
+    row = store.study(study_uid)
+    if row is None:
         raise click.ClickException(f"no study {study_uid} on this node")
     outbox = []
     if settings.orthanc_url:
-        payload = override_payload(level, reason, who, ai_priority=rows[0].priority)
+        payload = override_payload(level, reason, who, ai_priority=row.priority)
         outbox.append((ORTHANC_METADATA, study_uid, settings.orthanc_url, payload))
     entry = store.outbox_payload(MWL, study_uid)
     if settings.mwl_dir is not None and entry is not None:
         why = f"set to {level} by {who}: {reason}" if level else f"override removed by {who}"
-        outbox.append((MWL, study_uid, str(settings.mwl_dir), with_priority(entry, level or rows[0].priority or "ROUTINE", why)))
+        outbox.append((MWL, study_uid, str(settings.mwl_dir), with_priority(entry, level or row.priority or "ROUTINE", why)))
     store.set_priority_override(study_uid, level, reason, who, outbox=outbox)
     click.echo(f"{study_uid}: priority {'override cleared' if clear else f'set to {level}'} by {who}")
 
@@ -278,14 +274,14 @@ def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
     import getpass
 
     store = _open_store(_settings(ctx))
-    known = {row.study_instance_uid: row.state for row in store.studies(limit=1_000_000)}
     refused = 0
     for uid in study_uids:
         if store.requeue(uid, by=getpass.getuser()):
             click.echo(f"{uid}: queued; the running node processes it within seconds")
         else:
             refused += 1
-            why = f"it is {known[uid]}" if uid in known else "no such study"
+            row = store.study(uid)
+            why = f"it is {row.state}" if row is not None else "no such study"
             click.echo(f"{uid}: not queued ({why}; only done, no_match or failed studies can be retried)", err=True)
     if refused:
         sys.exit(1)

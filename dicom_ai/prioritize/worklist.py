@@ -8,11 +8,12 @@ read first. Every entry carries the reasons for its place.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dicom_ai.domain import Priority, TurnaroundTargets
-from dicom_ai.store.database import StudyRow
+from dicom_ai.store.database import Store, StudyRow
 
 # Studies still arriving or being processed have no final priority yet, but are listed.
 _UNREAD_STATES = ("receiving", "complete", "processing", "done", "no_match", "failed")
@@ -86,3 +87,20 @@ def build_worklist(rows: Iterable[StudyRow], now: float, targets: TurnaroundTarg
             )
         )
     return sorted(entries, key=lambda e: (-e.priority, -e.overdue, e.study_instance_uid))
+
+
+def local_midnight(now: float) -> float:
+    return time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+
+
+def current_worklist(
+    store: Store, targets: TurnaroundTargets, today: bool = False, patient_id: str | None = None,
+    now: float | None = None,
+) -> list[WorklistEntry]:
+    """The worklist of the studies in the database (today's only, one patient's only)."""
+    now = time.time() if now is None else now
+    rows = [r for r in store.studies(limit=1_000_000) if patient_id is None or r.patient_id == patient_id]
+    if today:
+        midnight = local_midnight(now)
+        rows = [r for r in rows if r.first_received_at >= midnight]
+    return build_worklist(rows, now, targets)

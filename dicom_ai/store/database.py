@@ -425,8 +425,14 @@ class Store:
 
     # reporting -----------------------------------------------------------------------------
 
-    def studies(self, limit: int = 50, state: str | None = None) -> list[StudyRow]:
-        where, params = ("where s.state = ?", [state]) if state else ("", [])
+    def study(self, study_uid: str) -> StudyRow | None:
+        rows = self.studies(limit=1, study_uid=study_uid)
+        return rows[0] if rows else None
+
+    def studies(self, limit: int = 50, state: str | None = None, study_uid: str | None = None) -> list[StudyRow]:
+        clauses = [(c, v) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid)) if v]
+        where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""
+        params = [v for _, v in clauses]
         rows = self._query(
             "select s.*,"
             " (select count(*) from results r where r.study_instance_uid = s.study_instance_uid) as n_results,"

@@ -10,31 +10,17 @@ import html
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from dicom_ai.domain import TurnaroundTargets
-from dicom_ai.prioritize.worklist import WorklistEntry, build_worklist
+from dicom_ai.prioritize.worklist import WorklistEntry, current_worklist
 from dicom_ai.store import Store
 
 log = logging.getLogger(__name__)
 COLOURS = {"STAT": "#c62828", "URGENT": "#ef6c00", "ROUTINE": "#2e7d32"}
-
-
-def local_midnight(now: float) -> float:
-    return time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-
-
-def current_worklist(store: Store, targets: TurnaroundTargets, today: bool, now: float | None = None) -> list[WorklistEntry]:
-    now = time.time() if now is None else now
-    rows = store.studies(limit=1_000_000)
-    if today:
-        midnight = local_midnight(now)
-        rows = [r for r in rows if r.first_received_at >= midnight]
-    return build_worklist(rows, now, targets)
 
 
 def render(entries: list[WorklistEntry], today: bool) -> str:

@@ -130,3 +130,13 @@ def test_requeue_only_finished_studies_and_audit_it(tmp_path: Path) -> None:
     assert store.requeue("1.2.3", by="admin") is True
     assert store.claim_complete_study() == "1.2.3"
     assert [e["kind"] for e in store.events("1.2.3", limit=2)] == ["study_requeued", "study_failed"]
+
+
+def test_one_study_by_uid(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.record_instance(_instance(), now=1.0)
+    store.record_instance(_instance(study="4.5.6", sop="4.5.6.1"), now=2.0)
+    row = store.study("1.2.3")
+    assert row is not None and row.study_instance_uid == "1.2.3" and row.instance_count == 1
+    assert store.study("9.9.9") is None
+    assert [r.study_instance_uid for r in store.studies(state="receiving", study_uid="4.5.6")] == ["4.5.6"]
