@@ -20,7 +20,8 @@ from dicom_ai.config import Settings
 from dicom_ai.domain import StudyState
 from dicom_ai.infer.pixels import display_image
 from dicom_ai.infer.registry import ModelRegistry
-from dicom_ai.infer.runner import LoadedModel, preprocess
+from dicom_ai.infer.preprocess import preprocess
+from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.scp import read_identity
 from dicom_ai.route.loader import RuleWatcher

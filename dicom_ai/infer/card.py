@@ -95,28 +95,93 @@ class ArchitectureSpec(_Strict):
 
 
 class InputSpec(_Strict):
-    """What the network is fed: the display image resized to `size` = [rows, columns].
+    """What the network is fed.
 
-    `normalize` is `zscore` (per-image zero mean, unit deviation: robust to exposure and
-    window differences between sites) or `unit` (display values divided by 255).
+    `size` is [rows, columns] for a 2-D model (fed one image at a time: the display image as a
+    radiologist sees it) or [slices, rows, columns] for a 3-D model (fed one series as a volume
+    of modality values, e.g. Hounsfield units). `window` = [center, width] clips a volume's
+    values before normalising (a CT brain window keeps air and bone from swamping the tissue).
+    `normalize` is `zscore` (per-image zero mean, unit deviation: robust to exposure and window
+    differences between sites), `unit` (values scaled to 0..1) or `none` (a MONAI bundle's own
+    preprocessing does it).
     """
 
-    size: tuple[int, int]
+    size: tuple[int, ...]
     channels: Literal[1, 3] = 1
-    normalize: Literal["zscore", "unit"] = "zscore"
+    normalize: Literal["zscore", "unit", "none"] = "zscore"
+    window: tuple[float, float] | None = None
 
     @field_validator("size")
     @classmethod
-    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 8 or max(value) > 4096:
-            raise ValueError(f"size {list(value)} must be two numbers of pixels between 8 and 4096")
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) not in (2, 3):
+            raise ValueError(f"size {list(value)} must be [rows, columns] (2-D) or [slices, rows, columns] (3-D)")
+        if min(value[-2:]) < 8 or max(value) > 4096 or min(value) < 1:
+            raise ValueError(f"size {list(value)}: rows and columns must be between 8 and 4096 pixels")
         return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[1] <= 0:
+            raise ValueError(f"window [center, width] needs a positive width, got {list(value)}")
+        return value
+
+    @property
+    def dims(self) -> int:
+        """2 for image models, 3 for volume models."""
+        return len(self.size)
 
 
 class GradCamSpec(_Strict):
-    """Where Grad-CAM reads activations: a module name from `model.named_modules()`."""
+    """Where Grad-CAM reads activations: a module name from `model.named_modules()`.
+
+    For a 3-D model, heatmaps are drawn on the `slices` most salient slices of the volume.
+    """
 
     target_layer: str = Field(min_length=1)
+    slices: int = Field(default=3, ge=1, le=16)
+
+
+class BundleSpec(_Strict):
+    """Where a MONAI bundle keeps its network and preprocessing (paths inside the model folder).
+
+    Read offline with monai.bundle.ConfigParser; `network_key` and `preprocessing_key` name
+    entries of the config. Loader transforms (LoadImage[d], EnsureChannelFirst[d]) are skipped:
+    the node decodes DICOM itself and hands the rest of the chain a channel-first array.
+    """
+
+    config: str = "configs/inference.json"
+    metadata: str = "configs/metadata.json"
+    network_key: str = "network_def"
+    preprocessing_key: str | None = "preprocessing"
+
+    @field_validator("config", "metadata")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _relative_file(value)
+
+
+def _relative_file(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError(f"{value!r} must be a file name relative to the model's folder (e.g. 'model.pt')")
+    return value
+
+
+def _keyword_values(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    for keyword, accepted in value.items():
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"{keyword!r} is not a DICOM keyword (spell it like Modality, BodyPartExamined, ViewPosition)")
+        if not accepted:
+            raise ValueError(f"{keyword}: list at least one accepted value")
+    return value
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+    return value
 
 
 class ModelCard(_Strict):
@@ -127,10 +192,13 @@ class ModelCard(_Strict):
     display_name: str = Field(min_length=1, max_length=64)
     manufacturer: str = Field(min_length=1, max_length=64)
     device_uid: str | None = None  # None: derived from the weights' sha256 (derive_device_uid)
-    format: Literal["state_dict", "torchscript"]
-    weights: str  # a file inside the model's folder
+    format: Literal["state_dict", "torchscript", "onnx", "monai_bundle"]
+    weights: str  # a file inside the model's folder (a bundle's is usually models/model.pt)
+    onnx: str | None = None  # ONNX copy of the weights for the fast path (`dicom-ai models export`)
     architecture: ArchitectureSpec | None = None  # required for state_dict
-    gate: dict[str, list[str]] = Field(default_factory=dict)  # DICOM keyword -> accepted values
+    bundle: BundleSpec | None = None  # monai_bundle only; default paths when left out
+    gate: dict[str, list[str]] = Field(default_factory=dict)  # series: DICOM keyword -> accepted values
+    select: dict[str, list[str]] = Field(default_factory=dict)  # images of accepted series, e.g. ViewPosition
     input: InputSpec
     output: Literal["sigmoid", "softmax"]
     labels: list[LabelSpec] = Field(min_length=1)
@@ -154,40 +222,32 @@ class ModelCard(_Strict):
             raise ValueError(f"{value!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
         return value
 
-    @field_validator("weights")
+    @field_validator("weights", "onnx")
     @classmethod
-    def _inside_folder(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError(f"{value!r} must be a file name relative to the model's folder (e.g. 'model.pt')")
-        return value
+    def _inside_folder(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_file(value)
 
-    @field_validator("gate", mode="before")
+    @field_validator("gate", "select", mode="before")
     @classmethod
     def _single_values_as_lists(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
-        return value
+        return _as_lists(value)
 
-    @field_validator("gate")
+    @field_validator("gate", "select")
     @classmethod
     def _dicom_keywords(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for keyword, accepted in value.items():
-            if tag_for_keyword(keyword) is None:
-                raise ValueError(f"{keyword!r} is not a DICOM keyword (spell it like Modality, BodyPartExamined, ViewPosition)")
-            if not accepted:
-                raise ValueError(f"{keyword}: list at least one accepted value")
-        return value
+        return _keyword_values(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
         if self.format == "state_dict" and self.architecture is None:
             raise ValueError("architecture is required when format is state_dict (the weights hold no network structure)")
-        if self.format == "torchscript" and self.gradcam is not None:
+        if self.format in ("torchscript", "onnx") and self.gradcam is not None:
             raise ValueError(
-                "gradcam cannot run on TorchScript weights (hooks cannot be registered on ScriptModules); "
-                "remove gradcam or ship a state_dict"
+                f"gradcam cannot run on {self.format} weights (it needs a torch network to hook); "
+                "remove gradcam or ship a state_dict or MONAI bundle"
             )
+        if self.format == "onnx" and self.onnx not in (None, self.weights):
+            raise ValueError("format onnx: the weights are the ONNX file; leave the onnx field out")
         names = [label.name for label in self.labels]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -200,7 +260,16 @@ class ModelCard(_Strict):
                 raise ValueError(f"architecture.kwargs.out_channels is {kwargs['out_channels']} but {len(self.labels)} labels are listed")
             if "in_channels" in kwargs and kwargs["in_channels"] != self.input.channels:
                 raise ValueError(f"architecture.kwargs.in_channels is {kwargs['in_channels']} but input.channels is {self.input.channels}")
+            if "spatial_dims" in kwargs and kwargs["spatial_dims"] != self.input.dims:
+                raise ValueError(f"architecture.kwargs.spatial_dims is {kwargs['spatial_dims']} but input.size has {self.input.dims} dimensions")
+        if self.input.window is not None and self.input.dims != 3:
+            raise ValueError("input.window applies to 3-D (volume) models; 2-D models see the display image, already windowed")
         return self
+
+    @property
+    def bundle_spec(self) -> BundleSpec:
+        """Where the bundle's configs are (the defaults of a standard MONAI bundle layout)."""
+        return self.bundle or BundleSpec()
 
     @property
     def codes(self) -> dict[str, Code]:

@@ -88,6 +88,44 @@ def display_image(ds: Dataset) -> np.ndarray:
     raise PixelError(f"{where}: Photometric Interpretation {photometric!r} is not supported")
 
 
+def color_image(ds: Dataset) -> np.ndarray | None:
+    """The image in colour (uint8, Rows x Columns x 3) for colour models; None for a grayscale image.
+
+    Same frame choice as display_image; YBR is converted to RGB on decoding, palettes applied.
+    """
+    where = describe(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in COLOR_INTERPRETATIONS and photometric != PALETTE_COLOR:
+        return None
+    frames = _number_of_frames(ds)
+    stored = _decode(ds, frames // 2 if frames > 1 else None, where)
+    if photometric == PALETTE_COLOR:
+        try:
+            stored = apply_color_lut(stored, ds)
+        except (ValueError, AttributeError, KeyError) as exc:
+            raise PixelError(f"{where}: cannot apply the palette colour lookup table: {exc}") from exc
+        bits = _lut_bits(stored)
+    else:
+        bits = int(ds.get("BitsStored", 8))
+    if stored.ndim != 3 or stored.shape[-1] != 3:
+        raise PixelError(f"{where}: {photometric} pixel data decoded to shape {stored.shape}, expected Rows x Columns x 3")
+    return _scale(stored, 0.0, float(2**bits - 1))
+
+
+def modality_values(ds: Dataset) -> np.ndarray:
+    """One slice in modality units (Hounsfield units for CT), float32 Rows x Columns, for volumes."""
+    where = describe(ds)
+    if "PixelData" not in ds:
+        raise PixelError(f"{where}: has no Pixel Data (7FE0,0010); is it an image?")
+    stored = _decode(ds, None, where)
+    if stored.ndim != 2:
+        raise PixelError(f"{where}: pixel data decoded to shape {stored.shape}; a volume needs single-frame grayscale slices")
+    try:
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    except (ValueError, AttributeError, KeyError, TypeError, IndexError) as exc:
+        raise PixelError(f"{where}: cannot apply the Modality LUT / Rescale Slope and Intercept: {exc}") from exc
+
+
 def _number_of_frames(ds: Dataset) -> int:
     try:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))

@@ -1,7 +1,9 @@
-"""A loaded model: gate, pre-process, one batched forward pass, findings, Grad-CAM heatmaps.
+"""A loaded model: gate, image selection, pre-process, batched forward pass, findings, heatmaps.
 
-Inference runs on the CPU under torch.inference_mode; only Grad-CAM needs gradients. The same
-`preprocess` is used by the trainer, so a model sees at inference exactly what it was trained on.
+Inference runs on the CPU under torch.inference_mode, through onnxruntime when the card has an
+ONNX copy of the weights (the fast path: several times faster than torch eager here) and torch
+otherwise; only Grad-CAM needs the torch network and gradients. 2-D models see each image of a
+study (batched); 3-D models see each series as one volume and report on its most salient slices.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicom_ai.domain import Finding, ImageResult, Instance, ModelInfo
-from dicom_ai.infer.card import InputSpec, ModelCard, ModelError, derive_device_uid
-from dicom_ai.infer.gradcam import HeatmapMaker
-from dicom_ai.infer.pixels import PixelError, display_image
+from dicom_ai.infer import networks
+from dicom_ai.infer.bundle import Preprocessing
+from dicom_ai.infer.card import ModelCard, ModelError, derive_device_uid
+from dicom_ai.infer.gradcam import HeatmapMaker, upsample
+from dicom_ai.infer.pixels import PixelError, color_image, display_image
+from dicom_ai.infer.preprocess import preprocess, preprocess_volume
+from dicom_ai.infer.volume import read_volume
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -31,39 +37,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HeatmapPolicy = Literal["all", "positive", "none"]
+Backend = Literal["torch", "torchscript", "onnxruntime"]
 MAX_BATCH = 16  # images per forward pass: a study is normally one pass; bounds memory on big series
-
-
-def preprocess(display: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """A uint8 display image (rows x columns) to a (channels, *size) float tensor for the network."""
-    if display.ndim != 2:
-        raise ValueError(f"expected a 2-D display image, got shape {display.shape}")
-    image = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None] / 255.0
-    if tuple(image.shape[-2:]) != tuple(spec.size):
-        image = F.interpolate(image, size=tuple(spec.size), mode="bilinear", align_corners=False, antialias=True)
-    if spec.normalize == "zscore":
-        image = (image - image.mean()) / image.std().clamp_min(1e-3)
-    return image[0].expand(spec.channels, -1, -1).contiguous()
-
-
-def build_network(card: ModelCard) -> torch.nn.Module:
-    """Instantiate the card's monai.networks.nets architecture (untrained)."""
-    import monai.networks.nets as nets
-
-    if card.architecture is None:
-        raise ModelError(f"model {card.name}: no architecture in model.yaml")
-    try:
-        return getattr(nets, card.architecture.name)(**card.architecture.kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {card.name}: architecture {card.architecture.name} rejects its kwargs: {exc}") from exc
+FAST_PATH_TOLERANCE = 1e-3  # max |probability difference| between onnxruntime and torch on a probe
 
 
 class LoadedModel:
-    """A model ready to run: weights in memory, gate, Grad-CAM hooks. One predict at a time."""
+    """A model ready to run: weights in memory, gate, Grad-CAM hooks. One forward pass at a time."""
 
-    def __init__(self, card: ModelCard, network: torch.nn.Module, device_uid: str) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        network: torch.nn.Module | None,
+        device_uid: str,
+        *,
+        onnx: networks.OnnxSession | None = None,
+        bundle_preprocessing: Preprocessing | None = None,
+    ) -> None:
+        if network is None and onnx is None:
+            raise ModelError(f"model {card.name}: neither a torch network nor an ONNX session to run")
         self.card = card
-        self.network = network.eval()
+        self.network = network.eval() if network is not None else None
+        self.onnx = onnx
+        self._bundle_preprocessing = bundle_preprocessing
+        # MONAI bundles were trained on LoadImage arrays: columns before rows (x, y[, z]).
+        self._transposed = card.format == "monai_bundle"
         self._info = ModelInfo(
             name=card.name,
             version=card.version,
@@ -73,72 +71,119 @@ class LoadedModel:
             not_for_clinical_use=card.not_for_clinical_use,
             intended_use=card.intended_use,
         )
-        self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer) if card.gradcam else None
+        self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer) if card.gradcam and network is not None else None
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, folder: Path, card: ModelCard) -> LoadedModel:
-        """Load the weights named by the card from `folder` and check the network runs."""
-        weights = folder / card.weights
-        if not weights.is_file():
-            raise ModelError(f"model {card.name}: weights file {weights} not found (named by 'weights' in {folder / 'model.yaml'})")
-        if card.format == "torchscript":
-            try:
-                network = torch.jit.load(str(weights), map_location="cpu")
-            except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"model {card.name}: {weights} is not a TorchScript archive: {exc}") from exc
-        else:
-            network = build_network(card)
-            try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises several unrelated types for a bad file
-                raise ModelError(f"model {card.name}: cannot read state_dict {weights}: {exc}") from exc
-            if not isinstance(state, dict):
-                raise ModelError(f"model {card.name}: {weights} holds a {type(state).__name__}, not a state_dict")
-            try:
-                network.load_state_dict(state)
-            except RuntimeError as exc:
-                architecture = f"{card.architecture.name} {card.architecture.kwargs}"
-                raise ModelError(f"model {card.name}: {weights} does not fit architecture {architecture}: {exc}") from exc
-        device_uid = card.device_uid or derive_device_uid(weights)
-        model = cls(card, network, device_uid)
+    def load(cls, folder: Path, card: ModelCard, *, fast_path: bool = True) -> LoadedModel:
+        """Load the weights named by the card from `folder` and check the network runs.
+
+        With `fast_path`, an ONNX copy named by the card is used for probabilities when
+        onnxruntime is installed and agrees with torch on a probe input; otherwise torch runs.
+        """
+        network, bundle_preprocessing = networks.load_torch_network(folder, card)
+        onnx = None
+        if card.format == "onnx":
+            onnx = networks.OnnxSession(folder / card.weights, card)
+        elif fast_path and card.onnx is not None:
+            if not (folder / card.onnx).is_file():
+                log.warning("model %s: ONNX copy %s not found; running torch (re-run `dicom-ai models export %s`)",
+                            card.name, folder / card.onnx, card.name)
+            elif not networks.onnx_available():
+                log.info("model %s: onnxruntime is not installed; running torch", card.name)
+            else:
+                onnx = networks.OnnxSession(folder / card.onnx, card)
+        device_uid = card.device_uid or derive_device_uid(folder / card.weights)
+        model = cls(card, network, device_uid, onnx=onnx, bundle_preprocessing=bundle_preprocessing)
         model._check_output_shape()
+        if onnx is not None and network is not None:
+            model._check_fast_path()
         return model
 
     @property
     def info(self) -> ModelInfo:
         return self._info
 
+    @property
+    def backend(self) -> Backend:
+        """What computes the probabilities."""
+        if self.onnx is not None:
+            return "onnxruntime"
+        return "torchscript" if self.card.format == "torchscript" else "torch"
+
     def accepts(self, header: Dataset) -> tuple[bool, str]:
-        """Apply the card's gate to a header: (accepted, reason in words)."""
-        for keyword, accepted in self.card.gate.items():
+        """Apply the card's gate to a series header: (accepted, reason in words)."""
+        return self._match(header, self.card.gate, "accepts", "accepted by")
+
+    def selects(self, header: Dataset) -> tuple[bool, str]:
+        """Apply the card's image selection (e.g. ViewPosition CC, MLO) to one image's header."""
+        return self._match(header, self.card.select, "takes", "selected by")
+
+    def _match(self, header: Dataset, conditions: dict[str, list[str]], verb: str, ok: str) -> tuple[bool, str]:
+        for keyword, accepted in conditions.items():
             value = header.get(keyword)
             if value is None or value == "":
-                return False, f"{keyword} is missing; {self.card.name} accepts {keyword} {', '.join(accepted)}"
+                return False, f"{keyword} is missing; {self.card.name} {verb} {keyword} {', '.join(accepted)}"
             values = [str(v).strip().upper() for v in (value if isinstance(value, (list, MultiValue)) else [value])]
             if not any(v in {a.strip().upper() for a in accepted} for v in values):
                 shown = "\\".join(values)
-                return False, f"{keyword} {shown} is not accepted by {self.card.name} (accepts {', '.join(accepted)})"
-        checked = ", ".join(f"{k} {header.get(k)}" for k in self.card.gate) or "no gate"
-        return True, f"accepted by {self.card.name} ({checked})"
+                return False, f"{keyword} {shown} is not accepted by {self.card.name} ({verb} {', '.join(accepted)})"
+        checked = ", ".join(f"{k} {header.get(k)}" for k in conditions) or "no conditions"
+        return True, f"{ok} {self.card.name} ({checked})"
 
     def predict(self, instances: Sequence[Instance], heatmaps: HeatmapPolicy = "all") -> list[ImageResult]:
-        """Run the model on the images of a study, in batches; findings for every image.
+        """Run the model on a study's images; one result per image (2-D) or per salient slice (3-D).
 
         `heatmaps` chooses which images get a Grad-CAM heatmap: "all", "positive" (at least one
-        finding present) or "none". Pixels are read from each `instance.path`.
+        finding present) or "none". Pixels are read from each `instance.path`. A 3-D model treats
+        the instances of each series as one volume.
         """
         if heatmaps not in get_args(HeatmapPolicy):
             raise ValueError(f"heatmaps must be one of {', '.join(get_args(HeatmapPolicy))}, got {heatmaps!r}")
         results: list[ImageResult] = []
+        if self.card.input.dims == 3:
+            by_series: dict[str, list[Instance]] = {}
+            for instance in instances:
+                by_series.setdefault(instance.series_instance_uid, []).append(instance)
+            for members in by_series.values():
+                results.extend(self._predict_volume(members, heatmaps))
+            return results
         for start in range(0, len(instances), MAX_BATCH):
             results.extend(self._predict_batch(instances[start : start + MAX_BATCH], heatmaps))
         return results
 
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """One network input (channels, *size) from a display image (2-D) or a volume (3-D)."""
+        spec = self.card.input
+        if self._bundle_preprocessing is None:
+            return preprocess(image, spec) if spec.dims == 2 else preprocess_volume(image, spec)
+        planes = image.transpose(2, 0, 1) if image.ndim == 3 and spec.dims == 2 else image[None]
+        array = np.ascontiguousarray(_reverse_spatial_np(planes.astype(np.float32)))
+        tensor = _reverse_spatial(self._bundle_preprocessing(array)[None])
+        if tuple(tensor.shape[2:]) != tuple(spec.size):
+            tensor = F.interpolate(tensor, size=tuple(spec.size), mode="bilinear" if spec.dims == 2 else "trilinear", align_corners=False)
+        return tensor[0].expand(spec.channels, *([-1] * spec.dims)).contiguous()
+
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """(B, labels) probabilities for a preprocessed batch; used by predict and the trainer."""
+        """(B, labels) probabilities for a prepared batch (our orientation); used by predict and the trainer."""
+        network_batch = _reverse_spatial(batch) if self._transposed else batch
+        if self.onnx is not None:
+            logits = self.onnx.logits(network_batch)
+        else:
+            assert self.network is not None
+            with torch.inference_mode():
+                logits = self.network(network_batch)
+        return self._to_probabilities(logits)
+
+    def torch_probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Probabilities from the torch network even when the fast path is on (benchmarks, checks)."""
+        if self.network is None:
+            raise ModelError(f"model {self.card.name}: an ONNX-only model has no torch network")
         with torch.inference_mode():
-            logits = self.network(batch)
+            logits = self.network(_reverse_spatial(batch) if self._transposed else batch)
+        return self._to_probabilities(logits)
+
+    def _to_probabilities(self, logits: torch.Tensor) -> np.ndarray:
         if logits.ndim != 2 or logits.shape[1] != len(self.card.labels):
             raise ModelError(
                 f"model {self.card.name}: network output has shape {tuple(logits.shape)}, "
@@ -147,10 +192,19 @@ class LoadedModel:
         probs = torch.sigmoid(logits) if self.card.output == "sigmoid" else torch.softmax(logits, dim=1)
         return probs.float().numpy()
 
+    def _feature_maps(self, batch: torch.Tensor, label_index: int) -> torch.Tensor:
+        assert self._heatmaps is not None
+        maps = self._heatmaps.feature_maps(_reverse_spatial(batch) if self._transposed else batch, label_index)
+        return _reverse_spatial(maps) if self._transposed else maps
+
     def _predict_batch(self, instances: Sequence[Instance], policy: HeatmapPolicy) -> list[ImageResult]:
         started = time.perf_counter()
-        displays = [self._display(instance) for instance in instances]
-        batch = torch.stack([preprocess(display, self.card.input) for display in displays])
+        datasets = [self._read(instance) for instance in instances]
+        displays = [display_image(ds) for ds in datasets]
+        inputs = displays
+        if self.card.input.channels == 3:
+            inputs = [_or(color_image(ds), display) for ds, display in zip(datasets, displays)]
+        batch = torch.stack([self.prepare(image) for image in inputs])
         with self._lock:
             probs = self.probabilities(batch)
             findings = [self._findings(row) for row in probs]
@@ -158,24 +212,62 @@ class LoadedModel:
             wanted = [i for i, f in enumerate(findings) if policy == "all" or (policy == "positive" and any(x.present for x in f))]
             if wanted and self._heatmaps is not None:
                 for label_index, members in self._group_by_label(wanted, probs, findings).items():
-                    shapes = [displays[i].shape for i in members]
-                    for i, heatmap in zip(members, self._heatmaps.heatmaps(batch[members], label_index, shapes)):
-                        maps[i] = heatmap
+                    feature_maps = self._feature_maps(batch[members], label_index)
+                    for k, i in enumerate(members):
+                        maps[i] = upsample(feature_maps[k : k + 1], displays[i].shape)
         log.info(
-            "model %s: %d image(s), %d heatmap(s) in %.2f s",
-            self.card.name, len(instances), sum(m is not None for m in maps), time.perf_counter() - started,
+            "model %s (%s): %d image(s), %d heatmap(s) in %.2f s",
+            self.card.name, self.backend, len(instances), sum(m is not None for m in maps), time.perf_counter() - started,
         )
         return [
             ImageResult(source=instance, findings=tuple(f), display=display, heatmap=heatmap)
             for instance, f, display, heatmap in zip(instances, findings, displays, maps)
         ]
 
-    def _display(self, instance: Instance) -> np.ndarray:
+    def _predict_volume(self, instances: Sequence[Instance], policy: HeatmapPolicy) -> list[ImageResult]:
+        """One probability per series; the findings go on its most salient slices (or its middle one)."""
+        started = time.perf_counter()
+        volume = read_volume(instances)
+        batch = self.prepare(volume.values)[None]
+        with self._lock:
+            probs = self.probabilities(batch)[0]
+            findings = tuple(self._findings(probs))
+            slices: list[tuple[int, np.ndarray | None]] = [(len(volume.instances) // 2, None)]
+            wanted = policy == "all" or (policy == "positive" and any(f.present for f in findings))
+            if wanted and self._heatmaps is not None:
+                label_index = self._group_by_label([0], probs[None], [list(findings)]).popitem()[0]
+                slices = self._salient_slices(self._feature_maps(batch, label_index), len(volume.instances))
+        results = []
+        for index, slice_map in slices:
+            instance = volume.instances[index]
+            display = display_image(self._read(instance))
+            heatmap = None
+            if slice_map is not None:
+                heatmap = upsample(torch.from_numpy(slice_map)[None, None], display.shape)
+            results.append(ImageResult(source=instance, findings=findings, display=display, heatmap=heatmap))
+        log.info(
+            "model %s (%s): volume of %d slice(s) from series %s, heatmaps on slice(s) %s in %.2f s",
+            self.card.name, self.backend, len(volume.instances), instances[0].series_instance_uid,
+            ", ".join(str(i + 1) for i, m in slices if m is not None) or "none", time.perf_counter() - started,
+        )
+        return results
+
+    def _salient_slices(self, feature_map: torch.Tensor, slice_count: int) -> list[tuple[int, np.ndarray | None]]:
+        """The `gradcam.slices` slices whose Grad-CAM peaks highest, each with its 2-D map."""
+        assert self.card.gradcam is not None
+        per_slice = F.interpolate(feature_map.float(), size=(slice_count, *feature_map.shape[-2:]), mode="trilinear", align_corners=False)[0, 0]
+        peaks = per_slice.amax(dim=(1, 2))
+        count = min(self.card.gradcam.slices, slice_count)
+        chosen = sorted(torch.topk(peaks, count).indices.tolist())
+        top = float(per_slice.max()) or 1.0
+        # Keep one scale across slices (the volume's hottest voxel = 1), so a cooler slice looks cooler.
+        return [(i, (per_slice[i] / top).clamp(0, 1).numpy().astype(np.float32)) for i in chosen]
+
+    def _read(self, instance: Instance) -> pydicom.Dataset:
         try:
-            ds = pydicom.dcmread(instance.path)
+            return pydicom.dcmread(instance.path)
         except (OSError, InvalidDicomError) as exc:
             raise PixelError(f"file {instance.path}, SOPInstanceUID {instance.sop_instance_uid}: cannot read it as DICOM: {exc}") from exc
-        return display_image(ds)
 
     def _findings(self, row: np.ndarray) -> list[Finding]:
         return [
@@ -194,12 +286,44 @@ class LoadedModel:
             groups.setdefault(label_index, []).append(i)
         return groups
 
+    def _probe(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(2, self.card.input.channels, *self.card.input.size, generator=generator)
+
     def _check_output_shape(self) -> None:
         """Fail at load time, not on the first study, when the network and the card disagree."""
-        probe = torch.zeros(1, self.card.input.channels, *self.card.input.size)
+        probe = self._probe()
         try:
             self.probabilities(probe)
         except ModelError:
             raise
         except Exception as exc:  # any failure of an arbitrary network's forward pass
             raise ModelError(f"model {self.card.name}: a forward pass on a {tuple(probe.shape)} input fails: {exc}") from exc
+
+    def _check_fast_path(self) -> None:
+        """Drop a stale or broken ONNX copy (e.g. exported before the weights changed)."""
+        probe = self._probe()
+        try:
+            gap = float(np.abs(self.probabilities(probe) - self.torch_probabilities(probe)).max())
+        except Exception as exc:  # onnxruntime errors have their own types
+            gap, reason = float("inf"), f"fails: {exc}"
+        else:
+            reason = f"differs from torch by {gap:.2g}"
+        if gap > FAST_PATH_TOLERANCE:
+            log.warning("model %s: ONNX copy %s %s; running torch (re-run `dicom-ai models export %s`)",
+                        self.card.name, self.onnx.path if self.onnx else "?", reason, self.card.name)
+            self.onnx = None
+
+
+def _or(color: np.ndarray | None, gray: np.ndarray) -> np.ndarray:
+    return gray if color is None else color
+
+
+def _reverse_spatial(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) with the spatial axes reversed: rows/columns <-> MONAI's x/y(/z)."""
+    spatial = list(range(2, tensor.ndim))
+    return tensor.permute(0, 1, *reversed(spatial))
+
+
+def _reverse_spatial_np(array: np.ndarray) -> np.ndarray:
+    return array.transpose(0, *reversed(range(1, array.ndim)))

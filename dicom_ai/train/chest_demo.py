@@ -35,7 +35,9 @@ from dicom_ai.infer.card import (
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker, upsample
-from dicom_ai.infer.runner import LoadedModel, build_network, preprocess
+from dicom_ai.infer.networks import build_network
+from dicom_ai.infer.preprocess import preprocess
+from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.train import phantoms
 
 log = logging.getLogger(__name__)

@@ -177,7 +177,7 @@ def test_output_that_does_not_match_the_labels_fails_at_load(write_model: WriteM
     folder = write_model(card=card, weights=False)
     torch.jit.script(DenseNet(**TINY_ARCHITECTURE).eval()).save(str(folder / "model.ts"))
     registry = ModelRegistry(folder.parent)
-    with pytest.raises(ModelError, match=r"output has shape \(1, 1\), expected \(batch, 2\)"):
+    with pytest.raises(ModelError, match=r"output has shape \(2, 1\), expected \(batch, 2\)"):
         registry.get("tiny-chest")
 
 
@@ -191,7 +191,7 @@ def test_an_unexpected_load_failure_is_reported_not_raised_raw(write_model: Writ
     def explode(card: object) -> torch.nn.Module:
         raise KeyError("a network constructor failing in an unforeseen way")
 
-    monkeypatch.setattr("dicom_ai.infer.runner.build_network", explode)
+    monkeypatch.setattr("dicom_ai.infer.networks.build_network", explode)
     registry = ModelRegistry(write_model().parent)
     with pytest.raises(ModelError, match="unexpected error while loading"):
         registry.get("tiny-chest")
