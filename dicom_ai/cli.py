@@ -141,7 +141,7 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
 @main.group()
 def models() -> None:
-    """Inspect the model registry."""
+    """Inspect, check and export the models in models_dir."""
 
 
 @models.command("list")
@@ -162,6 +162,59 @@ def models_list(ctx: click.Context) -> None:
         click.echo(f"BROKEN {folder}: {problem}", err=True)
     if not registry.cards():
         click.echo(f"no models in {settings.models_dir}")
+
+
+@models.command("check")
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--torch-only", is_flag=True, help="Ignore ONNX copies (check the torch path).")
+@click.pass_context
+def models_check(ctx: click.Context, folders: tuple[Path, ...], torch_only: bool) -> None:
+    """Validate model folders (default: every folder in models_dir) with one synthetic forward pass.
+
+    Exit status 1 when any folder is unusable; each problem names the file and field to fix.
+    """
+    from dicom_ai.infer.check import check_model_folder
+
+    if not folders:
+        models_dir = _settings(ctx).models_dir
+        if not models_dir.is_dir():
+            raise click.ClickException(f"models folder {models_dir} does not exist")
+        folders = tuple(sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))))
+        if not folders:
+            raise click.ClickException(f"no model folders in {models_dir}")
+    broken = 0
+    for folder in folders:
+        report = check_model_folder(folder, fast_path=not torch_only)
+        name = f"{report.card.name} {report.card.version}" if report.card else folder.name
+        click.echo(f"{'ok' if report.ok else 'BROKEN'}  {name}  ({folder})")
+        for fact in report.facts:
+            click.echo(f"    {fact}")
+        for warning in report.warnings:
+            click.echo(f"    warning: {warning}")
+        for problem in report.problems:
+            click.echo(f"    error: {problem}", err=True)
+        broken += not report.ok
+    if broken:
+        raise SystemExit(1)
+
+
+@models.command("export")
+@click.argument("model")
+@click.pass_context
+def models_export(ctx: click.Context, model: str) -> None:
+    """Write an ONNX copy of MODEL (a name in models_dir, or a folder) for the onnxruntime fast path."""
+    from dicom_ai.infer.card import ModelError
+    from dicom_ai.infer.export import export_onnx
+
+    folder = Path(model)
+    if not (folder / "model.yaml").is_file():
+        folder = _settings(ctx).models_dir / model
+    try:
+        result = export_onnx(folder)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB); max probability difference from torch "
+               f"{result.max_difference:.1g}; the card now names it in 'onnx:'")
 
 
 @main.command()

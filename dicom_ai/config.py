@@ -68,6 +68,7 @@ class Settings(BaseModel):
     models_dir: Path = Field(default=_REPO_ROOT / "models", description="model folders")
     stable_after: float = Field(default=5.0, gt=0, description="quiet seconds before a study is complete")
     heatmaps: Literal["all", "positive", "none"] = Field(default="all", description="which images get a heatmap SC")
+    onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
     send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")

@@ -40,7 +40,7 @@ class Node:
         self.tick = tick
         self.store = Store(settings.database_path)
         self.spool = Spool(settings.spool_dir)
-        self.models = ModelRegistry(settings.models_dir)
+        self.models = ModelRegistry(settings.models_dir, fast_path=settings.onnx_fast_path)
         for folder, problem in self.models.problems().items():
             log.error("model folder %s is unusable and will be skipped: %s", folder, problem)
         self.rules = RuleWatcher(settings.rules_dir, known_models=self.models.names())

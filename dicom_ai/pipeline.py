@@ -17,6 +17,7 @@ from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.domain import (
     Finding,
     ImageResult,
+    Instance,
     ModelInfo,
     PriorFinding,
     PriorityDecision,
@@ -36,6 +37,7 @@ from dicom_ai.store.database import ResultFile
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
     from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.infer.runner import LoadedModel
     from dicom_ai.route.loader import RuleWatcher
     from dicom_ai.route.rules import PriorityPolicy
     from dicom_ai.store import Spool, Store
@@ -111,6 +113,19 @@ class Pipeline:
         reasons = comparison_reasons(found, analysed={p.study_instance_uid for p in priors})
         return PriorityDecision(priority.level, priority.score, priority.reasons + reasons)
 
+    @staticmethod
+    def _selected(model: LoadedModel, model_name: str, accepted: list[Series], skipped: list[str]) -> list[Instance]:
+        """The images of the accepted series that the card's selection takes (e.g. only CC and MLO views)."""
+        chosen: list[Instance] = []
+        for series in accepted:
+            for instance in series.instances:
+                ok, why = model.selects(read_header(instance.path)) if model.card.select else (True, "")
+                if ok:
+                    chosen.append(instance)
+                else:
+                    skipped.append(f"{model_name} left out image {instance.sop_instance_uid}: {why}")
+        return chosen
+
     def _no_results(self, study_uid: str, reason: str) -> None:
         log.info("study %s: %s; stored without results", study_uid, reason)
         self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
@@ -139,9 +154,9 @@ class Pipeline:
                     accepted.append(series)
                 else:
                     skipped.append(f"{model_name} refused series {series.series_instance_uid}: {why}")
-            if not accepted:
+            instances = self._selected(model, model_name, accepted, skipped)
+            if not instances:
                 continue
-            instances = [instance for series in accepted for instance in series.instances]
             started = time.monotonic()
             try:
                 image_results: list[ImageResult] = model.predict(instances, heatmaps=self.settings.heatmaps)

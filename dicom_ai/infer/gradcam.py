@@ -65,11 +65,13 @@ class HeatmapMaker:
         return [upsample(maps[i : i + 1], shape) for i, shape in enumerate(shapes)]
 
 
-def upsample(feature_map: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+def upsample(feature_map: torch.Tensor, shape: tuple[int, int], *, rescale: bool = True) -> np.ndarray:
     """Bilinearly resize a (1, 1, h, w) map to `shape` = (Rows, Columns): float32 in [0, 1].
 
     Scaled min-max again after resizing: interpolation between feature-map cells can miss the
-    peak, and the hottest pixel of the overlay must be exactly 1.
+    peak, and the hottest pixel of the overlay must be exactly 1. `rescale=False` keeps the
+    values (slices of one volume share the volume's scale).
     """
     resized = F.interpolate(feature_map.float(), size=tuple(shape), mode="bilinear", align_corners=False)
-    return minmax_per_image(resized)[0, 0].numpy().astype(np.float32, copy=False)
+    scaled = minmax_per_image(resized) if rescale else resized.clamp(0.0, 1.0)
+    return scaled[0, 0].numpy().astype(np.float32, copy=False)

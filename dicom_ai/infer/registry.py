@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 class ModelRegistry:
     """Model cards by name, and their loaded models on demand (thread-safe)."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, *, fast_path: bool = True) -> None:
         if not models_dir.is_dir():
             raise ModelError(f"models folder {models_dir} does not exist (set models_dir to the folder holding <name>/{CARD_FILENAME})")
         self.models_dir = models_dir
+        self.fast_path = fast_path
         self._cards: dict[str, tuple[Path, ModelCard]] = {}
         self._problems: dict[str, str] = {}
         self._loaded: dict[str, LoadedModel] = {}
@@ -81,7 +82,7 @@ class ModelRegistry:
             if model is not None:
                 return model
             try:
-                model = LoadedModel.load(folder, card)
+                model = LoadedModel.load(folder, card, fast_path=self.fast_path)
             except ModelError as exc:
                 self._problems[folder.name] = str(exc)
                 log.error("model %s failed to load: %s", name, exc)
@@ -93,7 +94,7 @@ class ModelRegistry:
                 raise ModelError(message) from exc
             self._problems.pop(folder.name, None)
             self._loaded[name] = model
-            log.info("model %s %s loaded from %s (device UID %s)", name, card.version, folder, model.info.device_uid)
+            log.info("model %s %s loaded from %s on %s (device UID %s)", name, card.version, folder, model.backend, model.info.device_uid)
             return model
 
     def _entry(self, name: str) -> tuple[Path, ModelCard]:

@@ -243,7 +243,7 @@ class LoadedModel:
             display = display_image(self._read(instance))
             heatmap = None
             if slice_map is not None:
-                heatmap = upsample(torch.from_numpy(slice_map)[None, None], display.shape)
+                heatmap = upsample(torch.from_numpy(slice_map)[None, None], display.shape, rescale=False)
             results.append(ImageResult(source=instance, findings=findings, display=display, heatmap=heatmap))
         log.info(
             "model %s (%s): volume of %d slice(s) from series %s, heatmaps on slice(s) %s in %.2f s",
