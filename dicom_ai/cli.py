@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load_settings
+from dicom_ai.train.names import DEMO_FOLDERS, DEMO_NAMES
 
 log = logging.getLogger("dicom_ai")
 
@@ -382,19 +383,106 @@ def send(ctx: click.Context, peer: Peer, paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-@main.command()
-@click.argument("recipe", type=click.Choice(["chest-demo"]))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Model folder to write (model.pt, model.yaml, README.md).")
+@main.group()
+def train() -> None:
+    """Train models: demo models from synthetic data, or a classifier from a dataset folder."""
+
+
+@train.command("demo")
+@click.argument("name", type=click.Choice(["all", *DEMO_NAMES]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder to write (default: models_dir/<model name>; with 'all', the parent folder).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="A few steps on a few images: checks the recipe, not a usable model.")
-def train(recipe: str, out: Path, seed: int, quick: bool) -> None:
-    """Train a demo model from synthetic data, reproducibly (fixed seed)."""
-    from dicom_ai.train.chest_demo import train_chest_demo
+@click.pass_context
+def train_demo(ctx: click.Context, name: str, out: Path | None, seed: int, quick: bool) -> None:
+    """Train a demo model from synthetic phantoms, reproducibly (fixed seed). NOT FOR CLINICAL USE."""
+    from dicom_ai.train.demos import train_demo as run_demo
 
     _setup_logging("INFO")
-    report = train_chest_demo(out, seed=seed, quick=quick)
+    names = DEMO_NAMES if name == "all" else (name,)
+    parent = out if (out is not None and name == "all") else _settings(ctx).models_dir
+    for demo in names:
+        target = out if (out is not None and name != "all") else parent / DEMO_FOLDERS[demo]
+        report = run_demo(demo, target, seed=seed, quick=quick)
+        click.echo(json.dumps(report, indent=2, default=str))
+
+
+@train.command("dataset")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
+@click.option("--layout", default="auto", show_default=True,
+              help="pneumonia, kvasir, msd, rsna-mammo, kau, dicom-csv, folders, or auto (detect).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Layout option, e.g. positive=polyps, target_label=1, views=CC,MLO, label_column=label (repeatable).")
+@click.option("--name", default=None, help="Model name in the card (default from layout and class).")
+@click.option("--code", default=None, metavar="SCHEME:VALUE:MEANING",
+              help="Code of the positive class, e.g. SCT:233604007:Pneumonia (known for the seed datasets).")
+@click.option("--size", default=None, metavar="RxC or DxRxC", help="Network input size (default 224x224, volumes 32x96x96).")
+@click.option("--window", default=None, metavar="CENTER,WIDTH", help="Clip volumes to this window first (CT default 40,400).")
+@click.option("--arch", "architecture", type=click.Choice(["small", "densenet121"]), default="small", show_default=True)
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
+@click.option("--patience", default=4, show_default=True, help="Early stopping: epochs without validation AUROC gain.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-steps-per-epoch", type=int, default=None, help="Cap each epoch (smoke runs).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep <out>/checkpoints (last.pt, best.pt) after success.")
+def train_dataset(root: Path, out: Path, layout: str, options: tuple[str, ...], name: str | None, code: str | None,
+                  size: str | None, window: str | None, architecture: str, epochs: int, batch_size: int,
+                  learning_rate: float, patience: int, seed: int, max_steps_per_epoch: int | None,
+                  keep_checkpoints: bool) -> None:
+    """Train a binary classifier on a dataset folder and write it as a model (card filled in).
+
+    Interrupted runs resume from <out>/checkpoints/last.pt when rerun with the same settings.
+    """
+    from dicom_ai.train.from_dataset import DatasetTraining, TrainingError, train_from_dataset
+    from dicom_ai.train.layouts import LayoutError
+
+    _setup_logging("INFO")
+    request = DatasetTraining(
+        root=root, out=out, layout=layout, options=tuple(_layout_option(o) for o in options), name=name,
+        code=_code_option(code) if code else None, size=_numbers(size, "x", int, "--size") if size else None,
+        window=_numbers(window, ",", float, "--window") if window else None, architecture=architecture,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
+        max_steps_per_epoch=max_steps_per_epoch, progress=sys.stderr.isatty(), keep_checkpoints=keep_checkpoints,
+    )
+    try:
+        report = train_from_dataset(request)
+    except (TrainingError, LayoutError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report, indent=2, default=str))
+
+
+def _layout_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r}: write KEY=VALUE, e.g. positive=polyps", param_hint="--option")
+    if "," in value:
+        return key, tuple(v.strip() for v in value.split(",") if v.strip())
+    if key == "positive":
+        return key, (value,)
+    return key, int(value) if value.isdigit() else value
+
+
+def _code_option(text: str):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from dicom_ai.infer.card import CodeSpec
+
+    scheme, _, rest = text.partition(":")
+    value, _, meaning = rest.partition(":")
+    try:
+        return CodeSpec(value=value, scheme=scheme.upper(), meaning=meaning)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise click.BadParameter(f"{text!r}: {exc.errors()[0]['msg']} (write e.g. SCT:233604007:Pneumonia)", param_hint="--code") from None
+
+
+def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple:  # type: ignore[type-arg]
+    try:
+        return tuple(kind(part) for part in text.lower().split(separator))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a list of numbers separated by {separator!r}", param_hint=hint) from None
 
 
 if __name__ == "__main__":

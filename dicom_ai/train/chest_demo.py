@@ -39,6 +39,7 @@ from dicom_ai.infer.networks import build_network
 from dicom_ai.infer.preprocess import preprocess
 from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.train import phantoms
+from dicom_ai.train.evaluate import auroc, bootstrap_auroc_ci, youden_threshold
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _train(out_dir: Path, seed: int, config: TrainConfig, quick: bool) -> dict[s
 
     model = LoadedModel(card, network, device_uid="2.25.0")  # placeholder UID: only used for evaluation
     val_p = _probabilities(model, val.images, input_spec)
-    threshold = _youden_threshold(val_p, val.labels)
+    threshold = youden_threshold(val_p, val.labels)
     layer_scores = {
         layer: _pointing_game(network, val, input_spec, config.max_layer_search, layer)["pointing_game_hit_rate"]
         for layer in GRADCAM_CANDIDATES
@@ -340,51 +341,13 @@ def _probabilities(model: LoadedModel, images: np.ndarray, spec: InputSpec) -> n
     return np.concatenate(out)
 
 
-def _youden_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The operating point maximising sensitivity + specificity - 1 on validation data."""
-    best, best_j = 0.5, -1.0
-    for candidate in np.unique(np.round(probabilities, 4)):
-        predicted = probabilities >= candidate
-        sensitivity = predicted[labels == 1].mean() if (labels == 1).any() else 0.0
-        specificity = (~predicted[labels == 0]).mean() if (labels == 0).any() else 0.0
-        j = sensitivity + specificity - 1
-        if j > best_j:
-            best, best_j = float(candidate), j
-    return round(best, 4)
-
-
-def auroc(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(probabilities, kind="mergesort")
-    ranks = np.empty(len(probabilities), dtype=np.float64)
-    sorted_p = probabilities[order]
-    i = 0
-    while i < len(sorted_p):
-        j = i
-        while j + 1 < len(sorted_p) and sorted_p[j + 1] == sorted_p[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
 def _binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float, seed: int) -> dict[str, Any]:
     predicted = probabilities >= threshold
     tp = int((predicted & (labels == 1)).sum())
     fn = int((~predicted & (labels == 1)).sum())
     tn = int((~predicted & (labels == 0)).sum())
     fp = int((predicted & (labels == 0)).sum())
-    rng = np.random.default_rng([seed, 99])
-    boot = []
-    for _ in range(200):
-        pick = rng.integers(0, len(labels), len(labels))
-        value = auroc(probabilities[pick], labels[pick])
-        if value == value:
-            boot.append(value)
-    low, high = (np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan")))
+    low, high = bootstrap_auroc_ci(probabilities, labels, rounds=200, seed=[seed, 99])
     return {
         "images": int(labels.size),
         "auroc": round(auroc(probabilities, labels), 4),

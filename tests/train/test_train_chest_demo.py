@@ -14,7 +14,8 @@ from dicom_ai.domain import Instance
 from dicom_ai.infer import ModelRegistry, load_card
 from monai.networks.nets import DenseNet
 
-from dicom_ai.train.chest_demo import ARCHITECTURE, _augment, _pointing_loss, _youden_threshold, auroc, class_activation, train_chest_demo
+from dicom_ai.train.chest_demo import ARCHITECTURE, _augment, _pointing_loss, class_activation, train_chest_demo
+from dicom_ai.train.evaluate import auroc, youden_threshold
 from tests.conftest import REPO, sample
 
 BANNER = "SYNTHETIC DATA - NOT FOR CLINICAL USE"
@@ -77,7 +78,7 @@ def test_auroc_known_values() -> None:
 
 def test_youden_threshold_separates_separable_scores() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
-    threshold = _youden_threshold(np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8]), labels)
+    threshold = youden_threshold(np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8]), labels)
     assert 0.3 < threshold <= 0.6
 
 
