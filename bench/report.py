@@ -73,6 +73,23 @@ def _inference(i: dict[str, Any]) -> list[str]:
     return out
 
 
+def _fast_path(f: dict[str, Any]) -> list[str]:
+    out = ["## 3b. ONNX fast path (onnxruntime vs torch eager, same model, medians of interleaved iterations)", "",
+           "| model | input | batch | torch ms/input | onnx ms/input | eager/onnx |", "|---|---|---|---|---|---|"]
+    for m in f["models"]:
+        for r in m["speed"]:
+            out.append(f"| {m['model']} | {m['input']} | {r['batch']} | {r['torch_ms_per_input']:.1f} | "
+                       f"{r['onnx_ms_per_input']:.1f} | {r['eager_over_onnx']:.2f}× |")
+    out += ["", "| model | architecture | parameters | export s | ONNX MiB | max prob. diff | threads torch / onnx |",
+            "|---|---|---|---|---|---|---|"]
+    for m in f["models"]:
+        params = "–" if m["parameters"] is None else f"{m['parameters'] / 1e6:.2f} M"
+        out.append(f"| {m['model']} | {m['architecture']} | {params} | {m['export_s']:.1f} | {m['onnx_mb']:.1f} | "
+                   f"{m['max_difference']:.1g} | {m['torch_threads']} / {m['onnx_threads']} |")
+    out += ["", "eager/onnx is the per-iteration ratio torch time / onnxruntime time, medianed: above 1 the fast path is faster.", ""]
+    return out
+
+
 def _scale(rows: list[dict[str, Any]]) -> list[str]:
     out = ["## 4-5. Scale (synthetic one-instance studies in the SQLite store)", "",
            "| studies | insert studies/s (durable) | `studies` ms | `studies --state` ms | rule replay s | DB MB |",
@@ -103,6 +120,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _turnaround(results["turnaround"])
     if "inference" in results:
         lines += _inference(results["inference"])
+    if "fast_path" in results:
+        lines += _fast_path(results["fast_path"])
     if "scale" in results:
         lines += _scale(results["scale"])
     return "\n".join(lines)
