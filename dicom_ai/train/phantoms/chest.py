@@ -9,36 +9,23 @@ sometimes collimation and a side marker. A consolidation is a patchy, irregular 
 to one lung field; its mask is returned so that Grad-CAM can be scored with the pointing game.
 
 Everything is drawn from the `numpy.random.Generator` passed in, so a seed gives the same
-images. Smoothing is done with cached Gaussian matrices (no scipy here, and FFTs were slower).
+images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
+from dicom_ai.train.phantoms.common import LUNGS, Phantom
+from dicom_ai.train.phantoms.common import blur as _blur
+from dicom_ai.train.phantoms.common import ellipse as _ellipse
+from dicom_ai.train.phantoms.common import smooth_noise as _smooth_noise
+from dicom_ai.train.phantoms.common import soft as _soft
+
 DEFAULT_SIZE = 256  # rendered larger than the model input so that inference-style resizing is exercised
 MIN_SIZE = 64
-
-
-@dataclass(frozen=True, eq=False)
-class Phantom:
-    """One synthetic radiograph.
-
-    `image` is uint8 (size x size) in display convention (air dark, bone bright);
-    `finding_mask` is bool, True on the consolidation (all False without one);
-    `lung_mask` is bool, True inside either lung field.
-    """
-
-    image: np.ndarray
-    finding_mask: np.ndarray
-    lung_mask: np.ndarray
-
-    @property
-    def has_finding(self) -> bool:
-        return bool(self.finding_mask.any())
 
 
 def chest_phantom(rng: np.random.Generator, *, finding: bool, size: int = DEFAULT_SIZE) -> Phantom:
@@ -82,7 +69,7 @@ def chest_phantom(rng: np.random.Generator, *, finding: bool, size: int = DEFAUL
 
     density = density + 0.025 * _smooth_noise(rng, size, 0.03 * size) * body
     image = _expose(rng, density, size)
-    return Phantom(image=image, finding_mask=finding_mask, lung_mask=lungs > 0.5)
+    return Phantom(image=image, finding_mask=finding_mask, anatomy_mask=lungs > 0.5, anatomy=LUNGS)
 
 
 @dataclass(frozen=True)
@@ -124,17 +111,6 @@ class _Geometry:
             vessel_strength=rng.uniform(0.05, 0.1),
             rib_phase=rng.uniform(-0.02, 0.02) * s,
         )
-
-
-def _soft(x: np.ndarray, width: float) -> np.ndarray:
-    """0 below -width/2, 1 above width/2: a soft step used for every anatomical edge."""
-    return np.clip(0.5 + x / width, 0, 1)
-
-
-def _ellipse(xx: np.ndarray, yy: np.ndarray, x0: float, y0: float, rx: float, ry: float, soft: float = 0.08) -> np.ndarray:
-    """A filled ellipse with a soft edge (0..1)."""
-    r = np.sqrt(((xx - x0) / rx) ** 2 + ((yy - y0) / ry) ** 2)
-    return _soft(1 - r, soft)
 
 
 def _body(g: _Geometry, xx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,41 +285,6 @@ def _expose(rng: np.random.Generator, density: np.ndarray, size: int) -> np.ndar
         mx = mx if rng.random() < 0.5 else size - mx - w
         image[my : my + w, mx : mx + w] = 1.0
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-
-
-@lru_cache(maxsize=32)
-def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """Row-normalised Gaussian (n x n): K @ A @ K.T blurs A, renormalised at the borders."""
-    i = np.arange(n, dtype=np.float32)
-    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
-    k[k < 1e-6] = 0  # no denormals: they make the matrix product crawl
-    return (k / k.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-@lru_cache(maxsize=32)
-def _noise_matrix(n: int, sigma: float) -> np.ndarray:
-    """Gaussians of width sigma on a grid spaced sigma/1.5: K @ W @ K.T is smooth noise."""
-    step = max(sigma / 1.5, 1.0)
-    centres = (np.arange(int(np.ceil(n / step)) + 4, dtype=np.float32) - 2) * step
-    i = np.arange(n, dtype=np.float32)
-    k = np.exp(-0.5 * ((i[:, None] - centres[None, :]) / sigma) ** 2)
-    k[k < 1e-6] = 0
-    return k.astype(np.float32)
-
-
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a square image with standard deviation `sigma` pixels."""
-    if sigma < 0.1:
-        return np.asarray(image, dtype=np.float32)
-    k = _blur_matrix(image.shape[0], round(float(sigma), 1))
-    return k @ np.asarray(image, dtype=np.float32) @ k.T
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Gaussian random field with correlation length ~sigma pixels, zero mean, unit deviation."""
-    k = _noise_matrix(size, round(max(float(sigma), 0.5), 1))
-    field = k @ rng.standard_normal((k.shape[1], k.shape[1]), dtype=np.float32) @ k.T
-    return (field - field.mean()) / (field.std() + 1e-6)
 
 
 def render(job: tuple[tuple[int, ...], bool, int]) -> Phantom:
