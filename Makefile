@@ -29,7 +29,7 @@ test-e2e: install
 
 # Retrain the demo models from synthetic data (reproducible: fixed seeds).
 models: install
-	$(BIN)/dicom-ai train chest-demo --out models/chest-xray-demo
+	$(BIN)/dicom-ai train demo all --out models
 
 # Benchmarks (ratios against storescp and Orthanc, not tests): bench/results/latest.{json,md}; BENCH_SCALE=0.1 for a quick run.
 bench: install

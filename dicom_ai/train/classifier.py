@@ -132,9 +132,13 @@ def train_classifier(
     network = _network(plan)
     parameters = sum(p.numel() for p in network.parameters())
     checkpoints = out_dir / CHECKPOINTS
-    extra_loss = _pointing_extra_loss(plan.pointing_weight) if plan.pointing_weight > 0 and splits["train"].masks is not None else None
+    trained: torch.nn.Module = network
+    extra_loss = None
+    if plan.pointing_weight > 0 and splits["train"].masks is not None:
+        trained = CamCapture(network)
+        extra_loss = _pointing_extra_loss(plan.pointing_weight)
     result = fit(
-        network,
+        trained,
         _SplitDataset(splits["train"], plan, augment=True),
         _SplitDataset(splits["val"], plan, augment=False),
         task="binary",
@@ -281,9 +285,26 @@ def class_activation(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[to
     return cam.flatten(1).mean(dim=1), cam
 
 
+class CamCapture(torch.nn.Module):
+    """A MONAI DenseNet whose forward also keeps its class activation map, for the pointing loss.
+
+    Same parameters, same logits (the head is linear after pooling), one forward pass: the loss
+    reads `last_cam` instead of running the network a second time.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.last_cam: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, self.last_cam = class_activation(self.network, x)
+        return logits[:, None]
+
+
 def _pointing_extra_loss(weight: float):  # type: ignore[no-untyped-def]
     def extra(network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: Any) -> torch.Tensor:
-        _, cam = class_activation(network, x)
+        cam = network.last_cam if isinstance(network, CamCapture) and network.last_cam is not None else class_activation(network, x)[1]
         return weight * pointing_loss(cam, masks, y)
 
     return extra

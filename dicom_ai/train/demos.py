@@ -9,6 +9,7 @@ Every card and every output says SYNTHETIC / NOT FOR CLINICAL USE.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from dicom_ai.train.names import DEMO_FOLDERS
 
 log = logging.getLogger(__name__)
 
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 SMALL_2D: dict[str, Any] = {"init_features": 16, "growth_rate": 16, "block_config": [3, 6, 12], "bn_size": 2}
 SMALL_3D: dict[str, Any] = {"init_features": 8, "growth_rate": 8, "block_config": [2, 4, 6], "bn_size": 2}
@@ -154,8 +156,7 @@ def _draw(recipe: DemoRecipe, seed: int, split: str, count: int) -> TensorSplit:
     jobs = [(recipe.generator, recipe.render_size, seed, SPLIT_IDS[split], i, i % 2 == 0) for i in range(count)]
     workers = min(2, os.cpu_count() or 1)
     if count >= 64 and workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            rendered = list(pool.map(render_job, jobs, chunksize=16))
+        rendered = _render_in_processes(jobs, workers)
     else:
         rendered = [render_job(job) for job in jobs]
     spec = recipe.plan.input
@@ -167,6 +168,21 @@ def _draw(recipe: DemoRecipe, seed: int, split: str, count: int) -> TensorSplit:
         y=torch.tensor([1.0 if finding else 0.0 for *_, finding in jobs]),
         masks=torch.stack([mask_at(mask, spec.size) for _, mask in rendered]),
     )
+
+
+def _render_in_processes(jobs: list[tuple[str, tuple[int, ...], int, int, int, bool]], workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Render in fresh processes with one BLAS thread each: two busy BLAS pools on two cores thrash."""
+    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in BLAS_THREAD_VARIABLES})
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(render_job, jobs, chunksize=16))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def render_job(job: tuple[str, tuple[int, ...], int, int, int, bool]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,13 +31,18 @@ log = logging.getLogger(__name__)
 KNOWN_CODES: dict[str, CodeSpec] = {
     "pneumonia": CodeSpec(value="233604007", scheme="SCT", meaning="Pneumonia"),
     "polyps": CodeSpec(value="68496003", scheme="SCT", meaning="Polyp of colon"),
-    "cancer": CodeSpec(value="254837009", scheme="SCT", meaning="Malignant neoplasm of breast"),
     "esophagitis": CodeSpec(value="16761005", scheme="SCT", meaning="Esophagitis"),
     "ulcerative-colitis": CodeSpec(value="64766004", scheme="SCT", meaning="Ulcerative colitis"),
+}
+# Class names whose meaning depends on the dataset: RSNA's "cancer" is breast cancer, while an MSD
+# task's "cancer" label (liver, pancreas, lung) is not, so it is looked up for that layout only.
+LAYOUT_CODES: dict[str, dict[str, CodeSpec]] = {
+    "rsna-mammo": {"cancer": CodeSpec(value="254837009", scheme="SCT", meaning="Malignant neoplasm of breast")},
 }
 GATES = {"CR": ["CR", "DX"], "DX": ["CR", "DX"]}
 SMALL_DENSENET_2D: dict[str, Any] = {"init_features": 16, "growth_rate": 16, "block_config": [3, 6, 12], "bn_size": 2}
 SMALL_DENSENET_3D: dict[str, Any] = {"init_features": 8, "growth_rate": 8, "block_config": [2, 4, 6], "bn_size": 2}
+DENSENET121_BLOCKS = (6, 12, 24, 16)
 GRADCAM_2D = ("features.denseblock2", "features.denseblock3", "class_layers.relu")
 GRADCAM_3D = ("features.denseblock2", "features.denseblock3", "class_layers.relu")
 INTENDED_USE = (
@@ -73,6 +78,7 @@ class DatasetTraining:
     test_fraction: float = 0.15
     progress: bool = True
     keep_checkpoints: bool = False
+    threads: int | None = None  # None: torch's setting (the core count, or OMP_NUM_THREADS)
 
 
 def train_from_dataset(request: DatasetTraining) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def train_from_dataset(request: DatasetTraining) -> dict[str, Any]:
             "train one finding against the rest with --option positive=CLASS[,CLASS]"
         )
     positive = dataset.classes[1]
-    code = request.code or KNOWN_CODES.get(positive.lower())
+    code = request.code or known_code(dataset.layout, positive)
     if code is None:
         raise TrainingError(f"no code known for the positive class {positive!r}: pass --code SCT:<value>:<meaning> (or RADLEX:RID...:...)")
     planned = plan_splits(dataset, val=request.val_fraction, test=request.test_fraction, seed=request.seed)
@@ -109,7 +115,7 @@ def train_from_dataset(request: DatasetTraining) -> dict[str, Any]:
     config = FitConfig(
         epochs=request.epochs, batch_size=request.batch_size, learning_rate=request.learning_rate,
         patience=request.patience, seed=request.seed, max_steps_per_epoch=request.max_steps_per_epoch,
-        progress=request.progress,
+        progress=request.progress, num_threads=request.threads or torch.get_num_threads(),
     )
     record = {
         "data": f"{dataset.layout} layout at {dataset.root}",
@@ -123,6 +129,12 @@ def train_from_dataset(request: DatasetTraining) -> dict[str, Any]:
     return {"out": str(request.out), "metrics": card.metrics, "training": card.training}
 
 
+def known_code(layout: str, positive: str) -> CodeSpec | None:
+    """The code of a seed dataset's positive class, or None when the name alone does not settle it."""
+    key = positive.lower()
+    return LAYOUT_CODES.get(layout, {}).get(key) or KNOWN_CODES.get(key)
+
+
 def _input_spec(dataset: LabelledSet, request: DatasetTraining) -> InputSpec:
     if dataset.dims == 3:
         size = request.size or (32, 96, 96)
@@ -134,10 +146,17 @@ def _input_spec(dataset: LabelledSet, request: DatasetTraining) -> InputSpec:
 def _architecture(choice: str, spec: InputSpec) -> ArchitectureSpec:
     base = {"spatial_dims": spec.dims, "in_channels": spec.channels, "out_channels": 1}
     if choice == "small":
-        return ArchitectureSpec(name="DenseNet", kwargs=base | (SMALL_DENSENET_3D if spec.dims == 3 else SMALL_DENSENET_2D))
-    if choice == "densenet121":
-        return ArchitectureSpec(name="DenseNet121", kwargs=base)
-    raise TrainingError(f"architecture {choice!r} unknown; choose small or densenet121")
+        architecture = ArchitectureSpec(name="DenseNet", kwargs=base | (SMALL_DENSENET_3D if spec.dims == 3 else SMALL_DENSENET_2D))
+    elif choice == "densenet121":
+        architecture = ArchitectureSpec(name="DenseNet121", kwargs=base)
+    else:
+        raise TrainingError(f"architecture {choice!r} unknown; choose small or densenet121")
+    # The stem and each transition halve the input: a smaller side pools to nothing (a torch error mid-fit).
+    halvings = len(architecture.kwargs.get("block_config", DENSENET121_BLOCKS)) + 1
+    if min(spec.size) < 2**halvings:
+        raise TrainingError(f"--size {'x'.join(map(str, spec.size))} is too small for the {choice} network: "
+                            f"it halves the input {halvings} times, so each side must be at least {2**halvings}")
+    return architecture
 
 
 def _default_name(dataset: LabelledSet, positive: str) -> str:
