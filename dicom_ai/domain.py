@@ -109,8 +109,9 @@ class ImageResult:
     """A model's output for one source image, with what encode needs to draw the heatmap.
 
     `display` is the image as a radiologist would see it (uint8, Rows x Columns, after modality
-    LUT, VOI/windowing and MONOCHROME1 inversion); `heatmap` is float32 in [0, 1] of the same
-    shape, or None when heatmaps were not asked for.
+    LUT, VOI/windowing and MONOCHROME1 inversion; Rows x Columns x 3 RGB for colour models such as
+    endoscopy); `heatmap` is float32 in [0, 1] of its Rows x Columns, or None when heatmaps were
+    not asked for.
     """
 
     source: Instance

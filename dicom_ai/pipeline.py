@@ -151,6 +151,8 @@ class Pipeline:
             for series in job.series:
                 ok, why = model.accepts(series.header)
                 if ok:
+                    ok, why = model.accepts_count(len(series.instances))
+                if ok:
                     accepted.append(series)
                 else:
                     skipped.append(f"{model_name} refused series {series.series_instance_uid}: {why}")

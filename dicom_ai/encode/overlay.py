@@ -37,10 +37,12 @@ JET_LUT = colour_lut()
 
 
 def check_inputs(display: np.ndarray, heatmap: np.ndarray) -> None:
-    """Raise ValueError unless display is 2-D uint8 and heatmap a finite map in [0, 1] of its shape."""
-    if display.ndim != 2 or display.dtype != np.uint8:
-        raise ValueError(f"display must be a 2-D uint8 array (Rows x Columns), got {display.dtype} {display.shape}")
-    if heatmap.shape != display.shape:
+    """Raise ValueError unless display is uint8 grayscale (Rows x Columns) or RGB (Rows x Columns x 3)
+    and heatmap a finite map in [0, 1] of its Rows x Columns."""
+    colour = display.ndim == 3 and display.shape[-1] == 3
+    if not (display.ndim == 2 or colour) or display.dtype != np.uint8:
+        raise ValueError(f"display must be a uint8 array (Rows x Columns, or x 3 for colour), got {display.dtype} {display.shape}")
+    if heatmap.shape != display.shape[:2]:
         raise ValueError(f"heatmap shape {heatmap.shape} differs from display shape {display.shape}")
     if not np.all(np.isfinite(heatmap)):
         raise ValueError("heatmap contains NaN or infinite values")
@@ -51,7 +53,7 @@ def check_inputs(display: np.ndarray, heatmap: np.ndarray) -> None:
 
 def resize(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
     """Resize a uint8 or float 2-D array (area-averaging down, bilinear up), keeping its dtype kind."""
-    if image.shape == (rows, columns):
+    if image.shape[:2] == (rows, columns):
         return image
     shrinking = rows * columns < image.shape[0] * image.shape[1]
     method = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
@@ -69,7 +71,7 @@ def blend(
     max_opacity: float = MAX_OPACITY,
     lut: np.ndarray = JET_LUT,
 ) -> np.ndarray:
-    """Return Rows x Columns x 3 uint8 RGB: the display image with heat above `floor` coloured in.
+    """Return Rows x Columns x 3 uint8 RGB: the display image (grayscale or colour) with heat above `floor` coloured in.
 
     Opacity rises linearly from 0 at `floor` to `max_opacity` at 1, so weak heat barely tints
     and the image stays visible under the hottest region too.
@@ -80,5 +82,5 @@ def blend(
     heat = np.clip(heatmap.astype(np.float32), 0.0, 1.0)
     alpha = np.clip((heat - floor) / (1.0 - floor), 0.0, 1.0)[..., None] * max_opacity
     colour = lut[np.round(heat * 255).astype(np.uint8)].astype(np.float32)
-    gray = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
-    return np.round(gray * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+    base = (display if display.ndim == 3 else np.repeat(display[..., None], 3, axis=2)).astype(np.float32)
+    return np.round(base * (1.0 - alpha) + colour * alpha).astype(np.uint8)

@@ -85,8 +85,8 @@ def picture(result: ImageResult, model: ModelInfo, priority: PriorityDecision) -
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     lines = caption_lines(result.findings, model, priority)
-    rows, columns = picture_size(*result.display.shape, lines)
-    if (rows, columns) != result.display.shape:
+    rows, columns = picture_size(*result.display.shape[:2], lines)
+    if (rows, columns) != result.display.shape[:2]:
         log.debug("%s: drawing the heatmap at %dx%d instead of %s", where, rows, columns, result.display.shape)
     display = resize(result.display, rows, columns)
     heatmap = np.clip(resize(result.heatmap.astype(np.float32), rows, columns), 0.0, 1.0)

@@ -29,7 +29,7 @@ from dicom_ai.infer.card import ModelCard, ModelError, derive_device_uid
 from dicom_ai.infer.gradcam import HeatmapMaker, upsample
 from dicom_ai.infer.pixels import PixelError, color_image, display_image
 from dicom_ai.infer.preprocess import preprocess, preprocess_volume
-from dicom_ai.infer.volume import read_volume
+from dicom_ai.infer.volume import MIN_SLICES, read_volume
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -114,6 +114,12 @@ class LoadedModel:
     def accepts(self, header: Dataset) -> tuple[bool, str]:
         """Apply the card's gate to a series header: (accepted, reason in words)."""
         return self._match(header, self.card.gate, "accepts", "accepted by")
+
+    def accepts_count(self, images: int) -> tuple[bool, str]:
+        """A volume model needs a series of slices; a lone image (scout, key image) is not one."""
+        if self.card.input.dims == 3 and images < MIN_SLICES:
+            return False, f"{images} image(s); {self.card.name} reads a series as a volume of at least {MIN_SLICES} slices"
+        return True, ""
 
     def selects(self, header: Dataset) -> tuple[bool, str]:
         """Apply the card's image selection (e.g. ViewPosition CC, MLO) to one image's header."""
@@ -201,10 +207,9 @@ class LoadedModel:
         started = time.perf_counter()
         datasets = [self._read(instance) for instance in instances]
         displays = [display_image(ds) for ds in datasets]
-        inputs = displays
-        if self.card.input.channels == 3:
-            inputs = [_or(color_image(ds), display) for ds, display in zip(datasets, displays)]
-        batch = torch.stack([self.prepare(image) for image in inputs])
+        if self.card.input.channels == 3:  # colour models see colour, and their heatmaps are drawn over it
+            displays = [_or(color_image(ds), display) for ds, display in zip(datasets, displays)]
+        batch = torch.stack([self.prepare(image) for image in displays])
         with self._lock:
             probs = self.probabilities(batch)
             findings = [self._findings(row) for row in probs]
@@ -214,7 +219,7 @@ class LoadedModel:
                 for label_index, members in self._group_by_label(wanted, probs, findings).items():
                     feature_maps = self._feature_maps(batch[members], label_index)
                     for k, i in enumerate(members):
-                        maps[i] = upsample(feature_maps[k : k + 1], displays[i].shape)
+                        maps[i] = upsample(feature_maps[k : k + 1], displays[i].shape[:2])
         log.info(
             "model %s (%s): %d image(s), %d heatmap(s) in %.2f s",
             self.card.name, self.backend, len(instances), sum(m is not None for m in maps), time.perf_counter() - started,

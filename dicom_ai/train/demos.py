@@ -120,7 +120,8 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
     if name == "chest-xray":
         from dicom_ai.train.chest_demo import train_chest_demo
 
-        return train_chest_demo(out_dir, seed=seed, quick=quick)
+        report = train_chest_demo(out_dir, seed=seed, quick=quick)
+        return report | {"onnx": _export(out_dir)}
     if name not in RECIPES:
         raise ValueError(f"no demo recipe {name!r}; choose chest-xray, {', '.join(RECIPES)}")
     recipe = RECIPES[name]
@@ -148,7 +149,15 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
     }
     plan = recipe.plan if not quick else replace(recipe.plan, version=recipe.plan.version + "+quick")
     card = train_classifier(plan, splits, out_dir, config, record)
-    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics}
+    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics, "onnx": _export(out_dir)}
+
+
+def _export(out_dir: Path) -> dict[str, Any]:
+    """Ship the ONNX fast path with every demo: the same weights, checked against torch."""
+    from dicom_ai.infer.export import export_onnx
+
+    result = export_onnx(out_dir)
+    return {"path": str(result.path), "max_difference": result.max_difference, "bytes": result.size_bytes}
 
 
 def _draw(recipe: DemoRecipe, seed: int, split: str, count: int) -> TensorSplit:

@@ -68,3 +68,18 @@ def test_resize_keeps_the_kind_of_array(display: np.ndarray) -> None:
     heat = resize(gaussian_heatmap(display.shape), 192, 256)
     assert heat.shape == (192, 256) and heat.dtype == np.float32
     assert 0.9 < float(heat.max()) <= 1.0
+
+
+def test_colour_display_keeps_its_colours_under_the_heat() -> None:
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # reddish mucosa
+    rgb[..., 1] = 80
+    heatmap = np.zeros((40, 50), dtype=np.float32)
+    heatmap[15:25, 20:30] = 1.0
+    out = blend(rgb, heatmap)
+    assert out.shape == (40, 50, 3)
+    assert (out[0, 0] == rgb[0, 0]).all()  # no heat: the colour image as it was, not its luminance
+    assert not (out[20, 25] == rgb[20, 25]).all()  # heat is drawn over it
+    assert resize(rgb, 20, 25).shape == (20, 25, 3)
+    with pytest.raises(ValueError, match="heatmap shape"):
+        blend(rgb, np.zeros((40, 40), dtype=np.float32))
