@@ -56,6 +56,12 @@ def picture_size(rows: int, columns: int, lines: Sequence[CaptionLine]) -> tuple
     return max(1, math.floor(rows * scale)), max(1, math.floor(columns * scale))
 
 
+BIPED_LETTERS = frozenset("APRLHF")
+# Body Part Examined values of paired structures (PS3.16 CID 4031 subset), for which Laterality is required.
+PAIRED_BODY_PARTS = frozenset({"BREAST", "EYE", "EAR", "KIDNEY", "LUNG", "HAND", "FOOT", "KNEE", "HIP", "SHOULDER",
+                               "ELBOW", "WRIST", "ANKLE", "ARM", "LEG", "FEMUR", "HUMERUS", "CLAVICLE"})
+
+
 def orientation_letters(direction: Sequence[float]) -> str:
     """PatientOrientation letters for one direction cosine vector, strongest axis first (e.g. 'LP')."""
     order = sorted(range(3), key=lambda axis: -abs(direction[axis]))
@@ -63,16 +69,33 @@ def orientation_letters(direction: Sequence[float]) -> str:
     return "".join(letters[:2]) or "L"
 
 
+def source_laterality(source: Dataset) -> str | None:
+    """The side of the analysed image: series Laterality, else Image Laterality (mammograms), if L or R."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword) or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
 def patient_orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's PatientOrientation, or one derived from ImageOrientationPatient, or None."""
+    """The source's PatientOrientation, or one derived from ImageOrientationPatient, or None.
+
+    Reduced to the dominant letter of each direction (e.g. mammography's 'FL' -> 'F'): letters
+    are listed most significant first, and highdicom's SC accepts single letters only.
+    """
     value = source.get("PatientOrientation")
     if value and len(value) == 2 and all(value):
-        return str(value[0]), str(value[1])
-    cosines = source.get("ImageOrientationPatient")
-    if cosines and len(cosines) == 6:
+        row, column = str(value[0]).strip().upper(), str(value[1]).strip().upper()
+    else:
+        cosines = source.get("ImageOrientationPatient")
+        if not (cosines and len(cosines) == 6):
+            return None
         numbers = [float(c) for c in cosines]
-        return orientation_letters(numbers[:3]), orientation_letters(numbers[3:])
-    return None
+        row, column = orientation_letters(numbers[:3]), orientation_letters(numbers[3:])
+    if row[:1] not in BIPED_LETTERS or column[:1] not in BIPED_LETTERS:
+        return None
+    return row[0], column[0]
 
 
 def picture(result: ImageResult, model: ModelInfo, priority: PriorityDecision) -> np.ndarray:
@@ -121,7 +144,7 @@ def build_secondary_capture(
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
             manufacturer=model.manufacturer,
-            laterality=str(source.get("Laterality") or "").strip() or None,
+            laterality=source_laterality(source),
             patient_orientation=orientation or ("L", "P"),  # placeholder, emptied below (Type 2)
             transfer_syntax_uid=ExplicitVRLittleEndian,
             contributing_equipment=[equipment],
@@ -134,9 +157,9 @@ def build_secondary_capture(
     body_part = str(source.get("BodyPartExamined") or "").strip()
     if body_part:
         image.BodyPartExamined = body_part
-    elif "Laterality" not in image:
-        # Type 2C, required for paired body parts: with no Body Part Examined nobody can tell,
-        # so the value is sent empty ("unknown") rather than left out (dciodvfy errs on absence).
+    if "Laterality" not in image and (not body_part or body_part.upper() in PAIRED_BODY_PARTS):
+        # Type 2C, required for paired body parts (and absent otherwise): when the body part is
+        # paired or unknown and the source names no side, it is sent empty ("unknown").
         image.Laterality = None
     image.DeviceUID = model.device_uid
     image.BurnedInAnnotation = BURNED_IN_YES
