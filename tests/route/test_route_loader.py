@@ -34,11 +34,15 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules_dir: Path) -> 
 
 
 def test_shipped_rules_load(shipped_rules: Path) -> None:
-    ruleset = load_ruleset(shipped_rules, known_models={"chest-xray-demo"})
-    [rule] = ruleset.rules
-    assert rule.name == "chest-radiograph" and rule.enabled and rule.models == ["chest-xray-demo"]
+    installed = {p.name for p in (shipped_rules.parent / "models").iterdir() if (p / "model.yaml").is_file()}
+    ruleset = load_ruleset(shipped_rules, known_models=installed)
+    by_name = {rule.name: rule for rule in ruleset.rules}
+    assert sorted(by_name) == ["brain-mr", "chest-radiograph", "ct-head", "endoscopy", "mammography"]
+    assert {model for rule in ruleset.rules for model in rule.models} == installed  # every demo model is routed
+    rule = by_name["chest-radiograph"]
+    assert rule.enabled and rule.models == ["chest-xray-demo"]
     assert rule.priority is not None and rule.priority.stat_above == 0.9
-    assert ruleset.files == (shipped_rules / "chest-radiograph.yaml",)
+    assert shipped_rules / "chest-radiograph.yaml" in ruleset.files
     assert rule.source is not None and rule.source.file == shipped_rules / "chest-radiograph.yaml"
     lines = rule.source.file.read_text().splitlines()
     assert lines[rule.source.line - 1].strip().startswith("- name: chest-radiograph")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,16 @@ def _matches(
     return bool(route(study, ruleset))
 
 
+def _chest_rule_only(shipped_rules: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(shipped_rules / "chest-radiograph.yaml", folder)
+    return folder
+
+
 def test_shipped_rule_routes_the_real_chest_radiograph(
-    shipped_rules: Path, chest_header: Dataset, make_study: MakeStudy
+    shipped_rules: Path, chest_header: Dataset, make_study: MakeStudy, tmp_path: Path
 ) -> None:
-    ruleset = load_ruleset(shipped_rules, known_models={"chest-xray-demo"})
+    ruleset = load_ruleset(_chest_rule_only(shipped_rules, tmp_path / "rules"), known_models={"chest-xray-demo"})
     study = make_study(chest_header)
     [decision] = route(study, ruleset)
     assert decision.rule.name == "chest-radiograph"
@@ -61,9 +68,9 @@ def test_shipped_rule_routes_the_real_chest_radiograph(
 
 
 def test_shipped_rule_ignores_ct_and_extremity(
-    shipped_rules: Path, ct_header: Dataset, extremity_header: Dataset, make_study: MakeStudy
+    shipped_rules: Path, ct_header: Dataset, extremity_header: Dataset, make_study: MakeStudy, tmp_path: Path
 ) -> None:
-    ruleset = load_ruleset(shipped_rules)
+    ruleset = load_ruleset(_chest_rule_only(shipped_rules, tmp_path / "rules"))
     ct = make_study(ct_header)
     assert route(ct, ruleset) == []
     [verdict] = explain(ct, ruleset)

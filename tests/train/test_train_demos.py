@@ -50,4 +50,5 @@ def test_demo_recipe_trains_and_its_model_reads_its_study(name: str, tmp_path: P
     model = LoadedModel.load(out, card)
     results = model.predict([instance_for(p) for p in study], heatmaps="all")
     assert len(results) == results_expected
-    assert all(r.heatmap is not None and r.heatmap.shape == r.display.shape for r in results)
+    assert all(r.heatmap is not None and r.heatmap.shape == r.display.shape[:2] for r in results)
+    assert all(r.display.ndim == (3 if channels == 3 else 2) for r in results)  # colour shown in colour
