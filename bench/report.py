@@ -44,18 +44,30 @@ def _targets(results: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-def _turnaround(t: dict[str, Any]) -> list[str]:
-    waits = t["orthanc_stable_age_s"] + t["stable_after_s"]
+def _turnaround(cr: dict[str, Any] | None, ct: list[dict[str, Any]]) -> list[str]:
+    """Chest CR and head CT volume turnaround side by side: one row per kind of study."""
+    rows = ([cr] if cr else []) + ct
+    first = rows[0]
+    waits = first["orthanc_stable_age_s"] + first["stable_after_s"]
     out = ["## 2. End-to-end turnaround through Orthanc (storescu end → SR in Orthanc)", "",
-           f"{t['studies']} chest CR studies (RG1_UNCR.dcm, new UIDs), one after another; Orthanc StableAge "
-           f"{t['orthanc_stable_age_s']} s + our stable_after {t['stable_after_s']} s = {waits:.0f} s of configured waits.", "",
-           "| | p50 s | p95 s |", "|---|---|---|",
-           f"| raw | {t['p50_s']:.2f} | {t['p95_s']:.2f} |",
-           f"| minus configured waits | {t['p50_minus_waits_s']:.2f} | {t['p95_minus_waits_s']:.2f} |", ""]
-    if t.get("stages_p50_s"):
-        out += ["| stage (median s) | " + " | ".join(t["stages_p50_s"]) + " |",
-                "|---|" + "---|" * len(t["stages_p50_s"]),
-                "| | " + " | ".join(f"{v:.2f}" for v in t["stages_p50_s"].values()) + " |", ""]
+           "Studies one after another, after one warm-up study per kind: "
+           + "; ".join(f"{r['studies']} {r.get('label', 'chest CR studies (RG1_UNCR.dcm, new UIDs)')}" for r in rows)
+           + f". Orthanc StableAge {first['orthanc_stable_age_s']} s + our stable_after {first['stable_after_s']} s"
+           f" = {waits:.0f} s of configured waits.", "",
+           "| study | instances | MB | storescu s | p50 s | p95 s | p50 − waits s | p95 − waits s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r.get('kind', 'chest CR')} | {r.get('instances', 1)} | {_f(r.get('study_mb'))} | "
+                   f"{_f(r.get('storescu_p50_s'), 2)} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | "
+                   f"{r['p50_minus_waits_s']:.2f} | {r['p95_minus_waits_s']:.2f} |")
+    out.append("")
+    stages = list(dict.fromkeys(k for r in rows for k in r.get("stages_p50_s", {})))
+    if stages:
+        out += ["| stage (median s) | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+        for r in rows:
+            values = r.get("stages_p50_s", {})
+            out.append(f"| {r.get('kind', 'chest CR')} | " + " | ".join(_f(values.get(k), 2) for k in stages) + " |")
+        out.append("")
     return out
 
 
@@ -116,8 +128,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _targets(results)
     if "receive" in results:
         lines += _receive(results["receive"])
-    if "turnaround" in results:
-        lines += _turnaround(results["turnaround"])
+    if "turnaround" in results or results.get("turnaround_ct"):
+        lines += _turnaround(results.get("turnaround"), results.get("turnaround_ct", []))
     if "inference" in results:
         lines += _inference(results["inference"])
     if "fast_path" in results:

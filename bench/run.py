@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import fast_path, inference, receive, scale, turnaround
+from bench import fast_path, inference, receive, scale, turnaround, turnaround_ct
 from bench.corpus import FULL_SPECS, bench_scale, generate, scaled
 from bench.report import markdown
 
@@ -98,6 +98,8 @@ def main() -> int:
 
         results["turnaround"] = turnaround.run(WORKDIR / "turnaround", max(3, round(10 * factor)))
         log.info("turnaround done at %.0f s", time.monotonic() - started)
+        results["turnaround_ct"] = turnaround_ct.run(WORKDIR / "turnaround_ct", max(3, round(5 * factor)))
+        log.info("CT turnaround done at %.0f s", time.monotonic() - started)
         results["inference"] = inference.run(WORKDIR / "inference", max(5, round(20 * factor)))
         log.info("inference done at %.0f s", time.monotonic() - started)
         results["fast_path"] = fast_path.run(WORKDIR / "fast_path", max(5, round(20 * factor)))

@@ -1,12 +1,20 @@
-"""End-to-end turnaround: storescu -> real Orthanc -> (stable) -> `dicom-ai serve` -> SR back in Orthanc."""
+"""End-to-end turnaround: storescu -> real Orthanc -> (stable) -> `dicom-ai serve` -> SR back in Orthanc.
+
+`measure` is the harness (one Orthanc, one node, any kinds of study); `run` is the chest CR case.
+bench/turnaround_ct.py adds head CT volumes through the same harness.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,18 @@ STABLE_AFTER = 1.0  # s, our quiet time
 SR_TIMEOUT = 120.0  # s per study before the benchmark gives up
 POLL = 0.02  # s between REST polls
 
+# Writes one new study under the given (empty) folder; returns its files and StudyInstanceUID.
+StudyMaker = Callable[[Path, int], tuple[list[Path], str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of study to time: `label` goes into the report, `info` into the JSON result."""
+
+    label: str
+    make: StudyMaker
+    info: dict[str, Any] = field(default_factory=dict)
+
 
 def _sr_arrived(orthanc: OrthancServer, study_uid: str) -> bool:
     orthanc_id = orthanc.find_study(study_uid)
@@ -33,11 +53,24 @@ def _sr_arrived(orthanc: OrthancServer, study_uid: str) -> bool:
     return any(s.get("MainDicomTags", {}).get("Modality") == "SR" for s in series)
 
 
-def run(workdir: Path, studies: int) -> dict[str, Any]:
-    """Send `studies` chest radiographs one after another; seconds from storescu's end to the SR in Orthanc."""
+def _chest_cr(folder: Path, _number: int) -> tuple[list[Path], str]:
     source = get_testdata_file("RG1_UNCR.dcm", download=False)
     if source is None:
         raise BenchError("RG1_UNCR.dcm is not installed (pip install pydicom-data)")
+    path, study_uid = copy_as_new_study(Path(source), folder)
+    return [path], study_uid
+
+
+CHEST_CR = Case("chest CR studies (RG1_UNCR.dcm, new UIDs)", _chest_cr, {"kind": "chest CR", "instances": 1})
+
+
+def run(workdir: Path, studies: int) -> dict[str, Any]:
+    """Send `studies` chest radiographs one after another; seconds from storescu's end to the SR in Orthanc."""
+    return measure(workdir, [CHEST_CR], studies)[0]
+
+
+def measure(workdir: Path, cases: Sequence[Case], studies: int) -> list[dict[str, Any]]:
+    """Per case, one warm-up study then `studies` counted ones, one at a time, through one Orthanc and one node."""
     router_port = free_port()
     orthanc = OrthancServer(workdir / "orthanc", router_aet="DICOM_AI", router_port=router_port,
                             stable_age=ORTHANC_STABLE_AGE)
@@ -51,54 +84,75 @@ def run(workdir: Path, studies: int) -> dict[str, Any]:
            "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER)}
     log_path = home / "serve.log"
     serve = spawn([str(Path(sys.executable).parent / "dicom-ai"), "serve"], env, log_path)
-    times: list[float] = []
-    sent_wall: dict[str, float] = {}
-    arrived_wall: dict[str, float] = {}
+    timed: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + 90
         while b"dicom-ai ready" not in log_path.read_bytes():
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"dicom-ai serve did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)
-        for number in range(studies + 1):  # the first study warms caches and is not counted
-            path, study_uid = copy_as_new_study(Path(source), workdir / "in")
-            storescu([path], orthanc.dicom_port, called=orthanc.aet)
-            sent = time.perf_counter()
-            sent_wall[study_uid] = time.time()
-            deadline = time.monotonic() + SR_TIMEOUT
-            while not _sr_arrived(orthanc, study_uid):
-                if time.monotonic() > deadline:
-                    raise BenchError(f"no SR for study {study_uid} after {SR_TIMEOUT:.0f} s; node log:\n"
-                                     f"{log_path.read_text()[-3000:]}")
-                time.sleep(POLL)
-            elapsed = time.perf_counter() - sent
-            arrived_wall[study_uid] = time.time()
-            log.info("turnaround study %d: %.2f s%s", number, elapsed, " (warm-up, not counted)" if number == 0 else "")
-            if number:
-                times.append(elapsed)
-            else:
-                sent_wall.pop(study_uid)
+        for index, case in enumerate(cases):
+            timed.append(_time_case(orthanc, log_path, case, workdir / "in" / str(index), studies))
     finally:
         terminate(serve)
         _CHILDREN.discard(orthanc.process)  # type: ignore[arg-type]
         orthanc.stop()
+    return [_summary(case, t, home / "dicom-ai.sqlite") for case, t in zip(cases, timed)]
+
+
+def _time_case(orthanc: OrthancServer, log_path: Path, case: Case, folder: Path, studies: int) -> dict[str, Any]:
+    times: list[float] = []
+    send_times: list[float] = []
+    sizes: list[int] = []
+    sent_wall: dict[str, float] = {}
+    arrived_wall: dict[str, float] = {}
+    for number in range(studies + 1):  # the first study warms caches and is not counted
+        files, study_uid = case.make(folder / str(number), number)
+        started = time.perf_counter()
+        storescu(files, orthanc.dicom_port, called=orthanc.aet)
+        sent = time.perf_counter()
+        sent_wall[study_uid] = time.time()
+        deadline = time.monotonic() + SR_TIMEOUT
+        while not _sr_arrived(orthanc, study_uid):
+            if time.monotonic() > deadline:
+                raise BenchError(f"no SR for study {study_uid} ({case.label}) after {SR_TIMEOUT:.0f} s; node log:\n"
+                                 f"{log_path.read_text()[-3000:]}")
+            time.sleep(POLL)
+        elapsed = time.perf_counter() - sent
+        arrived_wall[study_uid] = time.time()
+        log.info("turnaround %s %d: %.2f s%s", case.info.get("kind", case.label), number, elapsed,
+                 " (warm-up, not counted)" if number == 0 else "")
+        if number:
+            times.append(elapsed)
+            send_times.append(sent - started)
+            sizes.append(sum(p.stat().st_size for p in files))
+        else:
+            sent_wall.pop(study_uid)
+    return {"times": times, "send_times": send_times, "sizes": sizes, "sent": sent_wall, "arrived": arrived_wall}
+
+
+def _summary(case: Case, t: dict[str, Any], database: Path) -> dict[str, Any]:
+    times = t["times"]
     waits = ORTHANC_STABLE_AGE + STABLE_AFTER
-    stages = _stages(home / "dicom-ai.sqlite", sent_wall, arrived_wall)
     return {
+        **case.info, "label": case.label,
         "studies": len(times), "orthanc_stable_age_s": ORTHANC_STABLE_AGE, "stable_after_s": STABLE_AFTER,
+        "study_mb": median(t["sizes"]) / 1e6, "storescu_p50_s": median(t["send_times"]),
         "raw_s": times, "p50_s": median(times), "p95_s": percentile(times, 95),
         "p50_minus_waits_s": median(times) - waits, "p95_minus_waits_s": percentile(times, 95) - waits,
-        "stages_p50_s": stages,
+        "stages_p50_s": _stages(database, t["sent"], t["arrived"]),
     }
 
 
 def _stages(database: Path, sent: dict[str, float], arrived: dict[str, float]) -> dict[str, float]:
-    """Where the time goes, from our database's wall-clock stamps (median over the counted studies)."""
-    import sqlite3
+    """Where the time goes, from our database's wall-clock stamps (median over the counted studies).
 
-    parts: dict[str, list[float]] = {"orthanc_to_us": [], "quiet_to_complete": [], "complete_to_processed": [],
-                                     "processed_to_sr_in_orthanc": []}
-    with sqlite3.connect(database) as db:
+    orthanc_to_us ends at the first instance; first_to_last_received is Orthanc's forwarding of the
+    rest (zero for one-instance studies).
+    """
+    parts: dict[str, list[float]] = {"orthanc_to_us": [], "first_to_last_received": [], "quiet_to_complete": [],
+                                     "complete_to_processed": [], "processed_to_sr_in_orthanc": []}
+    with closing(sqlite3.connect(database)) as db:
         for uid, t_sent in sent.items():
             row = db.execute("select first_received_at, last_received_at, completed_at, processed_at from studies"
                              " where study_instance_uid = ?", [uid]).fetchone()
@@ -106,6 +160,7 @@ def _stages(database: Path, sent: dict[str, float], arrived: dict[str, float]) -
                 continue
             first, last, completed, processed = row
             parts["orthanc_to_us"].append(first - t_sent)
+            parts["first_to_last_received"].append(last - first)
             parts["quiet_to_complete"].append(completed - last)
             parts["complete_to_processed"].append(processed - completed)
             parts["processed_to_sr_in_orthanc"].append(arrived[uid] - processed)

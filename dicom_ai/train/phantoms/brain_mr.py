@@ -111,7 +111,7 @@ def _mass(
         u0, v0 = rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.7)
         if np.hypot(u0, v0) < 0.72 and abs(u0) > 0.1:
             break
-    radius = rng.uniform(0.08, 0.22)
+    radius = rng.uniform(0.04, 0.18)  # from a few millimetres to a large mass
     du, dv = u - u0, v - v0
     r = np.hypot(du, dv)
     theta = np.arctan2(dv, du)
@@ -122,8 +122,11 @@ def _mass(
     oedema = soft(spread * (1 + fingers) * (0.6 + 0.4 * white) - r, 0.05) * soft(0.95 - rho, 0.05)
     oedema = np.maximum(oedema - core, 0)
     texture = 1 + 0.08 * smooth_noise(rng, shape, 0.01 * shape[0])
+    # Conspicuity varies: some lesions barely differ from oedema-free white matter.
+    strength = rng.uniform(0.4, 1.0)
+    core, oedema = core * strength, oedema * strength
     out = signal * (1 - core - oedema) + level["lesion"] * core * texture + level["oedema"] * oedema
-    return out.astype(np.float32), (core + oedema) > 0.5
+    return out.astype(np.float32), (core + oedema) > 0.5 * strength
 
 
 def _distractors(

@@ -105,14 +105,14 @@ def _haemorrhage(
     rng: np.random.Generator, hu: np.ndarray, u, v, w, rho: np.ndarray, brain: np.ndarray, inside: np.ndarray, mm: float, depth: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Acute blood: an intraparenchymal haematoma, or a subdural crescent under the inner table."""
-    blood_hu = rng.uniform(55, 80)
+    blood_hu = rng.uniform(48, 80)  # older or anaemic blood is barely denser than grey matter
     if rng.random() < 0.6:
         for _ in range(50):
             u0, v0, w0 = rng.uniform(-0.55, 0.55), rng.uniform(-0.6, 0.6), rng.uniform(-0.1, 0.5)
             if np.sqrt(u0**2 + v0**2 + w0**2) < 0.7 and abs(u0) > 0.12:
                 break
-        ru, rv = rng.uniform(0.1, 0.25), rng.uniform(0.1, 0.25)
-        rw = rng.uniform(0.08, 0.16)
+        ru, rv = rng.uniform(0.05, 0.22), rng.uniform(0.05, 0.22)  # from a small bleed to a large haematoma
+        rw = rng.uniform(0.05, 0.14)
         d = np.sqrt(((u - u0) / ru) ** 2 + ((v - v0) / rv) ** 2 + ((w - w0) / rw) ** 2)
         lumps = smooth_noise_3d(rng, hu.shape, (1.0, 3.0, 3.0))
         blood = soft(1 + 0.2 * lumps - d, 0.2) * brain
@@ -120,7 +120,7 @@ def _haemorrhage(
         hu = hu - 8 * oedema
     else:
         side = rng.choice((-1.0, 1.0))
-        thickness = rng.uniform(4, 12) * mm
+        thickness = rng.uniform(2.5, 10) * mm
         centre_w = rng.uniform(0.05, 0.45)
         extent = rng.uniform(0.15, 0.3)
         lateral = soft(side * u - 0.1, 0.1) * soft(extent - np.abs(w - centre_w), 0.05)
