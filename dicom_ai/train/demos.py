@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -97,7 +98,7 @@ RECIPES: dict[str, DemoRecipe] = {
             gate={"Modality": ["CT"]}, pointing_tolerance_px=4, shift_px=4, gradcam_slices=3,
         ),
         generator="dicom_ai.train.phantoms.ct_volume:ct_volume_phantom", render_size=(32, 96, 96),
-        counts=(480, 120, 200), epochs=8, batch_size=8, learning_rate=3e-3, what="non-contrast head CT volumes",
+        counts=(720, 160, 240), epochs=14, batch_size=8, learning_rate=3e-3, what="non-contrast head CT volumes",
         limits="- A whole series is one volume resized to 32x96x96: thin-slice or whole-body series are squeezed into it.",
     ),
     "endoscopy": DemoRecipe(
@@ -133,7 +134,7 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
     config = FitConfig(
         epochs=1 if quick else recipe.epochs, batch_size=4 if quick else recipe.batch_size,
         learning_rate=recipe.learning_rate, patience=3, seed=seed, max_steps_per_epoch=2 if quick else None,
-        progress=False,
+        progress=not quick and sys.stderr.isatty(),  # tqdm bars for a person at a terminal, not in logs
     )
     module, function = recipe.generator.split(":")
     record = {
