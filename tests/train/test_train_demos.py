@@ -52,3 +52,14 @@ def test_demo_recipe_trains_and_its_model_reads_its_study(name: str, tmp_path: P
     assert len(results) == results_expected
     assert all(r.heatmap is not None and r.heatmap.shape == r.display.shape[:2] for r in results)
     assert all(r.display.ndim == (3 if channels == 3 else 2) for r in results)  # colour shown in colour
+
+
+def test_demo_recipe_is_reproducible(tmp_path: Path) -> None:
+    import torch
+
+    first = train_demo("brain-mr", tmp_path / "a", seed=3, quick=True)
+    second = train_demo("brain-mr", tmp_path / "b", seed=3, quick=True)
+    assert first["metrics"]["auroc"] == second["metrics"]["auroc"]
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
