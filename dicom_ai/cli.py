@@ -158,7 +158,10 @@ def models_list(ctx: click.Context) -> None:
                            for label in card.labels)
         flag = "  NOT FOR CLINICAL USE" if card.not_for_clinical_use else ""
         click.echo(f"{name} {card.version}{flag}")
-        click.echo(f"    {card.display_name}; gate {json.dumps(card.gate)}; labels: {labels}")
+        size = "x".join(map(str, card.input.size))
+        fast = ", ONNX copy " + card.onnx if card.onnx else ""
+        click.echo(f"    {card.display_name}; {card.format}{fast}; input {size} ({card.input.dims}-D)")
+        click.echo(f"    gate {json.dumps(card.gate)}; select {json.dumps(card.select)}; labels: {labels}")
     for folder, problem in registry.problems().items():
         click.echo(f"BROKEN {folder}: {problem}", err=True)
     if not registry.cards():
