@@ -221,3 +221,13 @@ def test_models_export_cli(write_model: Callable[..., Path], tmp_path: Path) -> 
     outcome = CliRunner().invoke(main, ["models", "export", str(folder)], env={"DICOM_AI_HOME": str(tmp_path)})
     assert outcome.exit_code == 0, outcome.output
     assert (folder / "model.onnx").is_file() and "max probability difference" in outcome.output
+
+
+def test_models_list_shows_every_shipped_demo_with_its_format(tmp_path: Path) -> None:
+    repo_models = Path(__file__).resolve().parents[2] / "models"
+    outcome = CliRunner().invoke(main, ["models", "list"], env={"DICOM_AI_HOME": str(tmp_path),
+                                                               "DICOM_AI_MODELS_DIR": str(repo_models)})
+    assert outcome.exit_code == 0, outcome.output
+    for name in ("chest-xray-demo", "mammography-demo", "brain-mr-demo", "ct-head-demo", "endoscopy-demo"):
+        assert f"{name} 1.0.0  NOT FOR CLINICAL USE" in outcome.output
+    assert "input 32x96x96 (3-D)" in outcome.output and 'select {"ViewPosition": ["CC", "MLO"]}' in outcome.output
