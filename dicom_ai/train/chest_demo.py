@@ -447,7 +447,7 @@ def _readme(card: ModelCard) -> str:
 - Seed {t['seed']}; {t['epochs']} epochs, {t['steps']} steps of {t['batch_size']}; {t['optimizer']}; {t['augmentation']}.
 - Loss: {t['loss']}.
 - {t['threads']} CPU threads, {t['time_s']} s in all (generation {t['generate_s']} s, fitting {t['fit_s']} s).
-- Reproduce: `dicom-ai train chest-demo --out models/{card.name}` (or `make models`); the data are the same
+- Reproduce: `dicom-ai train demo chest-xray` (or `make models`); the data are the same
   for a seed, the weights may differ in the last bits on another CPU or torch build.
 
 ## Held-out test results (synthetic data only)
