@@ -27,16 +27,34 @@ class OrthancFlagError(DeliveryError):
     """Orthanc did not take the metadata; the outbox retries."""
 
 
+def findings_summary(findings: Sequence[Finding]) -> str:
+    """One entry per label, most probable first: its highest probability, and on how many images.
+
+    A volume model reports the same finding on each salient slice, a mammography study has four
+    views: the worklist wants "Mass 92% (present on 1 of 4 images)", not four entries.
+    """
+    by_label: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_label.setdefault(finding.label, []).append(finding)
+    entries = []
+    for label, group in by_label.items():
+        top = max(f.probability for f in group)
+        present = sum(f.present for f in group)
+        if len(group) == 1:
+            state = "present" if present else "absent"
+        else:
+            state = f"present on {present} of {len(group)} images" if present else f"absent on {len(group)} images"
+        entries.append((top, f"{label} {top:.0%} ({state})"))
+    return "; ".join(text for _, text in sorted(entries, key=lambda entry: -entry[0]))
+
+
 def flags_payload(
     priority: PriorityDecision,
     findings: Sequence[Finding],
     models: Sequence[ModelInfo],
 ) -> str:
     """The metadata values as JSON, stored in the outbox so a retry sends exactly the same."""
-    summary = "; ".join(
-        f"{f.label} {f.probability:.0%} ({'present' if f.present else 'absent'})"
-        for f in sorted(findings, key=lambda f: -f.probability)
-    )
+    summary = findings_summary(findings)
     reasons = "; ".join(priority.reasons)
     values = {
         AI_PRIORITY: priority.level.name,
