@@ -7,6 +7,7 @@ and returns these frozen records. DICOM attribute values keep their DICOM keywor
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,6 +103,47 @@ class Finding:
     @property
     def present(self) -> bool:
         return self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """One label over a whole study: what a worklist, RIS or notice reports.
+
+    A volume model reports its finding on each salient slice and a mammography study has four
+    views; the reader wants "Mass 92%, present on 1 of 4 images", not four entries.
+    """
+
+    label: str
+    code: Code
+    probability: float
+    images: int
+    images_present: int
+
+    @property
+    def present(self) -> bool:
+        return self.images_present > 0
+
+    def describe(self) -> str:
+        if self.images == 1:
+            state = "present" if self.present else "absent"
+        elif self.present:
+            state = f"present on {self.images_present} of {self.images} images"
+        else:
+            state = f"absent on {self.images} images"
+        return f"{self.label} {self.probability:.0%} ({state})"
+
+
+def summarize_findings(findings: Sequence[Finding]) -> list[LabelSummary]:
+    """Per-image findings folded per label (highest probability kept), most probable first."""
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault((finding.label, finding.code.scheme, finding.code.value), []).append(finding)
+    summaries = [
+        LabelSummary(group[0].label, group[0].code, max(f.probability for f in group), len(group),
+                     sum(f.present for f in group))
+        for group in groups.values()
+    ]
+    return sorted(summaries, key=lambda summary: (-summary.probability, summary.label))
 
 
 @dataclass(frozen=True, eq=False)

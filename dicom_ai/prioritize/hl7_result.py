@@ -1,7 +1,8 @@
 """The result and its priority as an HL7 v2.5 ORU^R01, for a RIS that takes results over MLLP.
 
 Priority goes where order systems look for it: TQ1-9 (S stat, A asap for our URGENT, R routine),
-and the findings go as numeric OBX (probability in %) with an abnormal flag when present. Built
+and the findings go as numeric OBX, one per label (its highest probability over the study's images,
+in %), with an abnormal flag when present on any image. Built
 and checked with hl7apy's strict validation, so a malformed message never leaves the node.
 """
 
@@ -15,7 +16,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from pydicom import Dataset
 
-from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
 
 # HL7 table 0485 (Extended Priority Codes).
 TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE": "R^Routine^HL70485"}
@@ -62,7 +63,8 @@ def oru_message(
     order.obr.obr_25 = "P"  # preliminary: a radiologist reads it
     timing = order.add_group("ORU_R01_TIMING_QTY")
     timing.tq1.tq1_9 = TQ1_PRIORITY[priority.level.name]
-    for index, finding in enumerate(sorted(findings, key=lambda f: -f.probability)[:50], 1):
+    summaries = summarize_findings(findings)[:50]
+    for index, finding in enumerate(summaries, 1):
         observation = order.add_group("ORU_R01_OBSERVATION")
         obx = observation.obx
         obx.obx_1 = str(index)
@@ -74,10 +76,12 @@ def oru_message(
             obx.obx_8 = "A"
         obx.obx_11 = "P"
     reasons = order.add_group("ORU_R01_OBSERVATION")
-    reasons.obx.obx_1 = str(len(findings[:50]) + 1)
+    reasons.obx.obx_1 = str(len(summaries) + 1)
     reasons.obx.obx_2 = "TX"
     reasons.obx.obx_3 = "PRIORITY^AI reading priority^L"
     demo = " NOT FOR CLINICAL USE (demo model)." if any(m.not_for_clinical_use for m in models) else ""
-    reasons.obx.obx_5 = _clean(f"{priority.level.name}: {'; '.join(priority.reasons)}.{demo}")[:2000]
+    found = "; ".join(summary.describe() for summary in summaries) or "no finding"
+    text = _clean(f"{priority.level.name}: {'; '.join(priority.reasons)}. Findings: {found}.")
+    reasons.obx.obx_5 = text[: 2000 - len(demo)] + demo  # the demo warning is never cut off
     reasons.obx.obx_11 = "P"
     return str(message.to_er7())

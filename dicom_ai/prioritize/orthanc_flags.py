@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from orthanc_api_client import OrthancApiClient
 
-from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
 from dicom_ai.send.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -28,24 +28,8 @@ class OrthancFlagError(DeliveryError):
 
 
 def findings_summary(findings: Sequence[Finding]) -> str:
-    """One entry per label, most probable first: its highest probability, and on how many images.
-
-    A volume model reports the same finding on each salient slice, a mammography study has four
-    views: the worklist wants "Mass 92% (present on 1 of 4 images)", not four entries.
-    """
-    by_label: dict[str, list[Finding]] = {}
-    for finding in findings:
-        by_label.setdefault(finding.label, []).append(finding)
-    entries = []
-    for label, group in by_label.items():
-        top = max(f.probability for f in group)
-        present = sum(f.present for f in group)
-        if len(group) == 1:
-            state = "present" if present else "absent"
-        else:
-            state = f"present on {present} of {len(group)} images" if present else f"absent on {len(group)} images"
-        entries.append((top, f"{label} {top:.0%} ({state})"))
-    return "; ".join(text for _, text in sorted(entries, key=lambda entry: -entry[0]))
+    """AiFindings: one entry per label, e.g. "Mass 92% (present on 1 of 4 images); ..."."""
+    return "; ".join(summary.describe() for summary in summarize_findings(findings))
 
 
 def flags_payload(

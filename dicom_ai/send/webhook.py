@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Sequence
 from email.message import EmailMessage
 
-from dicom_ai.domain import Finding, ModelInfo, PriorityDecision
+from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
 from dicom_ai.send.errors import DeliveryError
 
 
@@ -35,9 +35,9 @@ def notice_payload(
         "score": round(priority.score, 4),
         "reasons": list(priority.reasons),
         "findings": [
-            {"label": f.label, "code": f"{f.code.scheme} {f.code.value}", "probability": round(f.probability, 4),
-             "present": f.present}
-            for f in sorted(findings, key=lambda f: -f.probability)
+            {"label": s.label, "code": f"{s.code.scheme} {s.code.value}", "probability": round(s.probability, 4),
+             "present": s.present, "images": s.images, "images_present": s.images_present}
+            for s in summarize_findings(findings)
         ],
         "models": [f"{m.name} {m.version}" for m in models],
         "not_for_clinical_use": any(m.not_for_clinical_use for m in models),
@@ -70,8 +70,7 @@ class EmailError(DeliveryError):
 def email_payload(notice: str, sender: str, recipients: Sequence[str]) -> str:
     """An e-mail made from a notice (see notice_payload), as JSON for the outbox."""
     body = json.loads(notice)
-    findings = "\n".join(f"  {f['label']} ({f['code']}): {f['probability']:.0%}{' PRESENT' if f['present'] else ''}"
-                         for f in body["findings"])
+    findings = "\n".join(f"  {f['label']} ({f['code']}): {f['probability']:.0%}{_presence(f)}" for f in body["findings"])
     lines = [
         f"AI priority: {body['priority']}",
         f"Why: {'; '.join(body['reasons'])}",
@@ -85,6 +84,13 @@ def email_payload(notice: str, sender: str, recipients: Sequence[str]) -> str:
     subject = f"[dicom-ai] {body['priority']} result for study ...{body['study_instance_uid'][-12:]}"
     return json.dumps({"from": sender, "to": list(recipients), "subject": subject, "body": "\n".join(lines)},
                       sort_keys=True)
+
+
+def _presence(finding: dict[str, object]) -> str:
+    if not finding["present"]:
+        return ""
+    images = finding.get("images", 1)
+    return " PRESENT" if images == 1 else f" PRESENT on {finding['images_present']} of {images} images"
 
 
 def send_email(destination: str, payload: str, timeout: float = 10.0) -> None:

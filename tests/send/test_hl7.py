@@ -47,6 +47,20 @@ def test_oru_is_valid_hl7_with_priority_and_findings() -> None:
     assert "NOT FOR CLINICAL USE" in note.obx.obx_5.to_er7()
 
 
+def test_oru_has_one_observation_per_label_over_a_studys_images() -> None:
+    header = dcmread(sample("RG1_UNCR.dcm"), stop_before_pixels=True)
+    views = [Finding("Mass", Code("4147007", "SCT", "Mass"), p, 0.5) for p in (0.1, 0.92, 0.2, 0.05)]
+    decision = PriorityDecision(Priority.URGENT, 0.92, ("Mass 92% >= URGENT threshold 50%",))
+    message = parse_message(oru_message(header, decision, views, [MODEL], "RIS", ""),
+                            validation_level=VALIDATION_LEVEL.STRICT)
+    mass, note = message.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation
+    assert mass.obx.obx_3.to_er7() == "4147007^Mass^SCT"
+    assert mass.obx.obx_5.to_er7() == "92.0" and mass.obx.obx_8.to_er7() == "A"
+    assert (note.obx.obx_1.to_er7(), note.obx.obx_2.to_er7()) == ("2", "TX")
+    assert "Mass 92% (present on 1 of 4 images)" in note.obx.obx_5.to_er7()
+    assert note.obx.obx_5.to_er7().endswith("NOT FOR CLINICAL USE (demo model).")
+
+
 def test_oru_is_sent_over_mllp_and_retried_on_a_negative_ack(tmp_path: Path, listener: MllpListener) -> None:
     store = Store(tmp_path / "db.sqlite")
     header = dcmread(sample("RG1_UNCR.dcm"), stop_before_pixels=True)

@@ -12,7 +12,7 @@ import pytest
 from dicom_ai.config import Settings
 from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
 from dicom_ai.send.outbox import WEBHOOK, Outbox
-from dicom_ai.send.webhook import notice_payload
+from dicom_ai.send.webhook import email_payload, notice_payload
 from dicom_ai.store import Store
 from tests.conftest import HttpReceiver
 from tests.send.test_outbox import _done_study
@@ -34,9 +34,24 @@ def test_notice_has_no_patient_identifiers_unless_asked() -> None:
     assert "patient" not in anonymous
     assert anonymous["priority"] == "STAT" and anonymous["not_for_clinical_use"] is True
     assert anonymous["findings"] == [{"label": "Consolidation", "code": "SCT 95436008", "probability": 0.97,
-                                      "present": True}]
+                                      "present": True, "images": 1, "images_present": 1}]
     named = json.loads(notice_payload("1.2.3", decision, [FINDING], [MODEL], {"PatientID": "P1"}))
     assert named["patient"] == {"PatientID": "P1"}
+
+
+def test_a_finding_on_several_images_is_one_entry_with_its_count() -> None:
+    views = [Finding("Mass", Code("4147007", "SCT", "Mass"), p, 0.5) for p in (0.1, 0.92, 0.2, 0.05)]
+    decision = PriorityDecision(Priority.URGENT, 0.92, ("Mass 92% >= URGENT threshold 50%",))
+    notice = notice_payload("1.2.3", decision, [*views, FINDING], [MODEL], None)
+    assert json.loads(notice)["findings"] == [
+        {"label": "Consolidation", "code": "SCT 95436008", "probability": 0.97, "present": True, "images": 1,
+         "images_present": 1},
+        {"label": "Mass", "code": "SCT 4147007", "probability": 0.92, "present": True, "images": 4,
+         "images_present": 1},
+    ]
+    body = json.loads(email_payload(notice, "a@localhost", ["b@localhost"]))["body"]
+    assert "Mass (SCT 4147007): 92% PRESENT on 1 of 4 images" in body
+    assert "Consolidation (SCT 95436008): 97% PRESENT\n" in body
 
 
 def test_notice_is_retried_until_the_receiver_accepts(tmp_path: Path, receiver: HttpReceiver) -> None:
