@@ -37,6 +37,15 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
+def _client_settings(ctx: click.Context) -> Settings:
+    """Settings for a one-shot DICOM client command: our one-line error says what failed, so
+    pynetdicom's own ERROR lines are shown only at log_level DEBUG."""
+    settings = _settings(ctx)
+    if settings.log_level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    return settings
+
+
 def _peer(value: str) -> Peer:
     try:
         return Peer.parse(value)
@@ -352,7 +361,7 @@ def echo(ctx: click.Context, peer: Peer) -> None:
     from dicom_ai.send.cstore import SendError
     from dicom_ai.send.cstore import echo as c_echo
 
-    settings = _settings(ctx)
+    settings = _client_settings(ctx)
     try:
         status = c_echo(settings.ae, peer)
     except SendError as exc:
@@ -370,14 +379,12 @@ def send(ctx: click.Context, peer: Peer, paths: tuple[Path, ...]) -> None:
     """C-STORE DICOM files (folders are walked) to a peer."""
     from dicom_ai.send.cstore import SendError, send_files
 
-    settings = _settings(ctx)
+    settings = _client_settings(ctx)
     files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
     try:
         outcome = send_files(settings.ae, peer, files)
     except SendError as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # unreadable input file
-        raise click.ClickException(f"cannot send: {exc}") from None
     failed = {path: error for path, error in outcome.items() if error}
     for path, error in failed.items():
         click.echo(f"FAILED {path}: {error}", err=True)

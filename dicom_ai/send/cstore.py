@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -31,26 +32,65 @@ def _association(ae_title: str, peer: Peer, contexts: Sequence[tuple[str, str]])
     return assoc
 
 
-def send_files(ae_title: str, peer: Peer, paths: Sequence[Path]) -> dict[Path, str | None]:
-    """Send each file; returns path -> None on Success, or an error message for that file."""
-    datasets = {path: dcmread(path) for path in paths}
-    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()})
-    outcome: dict[Path, str | None] = {}
-    assoc = _association(ae_title, peer, contexts)
+# A-ASSOCIATE-RQ carries at most 128 presentation contexts (PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
+
+
+def _context(path: Path) -> tuple[str, str]:
+    """(SOP Class, Transfer Syntax) from the file's header; raises with the file named if it is not DICOM."""
     try:
-        for path, dataset in datasets.items():
-            status = assoc.send_c_store(dataset)
-            code = getattr(status, "Status", None)
-            if code is None:
-                outcome[path] = f"no response from {peer} (connection lost or timed out)"
-            elif code in (0x0000, 0xB000, 0xB006, 0xB007):
-                outcome[path] = None
-            else:
-                outcome[path] = f"{peer} answered status 0x{code:04X}"
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+        header = dcmread(path, stop_before_pixels=True)
+        return str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID)
+    except (InvalidDicomError, OSError) as exc:
+        raise ValueError(_unreadable(exc)) from exc
+    except AttributeError as exc:
+        raise ValueError(f"not a storable DICOM file: no SOP Class UID or Transfer Syntax UID ({exc})") from exc
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no 'DICM' prefix and File Meta Information, as DICOM Part 10 files have)"
+    return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
+
+
+def send_files(ae_title: str, peer: Peer, paths: Sequence[Path]) -> dict[Path, str | None]:
+    """Send each file; returns path -> None on Success, or an error message for that file.
+
+    A file that is not DICOM fails on its own, named, and the others still go. Files are read one at
+    a time as they are sent, so a large folder does not have to fit in memory.
+    """
+    outcome: dict[Path, str | None] = {}
+    context_of: dict[Path, tuple[str, str]] = {}
+    for path in paths:
+        try:
+            context_of[path] = _context(path)
+        except ValueError as exc:
+            outcome[path] = str(exc)
+    contexts = sorted(set(context_of.values()))
+    for start in range(0, len(contexts), MAX_CONTEXTS):
+        chunk = contexts[start:start + MAX_CONTEXTS]
+        assoc = _association(ae_title, peer, chunk)
+        try:
+            for path in [path for path, context in context_of.items() if context in chunk]:
+                outcome[path] = _store(assoc, peer, path)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    return {path: outcome[path] for path in paths}
+
+
+def _store(assoc, peer: Peer, path: Path) -> str | None:  # type: ignore[no-untyped-def]
+    try:
+        dataset = dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        return _unreadable(exc)
+    status = assoc.send_c_store(dataset)
+    code = getattr(status, "Status", None)
+    if code is None:
+        return f"no response from {peer} (connection lost or timed out)"
+    if code in (0x0000, 0xB000, 0xB006, 0xB007):
+        return None
+    return f"{peer} answered status 0x{code:04X}"
 
 
 def echo(ae_title: str, peer: Peer) -> int:

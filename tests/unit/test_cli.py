@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from pydicom import dcmread
 
 from dicom_ai.cli import main
-from tests.conftest import free_port
+from dicom_ai.receive.scp import start_scp
+from dicom_ai.store import Spool, Store
+from tests.conftest import copy_as_new_study, free_port, sample
 
 
 def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -46,6 +51,36 @@ def test_echo_to_nobody_is_a_clear_error() -> None:
     result = run("echo", f"NOBODY@127.0.0.1:{free_port()}")
     assert result.exit_code == 1
     assert "association with NOBODY@127.0.0.1" in result.output
+
+
+def test_echo_failure_is_one_line_without_pynetdicom_errors(caplog: pytest.LogCaptureFixture) -> None:
+    network_log = logging.getLogger("pynetdicom")
+    level = network_log.level
+    try:
+        result = run("echo", f"NOBODY@127.0.0.1:{free_port()}")
+    finally:
+        network_log.setLevel(level)
+    assert result.exit_code == 1
+    assert not [r for r in caplog.records if r.name.startswith("pynetdicom") and r.levelno >= logging.ERROR]
+
+
+def test_send_names_each_file_it_cannot_send_and_sends_the_rest(tmp_path: Path) -> None:
+    good = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
+    notes = tmp_path / "in" / "notes.txt"
+    notes.write_text("not an image")
+    port = free_port()
+    pacs = Store(tmp_path / "pacs.sqlite")
+    server = start_scp("PACS", "127.0.0.1", port, 0, Spool(tmp_path / "pacs"), pacs)
+    try:
+        result = CliRunner().invoke(main, ["send", f"PACS@127.0.0.1:{port}", str(tmp_path / "in")],
+                                    env={"DICOM_AI_HOME": str(tmp_path / "home")})
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1
+    assert f"FAILED {notes}: not a DICOM file" in result.output
+    assert "sent 1 of 2 file(s)" in result.output
+    header = dcmread(good)
+    assert pacs.receive_counts(header.StudyInstanceUID) == {header.SOPInstanceUID: 1}
 
 
 def test_malformed_peer_is_named() -> None:
