@@ -125,6 +125,21 @@ def test_pneumonia_splits_move_patients_and_redraw_a_tiny_val(pneumonia_root: Pa
     assert split_samples(dataset, val=0.3, test=0.15, seed=0) == plan.splits
 
 
+def test_nifti_volumes_read_the_same_whatever_their_affine(tmp_path: Path) -> None:
+    """The same patient stored in RAS and in LPS voxel order reads as the same DICOM-ordered volume."""
+    ras = np.zeros((8, 6, 4), dtype=np.float32)
+    ras[6, 1, 2] = 5.0  # right, posterior, upper
+    lps = ras[::-1, ::-1, :].copy()  # the same voxels stored left-to-right and back-to-front
+    to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    to_lps[:3, 3] = [7.0, 5.0, 0.0]  # so that both files cover the same millimetres
+    nib.save(nib.Nifti1Image(ras, np.eye(4)), tmp_path / "ras.nii.gz")
+    nib.save(nib.Nifti1Image(lps, to_lps), tmp_path / "lps.nii.gz")
+    dataset = LabelledSet("msd", tmp_path, ("no", "yes"), (), dims=3, channels=1, modality="CT")
+    volumes = [load_array(Sample(tmp_path / name, 0, name), dataset) for name in ("ras.nii.gz", "lps.nii.gz")]
+    assert np.array_equal(volumes[0], volumes[1])
+    assert volumes[0].shape == (4, 6, 8) and volumes[0][2, 4, 1] == 5.0  # rows A->P, columns R->L
+
+
 def test_pneumonia_load_array_is_grayscale_uint8_even_for_rgb_jpegs(pneumonia_root: Path) -> None:
     dataset = read_dataset(pneumonia_root, layout="pneumonia")
     rgb = next(s for s in dataset.samples if s.path.stem == "IM-0001-0001")
@@ -191,7 +206,9 @@ def test_msd_volume_labels_channel_and_axes(tmp_path: Path) -> None:
     assert [s.label for s in dataset.samples] == [0, 1, 0, 1]
     assert [s.group for s in dataset.samples] == ["BRATS_000", "BRATS_001", "BRATS_002", "BRATS_003"]
     volume = load_array(dataset.samples[3], dataset)
-    assert volume.shape == (4, 6, 8) and volume.dtype == np.float32 and volume[0, 0, 7] == 3.0
+    # x=7 is the patient's rightmost column (RAS affine), y=0 the most posterior row: in the node's
+    # DICOM axial order (columns right -> left, rows anterior -> posterior) that is row 5, column 0.
+    assert volume.shape == (4, 6, 8) and volume.dtype == np.float32 and volume[0, 5, 0] == 3.0
     assert load_mask(dataset.samples[3]).shape == (4, 6, 8)
     edema = read_dataset(tmp_path, target_label="edema", channel=1)
     assert [s.label for s in edema.samples] == [1, 1, 1, 1]

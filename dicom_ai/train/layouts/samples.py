@@ -233,11 +233,17 @@ def _dicom(path: Path, channels: int) -> np.ndarray:
 
 
 def _nifti(path: Path, channel: int, dtype: type) -> np.ndarray:
-    """NIfTI (x, y, z[, c]) -> (z, y, x): slices first, rows = y, as the trainer's (D, H, W)."""
+    """A NIfTI volume as (D, H, W) in the orientation the node reads a DICOM axial series in.
+
+    Whatever the file's affine, the voxels are first put in RAS+ (nibabel's closest canonical),
+    then ordered as DICOM's patient axes (LPS) with slices first: D inferior -> superior, H (rows)
+    anterior -> posterior, W (columns) right -> left, as a radiologist sees an axial image. A
+    model trained on NIfTI then sees at inference what it saw in training.
+    """
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image = nib.as_closest_canonical(nib.load(str(path)))
         data = image.get_fdata(dtype=np.float32) if dtype is np.float32 else np.asanyarray(image.dataobj)
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise LayoutError(f"{path}: cannot read the NIfTI volume: {exc}") from exc
@@ -247,4 +253,4 @@ def _nifti(path: Path, channel: int, dtype: type) -> np.ndarray:
         data = data[..., channel]
     if data.ndim != 3:
         raise LayoutError(f"{path}: NIfTI data has shape {data.shape}, expected x, y, z (or x, y, z, channels)")
-    return np.ascontiguousarray(np.transpose(data, (2, 1, 0)).astype(dtype, copy=False))
+    return np.ascontiguousarray(np.transpose(data, (2, 1, 0))[:, ::-1, ::-1].astype(dtype, copy=False))
