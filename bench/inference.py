@@ -1,5 +1,8 @@
 """Inference: the demo model's latency and throughput at batch 1 and 8, with and without Grad-CAM, and the
-cost of processing a whole study (route + infer + encode + write) relative to the bare model forward."""
+cost of processing a whole study (route + infer + encode + write) relative to the bare model forward.
+
+The model is loaded as the node loads it: probabilities come from its ONNX copy on onnxruntime when it
+has one (the fast path, on by default), Grad-CAM from torch; the report names the backend."""
 
 from __future__ import annotations
 
@@ -117,7 +120,8 @@ def run(workdir: Path, iterations: int) -> dict[str, Any]:
     image = preprocess(display, model.card.input).unsqueeze(0)
     speed = model_speed(model, image, display.shape, iterations)
     cost = pipeline_cost(model, registry, workdir, image, max(3, iterations // 2))
-    return {"model": f"{model.info.name} {model.info.version}", "torch_threads": torch.get_num_threads(),
+    return {"model": f"{model.info.name} {model.info.version}", "backend": model.backend,
+            "torch_threads": torch.get_num_threads(),
             "speed": speed, "pipeline": cost}
 
 

@@ -221,7 +221,12 @@ def models_export(ctx: click.Context, model: str) -> None:
 
     folder = Path(model)
     if not (folder / "model.yaml").is_file():
-        folder = _settings(ctx).models_dir / model
+        models_dir = _settings(ctx).models_dir
+        folder = models_dir / model
+        if not folder.is_dir():
+            known = sorted(p.name for p in models_dir.iterdir() if (p / "model.yaml").is_file()) if models_dir.is_dir() else []
+            raise click.ClickException(f"no model {model!r}: not a folder holding a model.yaml, and not a model in "
+                                       f"{models_dir} (there: {', '.join(known) or 'none'})")
     try:
         result = export_onnx(folder)
     except ModelError as exc:

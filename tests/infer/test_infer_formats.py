@@ -221,6 +221,10 @@ def test_models_export_cli(write_model: Callable[..., Path], tmp_path: Path) -> 
     outcome = CliRunner().invoke(main, ["models", "export", str(folder)], env={"DICOM_AI_HOME": str(tmp_path)})
     assert outcome.exit_code == 0, outcome.output
     assert (folder / "model.onnx").is_file() and "max probability difference" in outcome.output
+    unknown = CliRunner().invoke(main, ["models", "export", "nosuch"],
+                                 env={"DICOM_AI_HOME": str(tmp_path), "DICOM_AI_MODELS_DIR": str(folder.parent)})
+    assert unknown.exit_code == 1
+    assert "no model 'nosuch'" in unknown.output and f"(there: {folder.name})" in unknown.output
 
 
 def test_models_list_shows_every_shipped_demo_with_its_format(tmp_path: Path) -> None:
