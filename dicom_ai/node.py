@@ -1,7 +1,9 @@
 """The running node: the SCP receives, and the scheduler is the clock that drives every other stage.
 
 Jobs (apscheduler, each never overlapping itself):
-- assemble: every `tick` seconds, studies quiet for `stable_after` become complete;
+- assemble: every `tick` seconds, studies quiet for `stable_after` become complete; it also books
+  itself for the moment the next receiving study will have been quiet that long, so a study is
+  complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble);
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline);
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules).
@@ -30,6 +32,9 @@ from dicom_ai.web.worklist_page import start_web
 from dicom_ai.store import Spool, Store
 
 log = logging.getLogger(__name__)
+
+ASSEMBLE_DUE = "assemble-due"  # the one-shot assemble run booked for when the next study turns quiet
+DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - stable_after` holds
 
 
 class Node:
@@ -112,6 +117,10 @@ class Node:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
         if completed:
             self._wake("pipeline")
+        last = self.store.earliest_receiving_activity()
+        if last is not None and self.scheduler.running:
+            due = datetime.fromtimestamp(last + self.settings.stable_after + DUE_SLACK, self.scheduler.timezone)
+            self.scheduler.add_job(self._assemble, "date", run_date=due, id=ASSEMBLE_DUE, replace_existing=True)
 
     def _process(self) -> None:
         processed = 0

@@ -22,6 +22,17 @@ from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_find
 TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE": "R^Routine^HL70485"}
 
 
+# Lengths hl7apy's strict validation enforces: OBX-5 is checked as ST, NTE-3 as FT.
+OBX_TEXT_MAX = 199
+NTE_TEXT_MAX = 65536
+
+
+def _fit(text: str, limit: int, tail: str) -> str:
+    """`text` cut to fit `limit` with `tail` (the demo warning) always kept whole at the end."""
+    room = limit - len(tail)
+    return (text if len(text) <= room else text[: room - 3] + "...") + tail
+
+
 def _clean(text: str) -> str:
     """HL7 delimiters would split a field: replace them in free text."""
     return "".join(" " if ch in "|^~\\&\r\n" else ch for ch in text)
@@ -80,8 +91,12 @@ def oru_message(
     reasons.obx.obx_2 = "TX"
     reasons.obx.obx_3 = "PRIORITY^AI reading priority^L"
     demo = " NOT FOR CLINICAL USE (demo model)." if any(m.not_for_clinical_use for m in models) else ""
-    found = "; ".join(summary.describe() for summary in summaries) or "no finding"
-    text = _clean(f"{priority.level.name}: {'; '.join(priority.reasons)}. Findings: {found}.")
-    reasons.obx.obx_5 = text[: 2000 - len(demo)] + demo  # the demo warning is never cut off
+    why = _clean(f"{priority.level.name}: {'; '.join(priority.reasons)}.")
+    reasons.obx.obx_5 = _fit(why, OBX_TEXT_MAX, demo)
     reasons.obx.obx_11 = "P"
+    # The whole story, where length is no issue: every reason and every label with its image count.
+    found = "; ".join(summary.describe() for summary in summaries) or "no finding"
+    note = reasons.add_segment("NTE")
+    note.nte_1 = "1"
+    note.nte_3 = _fit(_clean(f"{why} Findings: {found}."), NTE_TEXT_MAX, demo)
     return str(message.to_er7())

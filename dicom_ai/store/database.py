@@ -214,6 +214,11 @@ class Store:
                 self._event(db, "study_complete", uid)
         return uids
 
+    def earliest_receiving_activity(self) -> float | None:
+        """When the quietest study still receiving got its last instance (None: none is receiving)."""
+        [row] = self._query("select min(last_received_at) as t from studies where state = ?", [StudyState.RECEIVING])
+        return row["t"]
+
     def claim_complete_study(self) -> str | None:
         """Take the oldest complete study for processing (complete -> processing), if any."""
         with self._transaction() as db:

@@ -57,8 +57,22 @@ def test_oru_has_one_observation_per_label_over_a_studys_images() -> None:
     assert mass.obx.obx_3.to_er7() == "4147007^Mass^SCT"
     assert mass.obx.obx_5.to_er7() == "92.0" and mass.obx.obx_8.to_er7() == "A"
     assert (note.obx.obx_1.to_er7(), note.obx.obx_2.to_er7()) == ("2", "TX")
-    assert "Mass 92% (present on 1 of 4 images)" in note.obx.obx_5.to_er7()
     assert note.obx.obx_5.to_er7().endswith("NOT FOR CLINICAL USE (demo model).")
+    [nte] = note.nte
+    assert "Findings: Mass 92% (present on 1 of 4 images)." in nte.nte_3.to_er7()
+    assert nte.nte_3.to_er7().endswith("NOT FOR CLINICAL USE (demo model).")
+
+
+def test_long_reasons_are_shortened_in_obx_and_whole_in_the_note() -> None:
+    header = dcmread(sample("RG1_UNCR.dcm"), stop_before_pixels=True)
+    reasons = tuple(f"prior study {n} of this patient showed the same finding at 9{n}%" for n in range(8))
+    text = oru_message(header, PriorityDecision(Priority.STAT, 0.97, reasons), FINDINGS, [MODEL], "RIS", "")
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
+    assert message.validate()
+    _, note = message.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation
+    short = note.obx.obx_5.to_er7()
+    assert len(short) <= 199 and "..." in short and short.endswith("NOT FOR CLINICAL USE (demo model).")
+    assert all(reason in note.nte[0].nte_3.to_er7() for reason in reasons)
 
 
 def test_oru_is_sent_over_mllp_and_retried_on_a_negative_ack(tmp_path: Path, listener: MllpListener) -> None:

@@ -1,0 +1,54 @@
+"""The assemble job books its next run for the moment a receiving study will have been quiet long enough."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from dicom_ai.config import Settings
+from dicom_ai.node import ASSEMBLE_DUE, DUE_SLACK, Node
+from dicom_ai.store.database import ReceivedInstance
+
+
+def _instance(study: str) -> ReceivedInstance:
+    return ReceivedInstance(sop_instance_uid=study + ".1.1", sop_class_uid="1.2", series_instance_uid=study + ".1",
+                            study_instance_uid=study, modality="CT", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                            path=Path("/x"), size=1, calling_aet="PACS")
+
+
+def test_assemble_books_itself_for_when_the_next_study_turns_quiet(tmp_path: Path) -> None:
+    node = Node(Settings(home=tmp_path, stable_after=30.0, http_port=0))
+    node.scheduler.start(paused=True)
+    try:
+        node._assemble()
+        assert node.scheduler.get_job(ASSEMBLE_DUE) is None  # nothing receiving: nothing to book
+        received = time.time()
+        node.store.record_instance(_instance("1.2.3"), now=received)
+        node.store.record_instance(_instance("1.2.4"), now=received + 5)
+        node._assemble()
+        job = node.scheduler.get_job(ASSEMBLE_DUE)
+        expected = datetime.fromtimestamp(received + 30.0 + DUE_SLACK, node.scheduler.timezone)
+        assert job is not None and abs((job.next_run_time - expected).total_seconds()) < 1e-3
+        node.store.record_instance(_instance("1.2.3"), now=received + 10)  # more of the first study: booked later
+        node._assemble()
+        assert node.scheduler.get_job(ASSEMBLE_DUE).next_run_time == datetime.fromtimestamp(
+            received + 5 + 30.0 + DUE_SLACK, node.scheduler.timezone)
+    finally:
+        node.scheduler.shutdown(wait=False)
+        node.store.close()
+
+
+def test_the_booked_run_completes_the_study(tmp_path: Path) -> None:
+    node = Node(Settings(home=tmp_path, stable_after=0.2, http_port=0))
+    node.scheduler.start(paused=True)
+    try:
+        node.store.record_instance(_instance("1.2.5"), now=time.time())
+        node._assemble()
+        assert node.store.studies()[0].state == "receiving"
+        time.sleep(0.25)
+        node._assemble()  # what the booked run does when it fires
+        assert node.store.studies()[0].state == "complete"
+    finally:
+        node.scheduler.shutdown(wait=False)
+        node.store.close()
