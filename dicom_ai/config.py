@@ -74,8 +74,8 @@ class Settings(BaseModel):
     send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
     mwl_dir: Path | None = Field(default=None, description="write a worklist .wl file per study here (Orthanc's worklist plugin folder)")
     hl7_mllp: str | None = Field(default=None, description="send an HL7 v2.5 ORU^R01 per result to this host:port (MLLP)")
-    hl7_receiving_application: str = Field(default="RIS", description="MSH-5 of those messages")
-    hl7_receiving_facility: str = Field(default="", description="MSH-6 of those messages")
+    hl7_receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 of those messages")
+    hl7_receiving_facility: str = Field(default="", max_length=20, description="MSH-6 of those messages")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from pydicom import Dataset
+from pydicom.valuerep import PersonName
 
 from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
 
@@ -25,6 +26,18 @@ TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE":
 # Lengths hl7apy's strict validation enforces: OBX-5 is checked as ST, NTE-3 as FT.
 OBX_TEXT_MAX = 199
 NTE_TEXT_MAX = 65536
+
+
+COMPONENT_MAX = 199  # ST components (a coded meaning, a name part)
+
+
+def _person_name(value: object) -> str:
+    """DICOM PN (family^given^middle^prefix^suffix) as HL7 XPN (family^given^middle^suffix^prefix)."""
+    if not value:
+        return ""
+    name = PersonName(value)
+    parts = [name.family_name, name.given_name, name.middle_name, name.name_suffix, name.name_prefix]
+    return "^".join(_clean(part).strip()[:COMPONENT_MAX] for part in parts).rstrip("^")
 
 
 def _fit(text: str, limit: int, tail: str) -> str:
@@ -62,9 +75,9 @@ def oru_message(
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
     patient.pid.pid_3 = _clean(str(header.get("PatientID", "") or "UNKNOWN"))
-    name = str(header.get("PatientName", "") or "")
+    name = _person_name(header.get("PatientName"))
     if name:
-        patient.pid.pid_5 = _clean(name.replace("^", " ")).strip()
+        patient.pid.pid_5 = name
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
     order.orc.orc_1 = "RE"
     order.orc.orc_3 = accession or study_uid[-22:]
@@ -80,7 +93,8 @@ def oru_message(
         obx = observation.obx
         obx.obx_1 = str(index)
         obx.obx_2 = "NM"
-        obx.obx_3 = f"{finding.code.value}^{_clean(finding.code.meaning)}^{'SCT' if finding.code.scheme == 'SCT' else 'L'}"
+        meaning = _clean(finding.code.meaning)[:COMPONENT_MAX]
+        obx.obx_3 = f"{finding.code.value}^{meaning}^{'SCT' if finding.code.scheme == 'SCT' else 'L'}"
         obx.obx_5 = f"{finding.probability * 100:.1f}"
         obx.obx_6 = "%"
         if finding.present:

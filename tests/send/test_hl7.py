@@ -90,3 +90,16 @@ def test_oru_is_sent_over_mllp_and_retried_on_a_negative_ack(tmp_path: Path, lis
     parsed = parse_message(received, validation_level=VALIDATION_LEVEL.STRICT)
     assert parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_timing_qty.tq1.tq1_9.to_er7() == (
         "A^ASAP^HL70485")
+
+
+def test_patient_name_keeps_its_parts_and_long_values_never_break_the_message() -> None:
+    header = dcmread(sample("RG1_UNCR.dcm"), stop_before_pixels=True)
+    header.PatientName = "Müller^Anna^Maria^Dr.^PhD"
+    long_meaning = Finding("Mass", Code("4147007", "SCT", "Mass " + "x" * 300), 0.9, 0.5)
+    text = oru_message(header, PriorityDecision(Priority.STAT, 0.9, ("x",)), [long_meaning], [MODEL], "RIS", "")
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
+    assert message.validate()
+    result = message.oru_r01_patient_result
+    assert result.oru_r01_patient.pid.pid_5.to_er7() == "Müller^Anna^Maria^PhD^Dr."  # HL7 puts the suffix first
+    first, _ = result.oru_r01_order_observation.oru_r01_observation
+    assert first.obx.obx_3.to_er7().startswith("4147007^Mass xxx")
