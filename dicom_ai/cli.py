@@ -260,6 +260,8 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
         )
         if row.error:
             click.echo(f"    error: {row.error}")
+        if row.purged_at is not None:
+            click.echo(f"    files deleted {time.strftime('%Y-%m-%d', time.localtime(row.purged_at))} (retention_days)")
         if row.priority_reasons:
             click.echo(f"    why: {'; '.join(row.priority_reasons)}")
 
@@ -352,8 +354,14 @@ def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
         else:
             refused += 1
             row = store.study(uid)
-            why = f"it is {row.state}" if row is not None else "no such study"
-            click.echo(f"{uid}: not queued ({why}; only done, no_match or failed studies can be retried)", err=True)
+            if row is None:
+                why = "no such study; only done, no_match or failed studies can be retried"
+            elif row.purged_at is not None:
+                purged = time.strftime("%Y-%m-%d", time.localtime(row.purged_at))
+                why = f"its files were deleted on {purged} after retention_days: send the study again from the PACS"
+            else:
+                why = f"it is {row.state}; only done, no_match or failed studies can be retried"
+            click.echo(f"{uid}: not queued ({why})", err=True)
     if refused:
         sys.exit(1)
 

@@ -91,6 +91,8 @@ class Settings(BaseModel):
     turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
     turnaround_urgent_minutes: float = Field(default=240, gt=0, description="read URGENT studies within")
     turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
+    retention_days: float | None = Field(
+        default=None, gt=0, description="delete a finished study's files this many days after processing (none: keep)")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0 = unlimited)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 

@@ -6,7 +6,8 @@ Jobs (apscheduler, each never overlapping itself):
   complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble);
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline);
-- rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules).
+- rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
+- retention: hourly, with retention_days set, deletes the files of studies finished that long ago.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import ThreadingHTTPServer
 from types import FrameType
 
@@ -30,10 +31,13 @@ from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.web.worklist_page import start_web
 from dicom_ai.store import Spool, Store
+from dicom_ai.store.retention import purge_expired, sweep_purged
 
 log = logging.getLogger(__name__)
 
 ASSEMBLE_DUE = "assemble-due"  # the one-shot assemble run booked for when the next study turns quiet
+RETENTION_INTERVAL = 3600.0  # seconds between retention runs (when retention_days is set)
+RETENTION_FIRST_RUN = 60.0  # seconds after start: let the node settle first
 DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - stable_after` holds
 
 
@@ -62,6 +66,7 @@ class Node:
         strays = self.spool.sweep_incoming()
         if strays:
             log.warning("removed %d partial upload(s) left by an interrupted run", strays)
+        sweep_purged(self.store, self.spool)
         recovered = self.store.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
@@ -76,6 +81,10 @@ class Node:
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
         self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
+        if self.settings.retention_days is not None:
+            first = datetime.now(self.scheduler.timezone) + timedelta(seconds=RETENTION_FIRST_RUN)
+            self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
+                                   id="retention")
         self.scheduler.start()
         s = self.settings
         try:
@@ -121,6 +130,10 @@ class Node:
         if last is not None and self.scheduler.running:
             due = datetime.fromtimestamp(last + self.settings.stable_after + DUE_SLACK, self.scheduler.timezone)
             self.scheduler.add_job(self._assemble, "date", run_date=due, id=ASSEMBLE_DUE, replace_existing=True)
+
+    def _purge(self) -> None:
+        if self.settings.retention_days is not None:
+            purge_expired(self.store, self.spool, self.settings.retention_days)
 
     def _process(self) -> None:
         processed = 0

@@ -105,10 +105,11 @@ def handle_store(event: Event, spool: Spool, store: Store) -> int:
         final = spool.instance_path(
             identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
         )
-        size = spool.adopt(temporary, final)
-        is_new = store.record_instance(
-            ReceivedInstance(**{**identity.__dict__, "path": final, "size": size})
-        )
+        with spool.study_lock(identity.study_instance_uid):  # a purge of this study waits, see store/retention.py
+            size = spool.adopt(temporary, final)
+            is_new = store.record_instance(
+                ReceivedInstance(**{**identity.__dict__, "path": final, "size": size})
+            )
     except StoreRejected as exc:
         log.error("refused instance %s from %s: %s (status 0x%04X)", sop_uid, calling_aet, exc, exc.status_code)
         return exc.status_code

@@ -67,6 +67,7 @@ class StudyRow:
     priority_override: str | None = None
     priority_override_reason: str | None = None
     priority_override_by: str | None = None
+    purged_at: float | None = None  # when its files were deleted after retention_days
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class Store:
                 self._event(db, "study_reopened", item.study_instance_uid, previous_state=study[0]["state"])
             if is_new:
                 db.execute(
-                    "update studies set state = ?, last_received_at = ?, error = null,"
+                    "update studies set state = ?, last_received_at = ?, error = null, purged_at = null,"
                     " instance_count = instance_count + 1 where study_instance_uid = ?",
                     [StudyState.RECEIVING, now, item.study_instance_uid],
                 )
@@ -258,12 +259,54 @@ class Store:
         with self._transaction() as db:
             cursor = db.execute(
                 f"update studies set state = ?, completed_at = ? where study_instance_uid = ?"
-                f" and state in ({', '.join('?' * len(finished))})",
+                f" and purged_at is null and state in ({', '.join('?' * len(finished))})",
                 [StudyState.COMPLETE, time.time(), study_uid, *finished],
             )
             if cursor.rowcount == 1:
                 self._event(db, "study_requeued", study_uid, by=by)
             return cursor.rowcount == 1
+
+    # retention ------------------------------------------------------------------------------
+
+    _FINISHED_AND_QUIET = (
+        "state in (?, ?, ?) and purged_at is null and coalesce(processed_at, last_received_at) <= ?"
+        " and not exists (select 1 from outbox o where o.study_instance_uid = studies.study_instance_uid"
+        " and o.state = 'pending')"
+    )
+
+    def purgeable_studies(self, finished_before: float, limit: int = 200) -> list[str]:
+        """Finished studies, untouched since `finished_before`, with nothing left to send."""
+        rows = self._query(
+            f"select study_instance_uid from studies where {self._FINISHED_AND_QUIET}"
+            " order by coalesce(processed_at, last_received_at) limit ?",
+            [StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED, finished_before, limit],
+        )
+        return [row["study_instance_uid"] for row in rows]
+
+    def forget_files(self, study_uid: str, finished_before: float) -> list[Path] | None:
+        """Drop a purgeable study's instance rows and mark it purged; returns the files to delete.
+
+        None when the study is no longer purgeable (a late instance re-opened it, a retry queued
+        it, a result is pending). Findings, results, outbox and events stay: the audit trail.
+        """
+        with self._transaction() as db:
+            still = list(db.query(
+                f"select study_instance_uid from studies where study_instance_uid = ? and {self._FINISHED_AND_QUIET}",
+                [study_uid, StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED, finished_before],
+            ))
+            if not still:
+                return None
+            paths = [Path(row["path"]) for row in db.query(
+                "select path from instances where study_instance_uid = ?"
+                " union all select path from results where study_instance_uid = ?", [study_uid, study_uid])]
+            db.execute("delete from instances where study_instance_uid = ?", [study_uid])
+            db.execute("update studies set purged_at = ? where study_instance_uid = ?", [time.time(), study_uid])
+            self._event(db, "study_purged", study_uid, files=len(paths))
+        return paths
+
+    def purged_study_uids(self) -> list[str]:
+        return [row["study_instance_uid"] for row in
+                self._query("select study_instance_uid from studies where purged_at is not null")]
 
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(
@@ -466,6 +509,7 @@ class Store:
                 priority_override=row["priority_override"],
                 priority_override_reason=row["priority_override_reason"],
                 priority_override_by=row["priority_override_by"],
+                purged_at=row["purged_at"],
             )
             for row in rows
         ]

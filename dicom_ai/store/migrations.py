@@ -125,3 +125,9 @@ def _priority_override(db: Database) -> None:
 def _studies_by_arrival(db: Database) -> None:
     """`dicom-ai studies` and the worklist list newest first; without this they sort every row."""
     db["studies"].create_index(["last_received_at"])
+
+
+@migrations(name="004_retention")
+def _retention(db: Database) -> None:
+    """When a finished study's files were deleted after `retention_days` (its records stay)."""
+    db["studies"].add_column("purged_at", float)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+import threading
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_LOCK_STRIPES = 64
 
 
 class SpoolError(Exception):
@@ -46,6 +50,41 @@ class Spool:
         self.results = root / "results"
         for folder in (self.incoming, self.studies, self.results):
             folder.mkdir(parents=True, exist_ok=True)
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def study_lock(self, study_uid: str) -> threading.Lock:
+        """Held while a study's files change hands: the SCP around keep-and-record, the purge around
+        forget-and-delete, so a purge never deletes an instance that was just acknowledged."""
+        return self._locks[zlib.crc32(study_uid.encode()) % _LOCK_STRIPES]
+
+    def remove_files(self, paths: list[Path]) -> int:
+        """Delete files (already forgotten by the database) and their emptied folders; returns bytes freed."""
+        freed = 0
+        folders = set()
+        for path in paths:
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            folders.add(path.parent)
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            for empty in (folder, folder.parent):
+                if empty not in (self.studies, self.results, self.root):
+                    try:
+                        empty.rmdir()  # only if empty
+                    except OSError:
+                        pass
+        return freed
+
+    def remove_study_folders(self, study_uid: str) -> bool:
+        """Delete whatever is left of a purged study (after a crash mid-purge); True if something was."""
+        found = False
+        for folder in (self.studies / study_uid, self.results / study_uid):
+            if is_safe_uid(study_uid) and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                found = True
+        return found
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.studies / study_uid / series_uid / f"{sop_uid}.dcm"

@@ -22,7 +22,8 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     Store(tmp_path / "db.sqlite").close()
     store = Store(tmp_path / "db.sqlite")  # a second open applies nothing twice
     rows = store._query("select name from _sqlite_migrations")
-    assert [row["name"] for row in rows] == ["001_initial", "002_priority_override", "003_studies_by_arrival"]
+    assert [row["name"] for row in rows] == ["001_initial", "002_priority_override", "003_studies_by_arrival",
+                                            "004_retention"]
 
 
 def test_quiet_study_completes_and_late_instance_reopens(tmp_path: Path) -> None:
