@@ -1,4 +1,4 @@
-"""The assemble job books its next run for the moment a receiving study will have been quiet long enough."""
+"""The node's scheduled jobs: assembly books its next run for when a study turns quiet; retention runs when set."""
 
 from __future__ import annotations
 
@@ -52,3 +52,16 @@ def test_the_booked_run_completes_the_study(tmp_path: Path) -> None:
     finally:
         node.scheduler.shutdown(wait=False)
         node.store.close()
+
+
+def test_retention_runs_only_when_configured(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    for retention, scheduled in ((None, False), (7.0, True)):
+        node = Node(Settings(home=tmp_path / str(retention), port=free_port(), host="127.0.0.1", http_port=0,
+                             retention_days=retention))
+        node.start()
+        try:
+            assert (node.scheduler.get_job("retention") is not None) is scheduled
+        finally:
+            node.stop()
