@@ -60,6 +60,8 @@ class Settings(BaseModel):
     ae: str = Field(default="DICOM_AI", description="our AE title")
     host: str = Field(default="0.0.0.0", description="address the DICOM SCP listens on")
     port: int = Field(default=11112, ge=1, le=65535, description="DICOM port")
+    allowed_calling_aets: tuple[str, ...] = Field(
+        default=(), description="calling AE titles allowed to associate, comma-separated (empty: any)")
     pacs: Peer | None = Field(default=None, description="where results go, AE@host:port")
     orthanc_url: str | None = Field(default=None, description="Orthanc REST URL for priority flags")
     orthanc_user: str | None = Field(default=None, description="Orthanc REST user, if any")
@@ -109,6 +111,15 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return Peer.parse(value) if value.strip() else None
         return value
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _ae_titles(cls, value: Any) -> Any:
+        titles = tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+        for title in titles:
+            if not _AE_TITLE.match(title):
+                raise ValueError(f"{title!r} is not a valid AE title (1-16 printable characters, no backslash)")
+        return titles
 
     @field_validator("webhook_levels", "email_levels", "smtp_to", mode="before")
     @classmethod

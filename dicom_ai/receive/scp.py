@@ -11,6 +11,7 @@ import logging
 import socket
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,8 +130,12 @@ def handle_connection_open(event: Event) -> None:
         log.debug("could not set TCP_NODELAY: %s", exc)
 
 
-def build_ae(ae_title: str, max_pdu: int) -> AE:
-    """An AE that accepts every storage SOP class (also private ones) in every transfer syntax, and C-ECHO."""
+def build_ae(ae_title: str, max_pdu: int, allowed_calling: Sequence[str] = ()) -> AE:
+    """An AE that accepts every storage SOP class (also private ones) in every transfer syntax, and C-ECHO.
+
+    With `allowed_calling`, associations from any other calling AE title are rejected (A-ASSOCIATE-RJ,
+    "calling AE title not recognised") before a byte of data is taken.
+    """
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=ae_title)
@@ -139,19 +144,28 @@ def build_ae(ae_title: str, max_pdu: int) -> AE:
     ae.dimse_timeout = 60
     ae.acse_timeout = 30
     ae.maximum_associations = 16
+    ae.require_calling_aet = list(allowed_calling)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
-def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store) -> ThreadedAssociationServer:
+def handle_rejected(event: Event) -> None:
+    requestor = event.assoc.requestor
+    log.warning("refused an association from %s (%s:%s): its calling AE title is not in allowed_calling_aets",
+                requestor.ae_title.strip(), requestor.address, requestor.port)
+
+
+def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
+              allowed_calling: Sequence[str] = ()) -> ThreadedAssociationServer:
     """Start listening in background threads; returns the server (call .shutdown() to stop)."""
     # pynetdicom writes each incoming dataset with NamedTemporaryFile in the default temp dir:
     # point it at the spool so adopting the file is a rename on the same filesystem.
     tempfile.tempdir = str(spool.incoming)
-    ae = build_ae(ae_title, max_pdu)
+    ae = build_ae(ae_title, max_pdu, allowed_calling)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [spool, store]),
         (evt.EVT_CONN_OPEN, handle_connection_open),
+        (evt.EVT_REJECTED, handle_rejected),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None

@@ -127,3 +127,24 @@ def test_dcmtk_echoscu(node: Node) -> None:
     echoscu = require_binary("echoscu")
     done = subprocess.run([echoscu, "-aec", "DICOM_AI", "127.0.0.1", str(node.port)], capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def test_only_allowed_calling_ae_titles_may_associate(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    store = Store(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, allowed_calling=["ORTHANC"])
+    try:
+        sent = dcmread(copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in"))
+        for calling, accepted in (("INTRUDER", False), ("ORTHANC", True)):
+            ae = AE(ae_title=calling)
+            ae.add_requested_context(sent.SOPClassUID, "1.2.840.10008.1.2.1")
+            assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_AI")
+            assert assoc.is_established is accepted and assoc.is_rejected is not accepted
+            if accepted:
+                assert int(assoc.send_c_store(sent).Status) == status.SUCCESS
+                assoc.release()
+        assert "refused an association from INTRUDER" in caplog.text
+        assert store.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 1}
+    finally:
+        server.shutdown()
+        store.close()

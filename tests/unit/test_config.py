@@ -41,6 +41,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"DICOM_AI_ORTHANC_URL": "localhost:8042"}, "expected an http(s) URL"),
         ({"DICOM_AI_HEATMAPS": "some"}, "config key 'heatmaps'"),
         ({"DICOM_AI_HL7_RECEIVING_APPLICATION": "R" * 21}, "at most 20 characters"),
+        ({"DICOM_AI_ALLOWED_CALLING_AETS": "ORTHANC, BAD\\AE"}, "not a valid AE title"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(environ: dict[str, str], expected: str) -> None:
