@@ -72,6 +72,7 @@ def oru_message(
     message.msh.msh_9 = "ORU^R01^ORU_R01"
     message.msh.msh_10 = hashlib.sha1(f"{study_uid}|{now}".encode()).hexdigest()[:20]
     message.msh.msh_11 = "P"
+    message.msh.msh_18 = "UNICODE UTF-8"  # what the MLLP client sends; names are often not ASCII
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
     patient.pid.pid_3 = _clean(str(header.get("PatientID", "") or "UNKNOWN"))

@@ -101,5 +101,6 @@ def test_patient_name_keeps_its_parts_and_long_values_never_break_the_message() 
     assert message.validate()
     result = message.oru_r01_patient_result
     assert result.oru_r01_patient.pid.pid_5.to_er7() == "Müller^Anna^Maria^PhD^Dr."  # HL7 puts the suffix first
+    assert message.msh.msh_18.to_er7() == "UNICODE UTF-8"
     first, _ = result.oru_r01_order_observation.oru_r01_observation
     assert first.obx.obx_3.to_er7().startswith("4147007^Mass xxx")
