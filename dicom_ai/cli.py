@@ -236,6 +236,39 @@ def models_export(ctx: click.Context, model: str) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The node's health: studies by state, sends, failures, disk; exit 1 when something needs attention."""
+    from dataclasses import asdict
+
+    from dicom_ai.store.health import node_health
+
+    settings = _settings(ctx)
+    health = node_health(_open_store(settings), settings.home, settings.retention_days)
+    if as_json:
+        click.echo(json.dumps(asdict(health), indent=2))
+    else:
+        def when(t: float | None) -> str:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
+
+        click.echo(f"{'OK' if health.ok else 'ATTENTION'}: "
+                   f"{', '.join(f'{n} {state}' for state, n in sorted(health.studies.items())) or 'no studies'}")
+        click.echo(f"  last instance received {when(health.last_received_at)}, "
+                   f"last study processed {when(health.last_processed_at)}")
+        sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
+        click.echo(f"  sends: {sends}")
+        retention = f"{health.retention_days:g} days" if health.retention_days else "off"
+        click.echo(f"  held: {health.held_files} received file(s), {health.held_bytes / 1e6:.1f} MB; "
+                   f"disk free {health.disk_free_bytes / 1e9:.1f} of {health.disk_total_bytes / 1e9:.1f} GB; "
+                   f"retention {retention}")
+        for problem in health.attention:
+            click.echo(f"  ! {problem}")
+    if not health.ok:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--state", default=None, help="Only studies in this state (receiving, complete, done, ...).")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -31,6 +31,7 @@ from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.web.worklist_page import start_web
 from dicom_ai.store import Spool, Store
+from dicom_ai.store.health import node_health
 from dicom_ai.store.retention import purge_expired, sweep_purged
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class Node:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:
             try:
-                self._web = start_web(s.http_host, s.http_port, self.store, s.turnaround_targets)
+                self._web = start_web(s.http_host, s.http_port, self.store, s.turnaround_targets,
+                                      lambda: node_health(self.store, s.home, s.retention_days))
             except OSError as exc:
                 raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc

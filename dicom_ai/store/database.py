@@ -582,6 +582,21 @@ class Store:
         )
         return {row["sop_instance_uid"]: row["receive_count"] for row in rows}
 
+    def health_counts(self) -> dict[str, Any]:
+        """What an admin watches: studies by state, sends by kind and state, the oldest pending send."""
+        studies = {row["state"]: row["n"] for row in self._query("select state, count(*) as n from studies group by state")}
+        sends = self._query("select kind, state, count(*) as n from outbox group by kind, state order by kind, state")
+        oldest = self._query(
+            "select kind, destination, created_at, attempts, last_error from outbox where state = 'pending'"
+            " order by created_at limit 1")
+        times = self._query(
+            "select max(last_received_at) as last_received, max(processed_at) as last_processed,"
+            " min(case when state = ? then completed_at end) as oldest_processing from studies",
+            [StudyState.PROCESSING])[0]
+        held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
+        return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
+                **times, "held_bytes": held["bytes"], "held_files": held["files"]}
+
     def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
         return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
 

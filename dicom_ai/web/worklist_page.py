@@ -1,4 +1,5 @@
-"""GET / (the reading worklist page), GET /?today=1 (what to read first today), GET /api/worklist (JSON).
+"""GET / (the reading worklist page), GET /?today=1 (what to read first today), GET /api/worklist (JSON),
+GET /api/status (the node's health: queues, failures, disk; see store/health.py).
 
 Read-only and small on purpose: the page is a view of the database that admins and radiologists
 keep open; overrides go through `dicom-ai priority`, which audits them.
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlparse
 from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.prioritize.worklist import WorklistEntry, current_worklist
 from dicom_ai.store import Store
+from dicom_ai.store.health import NodeHealth
 
 log = logging.getLogger(__name__)
 COLOURS = {"STAT": "#c62828", "URGENT": "#ef6c00", "ROUTINE": "#2e7d32"}
@@ -46,7 +48,8 @@ most overdue. {switch} &middot; <a href="/api/worklist">JSON</a>. AI results of 
 <th>Why</th><th>Study</th></tr>{''.join(rows) or '<tr><td colspan="9">nothing to read</td></tr>'}</table></body></html>"""
 
 
-def make_handler(worklist: Callable[[bool], list[WorklistEntry]]) -> type[BaseHTTPRequestHandler]:
+def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
+                 status: Callable[[], NodeHealth] | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             url = urlparse(self.path)
@@ -54,11 +57,14 @@ def make_handler(worklist: Callable[[bool], list[WorklistEntry]]) -> type[BaseHT
             if url.path == "/api/worklist":
                 body = json.dumps([asdict(e) | {"priority": e.priority.name} for e in worklist(today)]).encode()
                 kind = "application/json"
+            elif url.path == "/api/status" and status is not None:
+                body = json.dumps(asdict(status())).encode()
+                kind = "application/json"
             elif url.path == "/":
                 body = render(worklist(today), today).encode()
                 kind = "text/html; charset=utf-8"
             else:
-                self.send_error(404, "not found: try / or /api/worklist")
+                self.send_error(404, "not found: try /, /api/worklist or /api/status")
                 return
             self.send_response(200)
             self.send_header("Content-Type", kind)
@@ -72,8 +78,10 @@ def make_handler(worklist: Callable[[bool], list[WorklistEntry]]) -> type[BaseHT
     return Handler
 
 
-def start_web(host: str, port: int, store: Store, targets: TurnaroundTargets) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(lambda today: current_worklist(store, targets, today)))
+def start_web(host: str, port: int, store: Store, targets: TurnaroundTargets,
+              status: Callable[[], NodeHealth] | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(lambda today: current_worklist(store, targets, today),
+                                                            status))
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("worklist page on http://%s:%d/", host, server.server_address[1])
     return server

@@ -1,0 +1,70 @@
+"""The node's health in one look: queues, failures, disk. For `dicom-ai status` and GET /api/status.
+
+Each problem comes with what to do about it, and `ok` is false while any is open, so a monitoring
+check can run `dicom-ai status` (exit 1) or poll the JSON.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicom_ai.store.database import Store
+
+STALE_SEND_S = 600.0  # a send pending this long means the destination is down or refusing
+STUCK_PROCESSING_S = 900.0  # no model takes this long on one study
+LOW_DISK_FRACTION = 0.05
+LOW_DISK_BYTES = 5e9
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    ok: bool
+    attention: tuple[str, ...]
+    studies: dict[str, int]
+    sends: list[dict[str, Any]]
+    last_received_at: float | None
+    last_processed_at: float | None
+    held_files: int
+    held_bytes: int
+    disk_free_bytes: int
+    disk_total_bytes: int
+    retention_days: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def node_health(store: Store, home: Path, retention_days: float | None, now: float | None = None) -> NodeHealth:
+    now = time.time() if now is None else now
+    counts = store.health_counts()
+    attention: list[str] = []
+    failed = counts["studies"].get("failed", 0)
+    if failed:
+        attention.append(f"{failed} failed study(ies): see `dicom-ai studies --state failed`, fix the cause, "
+                         "then `dicom-ai retry STUDY_UID`")
+    given_up = sum(row["n"] for row in counts["sends"] if row["state"] == "failed")
+    if given_up:
+        attention.append(f"{given_up} send(s) given up after send_max_attempts: the results are kept; "
+                         "`dicom-ai studies` shows which study, the log says why")
+    oldest = counts["oldest_pending"]
+    if oldest is not None and now - oldest["created_at"] > STALE_SEND_S:
+        attention.append(f"a {oldest['kind']} send to {oldest['destination']} has waited "
+                         f"{(now - oldest['created_at']) / 60:.0f} min ({oldest['attempts']} attempt(s)): "
+                         f"{oldest['last_error'] or 'not tried yet'}")
+    if counts["oldest_processing"] is not None and now - counts["oldest_processing"] > STUCK_PROCESSING_S:
+        attention.append(f"a study has been processing for {(now - counts['oldest_processing']) / 60:.0f} min: "
+                         "check the log for the model it runs")
+    disk = shutil.disk_usage(home if home.exists() else home.parent)
+    if disk.free < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * disk.total):
+        hint = "lower retention_days" if retention_days else "set retention_days"
+        attention.append(f"only {disk.free / 1e9:.1f} GB free on the disk of {home}: {hint} or add space "
+                         "(when it is full, the node answers C-STORE with A700)")
+    return NodeHealth(
+        ok=not attention, attention=tuple(attention), studies=counts["studies"], sends=counts["sends"],
+        last_received_at=counts["last_received"], last_processed_at=counts["last_processed"],
+        held_files=counts["held_files"], held_bytes=counts["held_bytes"], disk_free_bytes=disk.free,
+        disk_total_bytes=disk.total, retention_days=retention_days,
+        details={"oldest_pending_send": oldest},
+    )

@@ -1,0 +1,59 @@
+"""`dicom-ai status` and GET /api/status: queues and failures, each with what to do, and exit 1 on trouble."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dicom_ai.cli import main
+from dicom_ai.domain import StudyState, TurnaroundTargets
+from dicom_ai.store import Spool, Store
+from dicom_ai.store.health import STALE_SEND_S, node_health
+from dicom_ai.web.worklist_page import start_web
+from tests.store.test_retention import _finished, _receive
+
+
+def test_a_healthy_node_is_ok(tmp_path: Path) -> None:
+    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    _finished(store, spool, "1.2.3")
+    _receive(store, spool, "1.2.4", "1.2.4.1.1")
+    health = node_health(store, tmp_path, retention_days=14)
+    assert health.ok and health.attention == ()
+    assert health.studies == {"done": 1, "receiving": 1}
+    assert health.sends == [{"kind": "dicom", "state": "sent", "n": 1}]
+    assert health.held_files == 2 and health.held_bytes == 2000 and health.disk_free_bytes > 0
+    store.close()
+    outcome = CliRunner().invoke(main, ["status"], env={"DICOM_AI_HOME": str(tmp_path)})
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.startswith("OK: 1 done, 1 receiving") and "1 dicom sent" in outcome.output
+
+
+def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
+    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    _finished(store, spool, "1.2.3", sent=False)  # the PACS has not taken the SR
+    [item] = store.due_outbox(now=time.time() + 1)
+    store.mark_failed_attempt(item, "association with PACS@127.0.0.1:4242 was rejected or failed", time.time() + 60)
+    _receive(store, spool, "1.2.5", "1.2.5.1.1")
+    store.complete_quiet_studies(time.time())
+    store.claim_complete_study()
+    store.finish_without_results("1.2.5", StudyState.FAILED, "model chest-xray-demo failed on the study: boom")
+    health = node_health(store, tmp_path, None, now=time.time() + STALE_SEND_S + 60)
+    assert not health.ok
+    assert any("1 failed study(ies)" in a and "dicom-ai retry" in a for a in health.attention)
+    assert any("dicom send to PACS@127.0.0.1:4242 has waited" in a and "rejected or failed" in a
+               for a in health.attention)
+    server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), lambda: node_health(store, tmp_path, None))
+    try:
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/api/status",
+                                                   timeout=10).read())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status["ok"] is False and status["studies"]["failed"] == 1
+    store.close()
+    outcome = CliRunner().invoke(main, ["status", "--json"], env={"DICOM_AI_HOME": str(tmp_path)})
+    assert outcome.exit_code == 1 and json.loads(outcome.output)["studies"] == {"done": 1, "failed": 1}
