@@ -102,14 +102,34 @@ class InputSpec(_Strict):
     of modality values, e.g. Hounsfield units). `window` = [center, width] clips a volume's
     values before normalising (a CT brain window keeps air and bone from swamping the tissue).
     `normalize` is `zscore` (per-image zero mean, unit deviation: robust to exposure and window
-    differences between sites), `unit` (values scaled to 0..1) or `none` (a MONAI bundle's own
-    preprocessing does it).
+    differences between sites), `unit` (values scaled to 0..1), `meanstd` (scaled to 0..1, then
+    (x - mean) / std per channel with the training set's statistics, e.g. ImageNet's
+    mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225] that torchvision-style models expect)
+    or `none` (a MONAI bundle's own preprocessing does it).
     """
 
     size: tuple[int, ...]
     channels: Literal[1, 3] = 1
-    normalize: Literal["zscore", "unit", "none"] = "zscore"
+    normalize: Literal["zscore", "unit", "meanstd", "none"] = "zscore"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     window: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> InputSpec:
+        given = self.mean is not None or self.std is not None
+        if self.normalize != "meanstd":
+            if given:
+                raise ValueError(f"mean and std are used only with normalize: meanstd (normalize is {self.normalize})")
+            return self
+        if self.mean is None or self.std is None:
+            raise ValueError("normalize: meanstd needs both mean and std (one value, or one per channel)")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} has {len(values)} values; give 1 or {self.channels} (one per channel)")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+        return self
 
     @field_validator("size")
     @classmethod

@@ -29,7 +29,7 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> torch.Tensor:
     if tuple(tensor.shape[-2:]) != tuple(spec.size):
         tensor = F.interpolate(tensor, size=tuple(spec.size), mode="bilinear", align_corners=False, antialias=True)
     tensor = _normalize(tensor, spec)
-    return tensor[0].expand(spec.channels, -1, -1).contiguous()
+    return _mean_std(tensor[0].expand(spec.channels, -1, -1).contiguous(), spec)
 
 
 def preprocess_volume(volume: np.ndarray, spec: InputSpec) -> torch.Tensor:
@@ -49,15 +49,25 @@ def preprocess_volume(volume: np.ndarray, spec: InputSpec) -> torch.Tensor:
         tensor = ((tensor - (center - width / 2)) / width).clamp(0.0, 1.0)
     if tuple(tensor.shape[-3:]) != tuple(spec.size):
         tensor = F.interpolate(tensor, size=tuple(spec.size), mode="trilinear", align_corners=False)
-    if spec.normalize == "unit" and spec.window is None:
+    if spec.normalize in ("unit", "meanstd") and spec.window is None:
         low, high = tensor.amin(), tensor.amax()
         tensor = (tensor - low) / (high - low).clamp_min(1e-6)
     elif spec.normalize == "zscore":
         tensor = (tensor - tensor.mean()) / tensor.std().clamp_min(1e-3)
-    return tensor[0].expand(spec.channels, -1, -1, -1).contiguous()
+    return _mean_std(tensor[0].expand(spec.channels, -1, -1, -1).contiguous(), spec)
 
 
 def _normalize(tensor: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     if spec.normalize == "zscore":
         return (tensor - tensor.mean()) / tensor.std().clamp_min(1e-3)
     return tensor  # "unit": already 0..1; "none": a bundle's own transforms normalise
+
+
+def _mean_std(tensor: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(x - mean) / std per channel, on 0..1 values, for models trained with fixed statistics."""
+    if spec.normalize != "meanstd" or spec.mean is None or spec.std is None:
+        return tensor
+    shape = (-1,) + (1,) * (tensor.ndim - 1)
+    mean = torch.tensor(spec.mean, dtype=tensor.dtype).view(shape)
+    std = torch.tensor(spec.std, dtype=tensor.dtype).view(shape)
+    return (tensor - mean) / std

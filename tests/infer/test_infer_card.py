@@ -78,6 +78,10 @@ _DELETE = object()
         (_set("gate", {"Modality": []}), "list at least one accepted value"),
         (_set("input.size", [2, 2]), "field 'input.size'"),
         (_set("input.channels", 2), "field 'input.channels'"),
+        (_set("input.normalize", "meanstd"), "normalize: meanstd needs both mean and std"),
+        (_set("input.mean", [0.5]), "mean and std are used only with normalize: meanstd"),
+        (lambda card: card["input"].update(normalize="meanstd", mean=[0.4, 0.5], std=[0.2]), "mean has 2 values; give 1"),
+        (lambda card: card["input"].update(normalize="meanstd", mean=[0.5], std=[0.0]), "std must be positive"),
     ],
 )
 def test_each_mistake_names_file_and_field(tmp_path: Path, mutate: Callable[[dict[str, Any]], None], expected: str) -> None:

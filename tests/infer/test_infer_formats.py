@@ -187,6 +187,29 @@ def test_volume_model_reads_a_series_and_heatmaps_its_most_salient_slices(tmp_pa
     assert len(quiet) == 1 and quiet[0].heatmap is None  # the middle slice carries the finding
 
 
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_a_torchvision_style_model_gets_three_channels_with_imagenet_statistics(
+    write_model: Callable[..., Path],
+) -> None:
+    """What a hospital often brings: 3 input channels (grayscale repeated), fixed per-channel mean/std."""
+    card = valid_card()
+    card["architecture"]["kwargs"] = TINY_ARCHITECTURE | {"in_channels": 3}
+    card["input"] = {"size": [64, 64], "channels": 3, "normalize": "meanstd", "mean": IMAGENET_MEAN,
+                     "std": IMAGENET_STD}
+    folder = write_model(card=card, weights=False)
+    torch.manual_seed(0)
+    torch.save(DenseNet(**(TINY_ARCHITECTURE | {"in_channels": 3})).state_dict(), folder / "model.pt")
+    model = _load(folder)
+    x = model.prepare(np.full((32, 48), 128, dtype=np.uint8))  # a grey display image
+    assert x.shape == (3, 64, 64)
+    expected = [(128 / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-4)
+    [result] = model.predict([instance_for(_cr())], heatmaps="all")
+    assert 0.0 <= result.findings[0].probability <= 1.0 and result.heatmap is not None
+
+
 def test_image_selection_takes_only_the_listed_views(write_model: Callable[..., Path]) -> None:
     card = valid_card() | {"select": {"ViewPosition": ["CC", "MLO"]}}
     model = _load(write_model(card=card))
