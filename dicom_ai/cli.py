@@ -163,8 +163,7 @@ def models_list(ctx: click.Context) -> None:
     settings = _settings(ctx)
     registry = ModelRegistry(settings.models_dir)
     for name, card in registry.cards().items():
-        labels = ", ".join(f"{label.name} ({label.code.scheme} {label.code.value}) >= {label.threshold:g}"
-                           for label in card.labels)
+        labels = ", ".join(label.describe() for label in card.labels)
         flag = "  NOT FOR CLINICAL USE" if card.not_for_clinical_use else ""
         click.echo(f"{name} {card.version}{flag}")
         size = "x".join(map(str, card.input.size))

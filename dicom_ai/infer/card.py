@@ -69,11 +69,29 @@ class CodeSpec(_Strict):
 
 
 class LabelSpec(_Strict):
-    """One model output: its name, its code and the operating point chosen on validation data."""
+    """One model output: its name, its code and the operating point chosen on validation data.
+
+    `report: false` marks an output the network has but the node does not report, such as the
+    "no finding" class of a softmax model: it needs no code or threshold and never appears in an
+    SR, a caption or a priority.
+    """
 
     name: str = Field(min_length=1, max_length=64)
-    code: CodeSpec
-    threshold: float = Field(ge=0.0, le=1.0)
+    code: CodeSpec | None = None
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    report: bool = True
+
+    def describe(self) -> str:
+        if not self.report or self.code is None or self.threshold is None:
+            return f"{self.name} (not reported)"
+        return f"{self.name} ({self.code.scheme} {self.code.value}) >= {self.threshold:g}"
+
+    @model_validator(mode="after")
+    def _reported_needs_code_and_threshold(self) -> LabelSpec:
+        if self.report and (self.code is None or self.threshold is None):
+            missing = " and ".join(n for n, v in (("code", self.code), ("threshold", self.threshold)) if v is None)
+            raise ValueError(f"label {self.name!r} is reported, so it needs a {missing} (or report: false)")
+        return self
 
 
 class ArchitectureSpec(_Strict):
@@ -272,6 +290,8 @@ class ModelCard(_Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"label names must be unique; repeated: {', '.join(duplicates)}")
+        if not any(label.report for label in self.labels):
+            raise ValueError("at least one label must be reported (report: false on every label leaves nothing to say)")
         if self.output == "softmax" and len(self.labels) < 2:
             raise ValueError("softmax output needs at least two labels (one per class); use sigmoid for a single label")
         if self.architecture is not None:
@@ -292,9 +312,14 @@ class ModelCard(_Strict):
         return self.bundle or BundleSpec()
 
     @property
+    def reported(self) -> list[int]:
+        """Output indices of the labels the node reports."""
+        return [i for i, label in enumerate(self.labels) if label.report]
+
+    @property
     def codes(self) -> dict[str, Code]:
-        """Label name -> coded concept, in output order."""
-        return {label.name: label.code.to_code() for label in self.labels}
+        """Reported label name -> coded concept, in output order."""
+        return {label.name: label.code.to_code() for label in self.labels if label.code is not None and label.report}
 
 
 def load_card(path: Path) -> ModelCard:

@@ -70,7 +70,7 @@ def _exercise(model: LoadedModel, report: CheckReport) -> None:
         f"format {card.format}, runs on {model.backend}; device UID {model.info.device_uid}",
         f"input {'x'.join(map(str, spec.size))} ({spec.dims}-D, {spec.channels} channel(s), {spec.normalize}"
         + (f", window {spec.window[0]:g}/{spec.window[1]:g}" if spec.window else "") + ")",
-        "labels: " + ", ".join(f"{label.name} ({label.code.scheme} {label.code.value}) >= {label.threshold:g}" for label in card.labels),
+        "labels: " + ", ".join(label.describe() for label in card.labels),
         f"gate {card.gate or 'none'}; image selection {card.select or 'all images'}",
     ]
     if model.network is not None:

@@ -275,19 +275,23 @@ class LoadedModel:
             raise PixelError(f"file {instance.path}, SOPInstanceUID {instance.sop_instance_uid}: cannot read it as DICOM: {exc}") from exc
 
     def _findings(self, row: np.ndarray) -> list[Finding]:
-        return [
-            Finding(label=label.name, code=label.code.to_code(), probability=float(p), threshold=label.threshold)
-            for label, p in zip(self.card.labels, row)
-        ]
+        """One finding per reported label (labels with report: false are left out)."""
+        findings = []
+        for index in self.card.reported:
+            label = self.card.labels[index]
+            assert label.code is not None and label.threshold is not None  # the card guarantees it
+            findings.append(Finding(label=label.name, code=label.code.to_code(), probability=float(row[index]),
+                                    threshold=label.threshold))
+        return findings
 
-    @staticmethod
-    def _group_by_label(indices: list[int], probs: np.ndarray, findings: list[list[Finding]]) -> dict[int, list[int]]:
-        """The label each heatmap explains: the most probable present label, else the most probable."""
+    def _group_by_label(self, indices: list[int], probs: np.ndarray, findings: list[list[Finding]]) -> dict[int, list[int]]:
+        """The output each heatmap explains: the most probable present reported label, else the most
+        probable reported one (never an unreported class such as "no finding")."""
+        reported = self.card.reported
         groups: dict[int, list[int]] = {}
         for i in indices:
-            present = [k for k, f in enumerate(findings[i]) if f.present]
-            candidates = present or list(range(probs.shape[1]))
-            label_index = max(candidates, key=lambda k: probs[i, k])
+            present = [reported[k] for k, f in enumerate(findings[i]) if f.present]
+            label_index = max(present or reported, key=lambda k: probs[i, k])
             groups.setdefault(label_index, []).append(i)
         return groups
 

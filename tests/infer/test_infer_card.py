@@ -78,6 +78,8 @@ _DELETE = object()
         (_set("gate", {"Modality": []}), "list at least one accepted value"),
         (_set("input.size", [2, 2]), "field 'input.size'"),
         (_set("input.channels", 2), "field 'input.channels'"),
+        (_set("labels.0.code", _DELETE), "label 'Consolidation' is reported, so it needs a code (or report: false)"),
+        (_set("labels.0.report", False), "at least one label must be reported"),
         (_set("input.normalize", "meanstd"), "normalize: meanstd needs both mean and std"),
         (_set("input.mean", [0.5]), "mean and std are used only with normalize: meanstd"),
         (lambda card: card["input"].update(normalize="meanstd", mean=[0.4, 0.5], std=[0.2]), "mean has 2 values; give 1"),

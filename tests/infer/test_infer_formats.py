@@ -210,6 +210,27 @@ def test_a_torchvision_style_model_gets_three_channels_with_imagenet_statistics(
     assert 0.0 <= result.findings[0].probability <= 1.0 and result.heatmap is not None
 
 
+def test_an_unreported_class_is_never_a_finding_nor_explained(write_model: Callable[..., Path]) -> None:
+    """A 2-class softmax model ("no finding", "Consolidation"): only Consolidation is reported, and
+    the heatmap explains it, whatever "no finding" scores."""
+    card = valid_card()
+    card["output"] = "softmax"
+    card["labels"] = [{"name": "No finding", "report": False}, *card["labels"]]
+    card["architecture"]["kwargs"] = TINY_ARCHITECTURE | {"out_channels": 2}
+    folder = write_model(card=card, weights=False)
+    torch.manual_seed(0)
+    torch.save(DenseNet(**(TINY_ARCHITECTURE | {"out_channels": 2})).state_dict(), folder / "model.pt")
+    model = _load(folder)
+    assert model.card.reported == [1] and list(model.card.codes) == ["Consolidation"]
+    [result] = model.predict([instance_for(_cr())], heatmaps="all")
+    assert [f.label for f in result.findings] == ["Consolidation"] and result.heatmap is not None
+    probs = model.probabilities(model.prepare(result.display)[None])[0]
+    assert abs(float(probs.sum()) - 1.0) < 1e-5 and abs(result.findings[0].probability - float(probs[1])) < 1e-5
+    assert model._group_by_label([0], probs[None], [list(result.findings)]) == {1: [0]}
+    outcome = CliRunner().invoke(main, ["models", "check", str(folder)])
+    assert outcome.exit_code == 0 and "No finding (not reported), Consolidation (SCT 95436008)" in outcome.output
+
+
 def test_image_selection_takes_only_the_listed_views(write_model: Callable[..., Path]) -> None:
     card = valid_card() | {"select": {"ViewPosition": ["CC", "MLO"]}}
     model = _load(write_model(card=card))
