@@ -25,7 +25,18 @@ log = logging.getLogger(__name__)
 COLOURS = {"STAT": "#c62828", "URGENT": "#ef6c00", "ROUTINE": "#2e7d32"}
 
 
-def render(entries: list[WorklistEntry], today: bool) -> str:
+def status_line(health: NodeHealth | None) -> str:
+    """One line over the worklist for the admin who keeps the page open: queues, and any problem in red."""
+    if health is None:
+        return ""
+    counts = ", ".join(f"{n} {html.escape(state)}" for state, n in sorted(health.studies.items())) or "no studies"
+    pending = sum(row["n"] for row in health.sends if row["state"] == "pending")
+    line = f"<p><b>Node {'OK' if health.ok else 'needs attention'}</b>: {counts}; {pending} send(s) pending."
+    problems = "".join(f"<li>{html.escape(problem)}</li>" for problem in health.attention)
+    return line + (f'</p><ul style="color:#c62828">{problems}</ul>' if problems else "</p>")
+
+
+def render(entries: list[WorklistEntry], today: bool, health: NodeHealth | None = None) -> str:
     rows = []
     for rank, e in enumerate(entries, 1):
         level = e.priority.name
@@ -44,7 +55,7 @@ def render(entries: list[WorklistEntry], today: bool) -> str:
 table{{border-collapse:collapse}} td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}</style>
 </head><body><h1>{title}</h1><p>Most urgent first (override, else AI priority, raised by waiting time), then
 most overdue. {switch} &middot; <a href="/api/worklist">JSON</a>. AI results of demo models are not for clinical use.</p>
-<table><tr><th>#</th><th>Priority</th><th>Waiting</th><th>Patient</th><th>Accession</th><th>Date</th><th>State</th>
+{status_line(health)}<table><tr><th>#</th><th>Priority</th><th>Waiting</th><th>Patient</th><th>Accession</th><th>Date</th><th>State</th>
 <th>Why</th><th>Study</th></tr>{''.join(rows) or '<tr><td colspan="9">nothing to read</td></tr>'}</table></body></html>"""
 
 
@@ -61,7 +72,7 @@ def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
                 body = json.dumps(asdict(status())).encode()
                 kind = "application/json"
             elif url.path == "/":
-                body = render(worklist(today), today).encode()
+                body = render(worklist(today), today, status() if status is not None else None).encode()
                 kind = "text/html; charset=utf-8"
             else:
                 self.send_error(404, "not found: try /, /api/worklist or /api/status")

@@ -48,8 +48,10 @@ def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
                for a in health.attention)
     server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), lambda: node_health(store, tmp_path, None))
     try:
-        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/api/status",
-                                                   timeout=10).read())
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        status = json.loads(urllib.request.urlopen(f"{base}/api/status", timeout=10).read())
+        page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
+        assert "<b>Node needs attention</b>" in page and "1 failed study(ies)" in page
     finally:
         server.shutdown()
         server.server_close()

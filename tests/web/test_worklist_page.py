@@ -12,6 +12,7 @@ import pytest
 
 from dicom_ai.domain import Priority, TurnaroundTargets
 from dicom_ai.store import Store
+from dicom_ai.store.health import node_health
 from dicom_ai.web.worklist_page import start_web
 from tests.prioritize.test_worklist import _study
 
@@ -22,7 +23,7 @@ def test_page_and_api_list_studies_in_reading_order(tmp_path: Path) -> None:
     _study(store, "1.1", minutes_ago=0.02, priority=Priority.ROUTINE, now=now)
     _study(store, "1.2", minutes_ago=0.01, priority=Priority.STAT, now=now)
     _study(store, "1.3", minutes_ago=60 * 24 * 3, priority=Priority.URGENT, now=now)  # three days old
-    server = start_web("127.0.0.1", 0, store, TurnaroundTargets())
+    server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), lambda: node_health(store, tmp_path, None))
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         entries = json.loads(urllib.request.urlopen(f"{base}/api/worklist", timeout=10).read())
@@ -32,6 +33,7 @@ def test_page_and_api_list_studies_in_reading_order(tmp_path: Path) -> None:
         assert "1.3" not in [e["study_instance_uid"] for e in today]
         page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
         assert page.index("1.3") < page.index("1.2") < page.index("1.1") and "LATE" in page
+        assert "<b>Node OK</b>: 3 done; 0 send(s) pending." in page
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base}/nope", timeout=10)
         assert missing.value.code == 404
