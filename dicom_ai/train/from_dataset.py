@@ -171,18 +171,23 @@ def _msd_target(dataset: LabelledSet, options: dict[str, Any]) -> int | None:
 
 
 def _tensors(samples: list[Sample], dataset: LabelledSet, spec: InputSpec, target: int | None, split: str) -> TensorSplit:
-    xs, ys, masks = [], [], []
-    for sample in tqdm(samples, desc=f"reading {split}", unit="file", leave=False):
+    if not samples:
+        raise TrainingError(f"the {split} split is empty: the dataset is too small to split by patient")
+    x: torch.Tensor | None = None  # filled in place: a list then a stack would hold the split twice
+    ys, masks = [], []
+    for index, sample in enumerate(tqdm(samples, desc=f"reading {split}", unit="file", leave=False)):
         array = load_array(sample, dataset)
-        xs.append(preprocess_volume(array, spec) if spec.dims == 3 else preprocess(array, spec))
+        tensor = preprocess_volume(array, spec) if spec.dims == 3 else preprocess(array, spec)
+        if x is None:
+            x = torch.empty((len(samples), *tensor.shape), dtype=tensor.dtype)
+        x[index] = tensor
         ys.append(float(sample.label))
         if target is not None and sample.mask is not None:
             masks.append(mask_at(load_mask(sample) == target, spec.size))
-    log.info("%s: %d file(s), %d positive", split, len(xs), int(sum(ys)))
-    if not xs:
-        raise TrainingError(f"the {split} split is empty: the dataset is too small to split by patient")
+    assert x is not None
+    log.info("%s: %d file(s), %d positive", split, len(ys), int(sum(ys)))
     return TensorSplit(
-        x=torch.stack(xs), y=torch.tensor(ys), masks=torch.stack(masks) if masks and len(masks) == len(xs) else None
+        x=x, y=torch.tensor(ys), masks=torch.stack(masks) if masks and len(masks) == len(ys) else None
     )
 
 
