@@ -155,3 +155,13 @@ def test_an_input_size_the_network_cannot_pool_fails_before_training(tmp_path: P
     with pytest.raises(TrainingError, match=r"--size 8x24x24 is too small for the small network: .* at least 16"):
         train_from_dataset(request(root, tmp_path / "m", code=BRAIN_NEOPLASM, size=(8, 24, 24)))
     assert not (tmp_path / "m").exists()
+
+
+def test_an_empty_split_is_named(tmp_path: Path) -> None:
+    from dicom_ai.infer.card import InputSpec
+    from dicom_ai.train.from_dataset import _tensors
+    from dicom_ai.train.layouts import LabelledSet
+
+    dataset = LabelledSet("folders", tmp_path, ("no", "yes"), (), dims=2, channels=1, modality="OT")
+    with pytest.raises(TrainingError, match="the test split is empty: the dataset is too small to split by patient"):
+        _tensors([], dataset, InputSpec(size=(32, 32)), None, "test")
