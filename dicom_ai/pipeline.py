@@ -196,7 +196,8 @@ class Pipeline:
         if self.settings.pacs is not None:
             outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
         published = with_override(priority, self.store.priority_override(study_uid))
-        outbox += publications(study, published, all_findings, infos, self.settings)
+        carried, skipped_carriers = publications(study, published, all_findings, infos, self.settings)
+        outbox += carried
         self.store.save_outcome(
             study_uid,
             rules=rule_names,
@@ -205,4 +206,5 @@ class Pipeline:
             results=results,
             priority=priority,
             outbox=outbox,
+            skipped=skipped_carriers,
         )

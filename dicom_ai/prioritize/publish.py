@@ -6,7 +6,8 @@ so Orthanc's flags, the worklist entry, the HL7 result and the notices never dis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dicom_ai.domain import Finding, ModelInfo, Priority, PriorityDecision, Study
@@ -18,6 +19,8 @@ from dicom_ai.send.webhook import email_payload, notice_payload
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
+
+log = logging.getLogger(__name__)
 
 OutboxEntry = tuple[str, str, str, str]  # kind, key, destination, payload
 
@@ -37,19 +40,33 @@ def publications(
     findings: Sequence[Finding],
     models: Sequence[ModelInfo],
     settings: Settings,
-) -> list[OutboxEntry]:
-    """Outbox items for every carrier the settings enable (notices only at their levels)."""
+) -> tuple[list[OutboxEntry], list[str]]:
+    """Outbox items for every carrier the settings enable (notices only at their levels), and the
+    carriers skipped because their message could not be built.
+
+    A carrier that cannot be built (a bug, or a value no format anticipated) is skipped and named,
+    so the SR, the heatmaps and the other carriers still reach the radiologist; the pipeline
+    records the skip and `dicom-ai status` shows it.
+    """
     uid, header = study.study_instance_uid, study.header
     items: list[OutboxEntry] = []
+    skipped: list[str] = []
+
+    def add(kind: str, destination: str, build: Callable[[], str]) -> None:
+        try:
+            items.append((kind, uid, destination, build()))
+        except Exception as exc:  # noqa: BLE001: one carrier must not hold back the others
+            log.exception("study %s: the %s result could not be built and is skipped", uid, kind)
+            skipped.append(f"{kind} to {destination}: {type(exc).__name__}: {exc}")
+
     if settings.orthanc_url:
-        items.append((ORTHANC_METADATA, uid, settings.orthanc_url, flags_payload(priority, findings, models)))
+        add(ORTHANC_METADATA, settings.orthanc_url, lambda: flags_payload(priority, findings, models))
     if settings.mwl_dir is not None:
-        items.append((MWL, uid, str(settings.mwl_dir),
-                      mwl_payload(header, priority.level.name, "; ".join(priority.reasons))))
+        add(MWL, str(settings.mwl_dir), lambda: mwl_payload(header, priority.level.name, "; ".join(priority.reasons)))
     if settings.hl7_mllp:
-        message = oru_message(header, priority, findings, models, settings.hl7_receiving_application,
-                              settings.hl7_receiving_facility)
-        items.append((HL7, uid, settings.hl7_mllp, message))
+        add(HL7, settings.hl7_mllp, lambda: oru_message(header, priority, findings, models,
+                                                        settings.hl7_receiving_application,
+                                                        settings.hl7_receiving_facility))
     patient = {
         "PatientID": str(header.get("PatientID", "")),
         "PatientName": str(header.get("PatientName", "")),
@@ -57,8 +74,8 @@ def publications(
     } if settings.notify_include_patient else None
     notice = notice_payload(uid, priority, findings, models, patient)
     if settings.webhook_url and priority.level.name in settings.webhook_levels:
-        items.append((WEBHOOK, uid, settings.webhook_url, notice))
+        add(WEBHOOK, settings.webhook_url, lambda: notice)
     if settings.smtp_host and settings.smtp_to and priority.level.name in settings.email_levels:
-        items.append((EMAIL, uid, f"{settings.smtp_host}:{settings.smtp_port}",
-                      email_payload(notice, settings.smtp_from, settings.smtp_to)))
-    return items
+        add(EMAIL, f"{settings.smtp_host}:{settings.smtp_port}",
+            lambda: email_payload(notice, settings.smtp_from, settings.smtp_to))
+    return items, skipped

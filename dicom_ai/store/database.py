@@ -347,8 +347,12 @@ class Store:
         results: Sequence[ResultFile],
         priority: PriorityDecision,
         outbox: Sequence[tuple[str, str, str, str]],
+        skipped: Sequence[str] = (),
     ) -> bool:
         """Record findings, result files and what to send, and mark the study done, atomically.
+
+        `skipped` names result carriers whose message could not be built: the study is done (its
+        other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
 
         `findings` holds (source SOP UID, model, model version, finding); `outbox` holds
         (kind, key, destination, payload). A re-run of the same study replaces rather than
@@ -409,12 +413,15 @@ class Store:
                     " payload = excluded.payload, next_attempt_at = excluded.next_attempt_at",
                     [kind, key, study_uid, destination, payload, now, now],
                 )
+            for problem in skipped:
+                self._event(db, "publication_skipped", study_uid, problem=problem)
             db.execute(
-                "update studies set state = ?, processed_at = ?, error = null, priority = ?, priority_score = ?,"
+                "update studies set state = ?, processed_at = ?, error = ?, priority = ?, priority_score = ?,"
                 " priority_reasons = ?, rules = ?, models = ? where study_instance_uid = ?",
                 [
                     StudyState.DONE,
                     now,
+                    ("result carrier skipped: " + "; ".join(skipped)) if skipped else None,
                     priority.level.name,
                     priority.score,
                     json.dumps(list(priority.reasons)),
@@ -594,8 +601,10 @@ class Store:
             " min(case when state = ? then completed_at end) as oldest_processing from studies",
             [StudyState.PROCESSING])[0]
         held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
+        [partial] = self._query("select count(*) as n from studies where state = ? and error is not null",
+                                [StudyState.DONE])
         return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
-                **times, "held_bytes": held["bytes"], "held_files": held["files"]}
+                **times, "held_bytes": held["bytes"], "held_files": held["files"], "done_with_skips": partial["n"]}
 
     def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
         return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])

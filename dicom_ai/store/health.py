@@ -44,6 +44,10 @@ def node_health(store: Store, home: Path, retention_days: float | None, now: flo
     if failed:
         attention.append(f"{failed} failed study(ies): see `dicom-ai studies --state failed`, fix the cause, "
                          "then `dicom-ai retry STUDY_UID`")
+    partial = counts["done_with_skips"]
+    if partial:
+        attention.append(f"{partial} study(ies) done with a result carrier skipped (its message could not be built): "
+                         "`dicom-ai studies --state done` shows the error; fix it, then `dicom-ai retry STUDY_UID`")
     given_up = sum(row["n"] for row in counts["sends"] if row["state"] == "failed")
     if given_up:
         attention.append(f"{given_up} send(s) given up after send_max_attempts: the results are kept; "

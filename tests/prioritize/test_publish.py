@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pydicom import dcmread
 
 from dicom_ai.config import Settings
@@ -34,10 +36,23 @@ def test_every_enabled_carrier_gets_the_same_level(tmp_path: Path) -> None:
                         hl7_mllp="127.0.0.1:2575", webhook_url="http://127.0.0.1:9/hook", webhook_levels=("URGENT",),
                         smtp_host="127.0.0.1", smtp_to=("reading@localhost",), email_levels=("STAT",))
     decision = PriorityDecision(Priority.URGENT, 0.7, ("x",))
-    items = {kind: payload for kind, _, _, payload in publications(study(), decision, FINDINGS, [MODEL], settings)}
+    built, skipped = publications(study(), decision, FINDINGS, [MODEL], settings)
+    assert skipped == []
+    items = {kind: payload for kind, _, _, payload in built}
     assert set(items) == {"orthanc_metadata", "mwl", "hl7", "webhook"}  # no e-mail below STAT
     assert json.loads(items["orthanc_metadata"])["AiPriority"] == "URGENT"
     assert json.loads(items["mwl"])["priority"] == "URGENT"
     assert "A^ASAP^HL70485" in items["hl7"]
     assert json.loads(items["webhook"])["priority"] == "URGENT"
-    assert publications(study(), decision, FINDINGS, [MODEL], Settings(home=tmp_path)) == []
+    assert publications(study(), decision, FINDINGS, [MODEL], Settings(home=tmp_path)) == ([], [])
+
+
+def test_a_carrier_that_cannot_be_built_is_skipped_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object) -> str:
+        raise ValueError("no room for this value")
+
+    monkeypatch.setattr("dicom_ai.prioritize.publish.oru_message", broken)
+    settings = Settings(home=tmp_path, orthanc_url="http://127.0.0.1:8042", hl7_mllp="127.0.0.1:2575")
+    built, skipped = publications(study(), PriorityDecision(Priority.STAT, 0.9, ("x",)), FINDINGS, [MODEL], settings)
+    assert [kind for kind, *_ in built] == ["orthanc_metadata"]  # the others still go
+    assert skipped == ["hl7 to 127.0.0.1:2575: ValueError: no room for this value"]

@@ -59,3 +59,21 @@ def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
     store.close()
     outcome = CliRunner().invoke(main, ["status", "--json"], env={"DICOM_AI_HOME": str(tmp_path)})
     assert outcome.exit_code == 1 and json.loads(outcome.output)["studies"] == {"done": 1, "failed": 1}
+
+
+def test_a_study_done_with_a_skipped_carrier_is_shown_and_needs_attention(tmp_path: Path) -> None:
+    from dicom_ai.domain import Priority, PriorityDecision
+
+    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    _receive(store, spool, "1.2.6", "1.2.6.1.1")
+    store.complete_quiet_studies(time.time())
+    store.claim_complete_study()
+    assert store.save_outcome("1.2.6", rules=["r"], models=["m@1"], findings=[], results=[],
+                              priority=PriorityDecision(Priority.ROUTINE, 0.1, ()), outbox=[],
+                              skipped=["hl7 to 127.0.0.1:2575: ValueError: no room"])
+    [row] = store.studies()
+    assert row.state == StudyState.DONE and row.error == "result carrier skipped: hl7 to 127.0.0.1:2575: ValueError: no room"
+    assert "publication_skipped" in [e["kind"] for e in store.events("1.2.6")]
+    health = node_health(store, tmp_path, None)
+    assert not health.ok and any("1 study(ies) done with a result carrier skipped" in a for a in health.attention)
+    store.close()
