@@ -37,6 +37,11 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
+def _when(t: float | None, missing: str = "-") -> str:
+    """A database timestamp in local time, as admins read logs."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else missing
+
+
 def _client_settings(ctx: click.Context) -> Settings:
     """Settings for a one-shot DICOM client command: our one-line error says what failed, so
     pynetdicom's own ERROR lines are shown only at log_level DEBUG."""
@@ -248,13 +253,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(asdict(health), indent=2))
     else:
-        def when(t: float | None) -> str:
-            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
-
         click.echo(f"{'OK' if health.ok else 'ATTENTION'}: "
                    f"{', '.join(f'{n} {state}' for state, n in sorted(health.studies.items())) or 'no studies'}")
-        click.echo(f"  last instance received {when(health.last_received_at)}, "
-                   f"last study processed {when(health.last_processed_at)}")
+        click.echo(f"  last instance received {_when(health.last_received_at, 'never')}, "
+                   f"last study processed {_when(health.last_processed_at, 'never')}")
         sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
         click.echo(f"  sends: {sends}")
         retention = f"{health.retention_days:g} days" if health.retention_days else "off"
@@ -265,6 +267,47 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  ! {problem}")
     if not health.ok:
         sys.exit(1)
+
+
+@main.command("study")
+@click.argument("study_uid")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
+    """Everything about one study: state, priority, findings, results and their sends, and its audit trail."""
+    from dataclasses import asdict
+
+    store = _open_store(_settings(ctx))
+    row = store.study(study_uid)
+    if row is None:
+        raise click.ClickException(f"no study {study_uid} in this node's database (see `dicom-ai studies`)")
+    findings = store.findings_of(study_uid)
+    sends = [{k: v for k, v in r.items() if k != "payload"} for r in store.outbox_rows(study_uid)]
+    events = list(reversed(store.events(study_uid, limit=1000)))
+    if as_json:
+        click.echo(json.dumps({"study": asdict(row), "findings": findings, "sends": sends, "events": events}, indent=2))
+        return
+
+    click.echo(f"study {row.study_instance_uid}  patient {row.patient_id or '-'}  accession {row.accession_number or '-'}")
+    click.echo(f"  state {row.state}, {row.instance_count} instance(s), last received {_when(row.last_received_at)}"
+               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else ""))
+    if row.priority:
+        override = f" (override {row.priority_override} by {row.priority_override_by})" if row.priority_override else ""
+        click.echo(f"  priority {row.priority} {row.priority_score:.2f}{override}: {'; '.join(row.priority_reasons)}")
+    if row.error:
+        click.echo(f"  error: {row.error}")
+    for f in findings:
+        state = "present" if f["images_present"] else "absent"
+        click.echo(f"  finding {f['model']} {f['model_version']}: {f['label']} ({f['code_scheme']} {f['code_value']}) "
+                   f"{f['probability']:.0%}, {state} on {f['images_present']} of {f['images']} image(s)")
+    for r in sends:
+        error = f" ({r['last_error']})" if r["last_error"] else ""
+        click.echo(f"  send {r['kind']} {r['key']} to {r['destination']}: {r['state']} after {r['attempts']} attempt(s){error}")
+    click.echo("  audit trail:")
+    for e in events:
+        detail = json.loads(e["detail"] or "{}")
+        text = ", ".join(f"{k}={v}" for k, v in detail.items())
+        click.echo(f"    {_when(e['at'])}  {e['kind']}{'  ' + text if text else ''}")
 
 
 @main.command()
@@ -284,7 +327,7 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
     if not rows:
         click.echo("no studies")
     for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_received_at))
+        when = _when(row.last_received_at)
         priority = f"{row.priority} {row.priority_score:.2f}" if row.priority else "-"
         click.echo(
             f"{when}  {row.state:<10} {priority:<14} {row.instance_count:>4} inst  {row.results:>3} results"

@@ -568,6 +568,15 @@ class Store:
         return [PriorFinding(r["study_instance_uid"], r["received_at"], r["label"], r["probability"], bool(r["present"]))
                 for r in rows]
 
+    def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
+        """Per model and label: the highest probability over the study's images, and on how many it is present."""
+        return self._query(
+            "select model, model_version, label, code_scheme, code_value, max(probability) as probability,"
+            " count(*) as images, sum(present) as images_present from findings where study_instance_uid = ?"
+            " group by model, model_version, label order by model, probability desc",
+            [study_uid],
+        )
+
     def outbox_payload(self, kind: str, key: str) -> str | None:
         rows = self._query("select payload from outbox where kind = ? and key = ? order by id desc limit 1", [kind, key])
         return rows[0]["payload"] if rows else None
