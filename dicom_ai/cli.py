@@ -451,7 +451,7 @@ def echo(ctx: click.Context, peer: Peer) -> None:
 
     settings = _client_settings(ctx)
     try:
-        status = c_echo(settings.ae, peer)
+        status = c_echo(settings.ae, peer, settings.client_tls(peer.host))
     except SendError as exc:
         raise click.ClickException(str(exc)) from None
     if status != 0:
@@ -470,7 +470,7 @@ def send(ctx: click.Context, peer: Peer, paths: tuple[Path, ...]) -> None:
     settings = _client_settings(ctx)
     files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
     try:
-        outcome = send_files(settings.ae, peer, files)
+        outcome = send_files(settings.ae, peer, files, settings.client_tls(peer.host))
     except SendError as exc:
         raise click.ClickException(str(exc)) from None
     failed = {path: error for path, error in outcome.items() if error}

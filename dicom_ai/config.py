@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dicom_ai.domain import TurnaroundTargets
+from dicom_ai.tls import ClientTls, TlsError, client_tls, server_context
 
 ENV_PREFIX = "DICOM_AI_"
 CONFIG_ENV = "DICOM_AI_CONFIG"  # path of the TOML file; not itself a setting
@@ -95,6 +97,13 @@ class Settings(BaseModel):
     turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
     retention_days: float | None = Field(
         default=None, gt=0, description="delete a finished study's files this many days after processing (none: keep)")
+    tls_certificate: Path | None = Field(default=None, description="our TLS certificate (PEM), for DICOM over TLS")
+    tls_private_key: Path | None = Field(default=None, description="its private key (PEM, unencrypted)")
+    tls_ca: Path | None = Field(
+        default=None, description="CA certificate(s) (PEM) that peers' certificates must chain to; with tls_receive, "
+        "clients must present one")
+    tls_receive: bool = Field(default=False, description="the DICOM SCP accepts TLS associations only")
+    tls_send: bool = Field(default=False, description="associations we open (results, C-FIND, echo, send) use TLS")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0 = unlimited)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
@@ -120,6 +129,40 @@ class Settings(BaseModel):
             if not _AE_TITLE.match(title):
                 raise ValueError(f"{title!r} is not a valid AE title (1-16 printable characters, no backslash)")
         return titles
+
+    @field_validator("tls_receive")
+    @classmethod
+    def _tls_receive(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            certificate, key = info.data.get("tls_certificate"), info.data.get("tls_private_key")
+            if certificate is None or key is None:
+                raise ValueError("TLS for the SCP needs tls_certificate and tls_private_key")
+            try:
+                server_context(certificate, key, info.data.get("tls_ca"))
+            except TlsError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("tls_send")
+    @classmethod
+    def _tls_send(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            try:
+                client_tls("localhost", info.data.get("tls_certificate"), info.data.get("tls_private_key"),
+                           info.data.get("tls_ca"))
+            except TlsError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def scp_tls(self) -> ssl.SSLContext | None:
+        """The SCP's TLS context, or None for plain DICOM."""
+        if not self.tls_receive or self.tls_certificate is None or self.tls_private_key is None:
+            return None
+        return server_context(self.tls_certificate, self.tls_private_key, self.tls_ca)
+
+    def client_tls(self, host: str) -> ClientTls | None:
+        """TLS arguments for an association we open to `host`, or None for plain DICOM."""
+        return client_tls(host, self.tls_certificate, self.tls_private_key, self.tls_ca) if self.tls_send else None
 
     @field_validator("webhook_levels", "email_levels", "smtp_to", mode="before")
     @classmethod

@@ -89,7 +89,8 @@ class Node:
         self.scheduler.start()
         s = self.settings
         try:
-            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store, s.allowed_calling_aets)
+            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store, s.allowed_calling_aets,
+                                     s.scp_tls())
         except OSError as exc:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:

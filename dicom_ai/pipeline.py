@@ -105,7 +105,8 @@ class Pipeline:
         if self.settings.pacs is None or not patient_id:
             return priority
         try:
-            found = prior_studies(self.settings.ae, self.settings.pacs, patient_id, study.study_instance_uid)
+            found = prior_studies(self.settings.ae, self.settings.pacs, patient_id, study.study_instance_uid,
+                                  tls=self.settings.client_tls(self.settings.pacs.host))
         except (PacsHistoryError, OSError, ValueError) as exc:
             log.warning("study %s: no prior studies from the PACS (%s); priority from our own history only",
                         study.study_instance_uid, exc)

@@ -15,6 +15,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from dicom_ai.config import Peer
+from dicom_ai.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class PacsPrior:
     description: str
 
 
-def prior_studies(ae_title: str, peer: Peer, patient_id: str, exclude: str, timeout: float = 10) -> list[PacsPrior]:
+def prior_studies(ae_title: str, peer: Peer, patient_id: str, exclude: str, timeout: float = 10,
+                  tls: ClientTls | None = None) -> list[PacsPrior]:
     """Study-level C-FIND on PatientID; the current study is left out."""
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -45,7 +47,7 @@ def prior_studies(ae_title: str, peer: Peer, patient_id: str, exclude: str, time
     query.StudyDate = ""
     query.ModalitiesInStudy = ""
     query.StudyDescription = ""
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet, tls_args=tls)
     if not assoc.is_established:
         raise PacsHistoryError(f"C-FIND association with {peer} failed")
     priors: list[PacsPrior] = []

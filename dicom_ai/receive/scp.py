@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import sqlite3
 import tempfile
 from collections.abc import Sequence
@@ -156,7 +157,7 @@ def handle_rejected(event: Event) -> None:
 
 
 def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
-              allowed_calling: Sequence[str] = ()) -> ThreadedAssociationServer:
+              allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> ThreadedAssociationServer:
     """Start listening in background threads; returns the server (call .shutdown() to stop)."""
     # pynetdicom writes each incoming dataset with NamedTemporaryFile in the default temp dir:
     # point it at the spool so adopting the file is a rename on the same filesystem.
@@ -167,7 +168,7 @@ def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, s
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REJECTED, handle_rejected),
     ]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
     assert server is not None
-    log.info("DICOM SCP %s listening on %s:%d", ae_title, host, port)
+    log.info("DICOM SCP %s listening on %s:%d%s", ae_title, host, port, " (TLS only)" if tls else "")
     return server

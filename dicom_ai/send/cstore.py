@@ -13,6 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_ai.config import Peer
 from dicom_ai.send.errors import DeliveryError
+from dicom_ai.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,16 @@ class SendError(DeliveryError):
     """The peer could not be reached or refused the association; nothing was sent."""
 
 
-def _association(ae_title: str, peer: Peer, contexts: Sequence[tuple[str, str]]):  # type: ignore[no-untyped-def]
+def _association(ae_title: str, peer: Peer, contexts: Sequence[tuple[str, str]],  # type: ignore[no-untyped-def]
+                 tls: ClientTls | None = None):
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop_class, transfer_syntax in contexts:
         ae.add_requested_context(sop_class, transfer_syntax)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet, tls_args=tls)
     if not assoc.is_established:
-        raise SendError(f"association with {peer} was rejected or failed (is the AE title and port right?)")
+        hint = "the AE title, port and TLS certificates" if tls else "the AE title and port (and does it want TLS?)"
+        raise SendError(f"association with {peer} was rejected or failed (are {hint} right?)")
     return assoc
 
 
@@ -53,7 +56,7 @@ def _unreadable(exc: Exception) -> str:
     return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
 
 
-def send_files(ae_title: str, peer: Peer, paths: Sequence[Path]) -> dict[Path, str | None]:
+def send_files(ae_title: str, peer: Peer, paths: Sequence[Path], tls: ClientTls | None = None) -> dict[Path, str | None]:
     """Send each file; returns path -> None on Success, or an error message for that file.
 
     A file that is not DICOM fails on its own, named, and the others still go. Files are read one at
@@ -69,7 +72,7 @@ def send_files(ae_title: str, peer: Peer, paths: Sequence[Path]) -> dict[Path, s
     contexts = sorted(set(context_of.values()))
     for start in range(0, len(contexts), MAX_CONTEXTS):
         chunk = contexts[start:start + MAX_CONTEXTS]
-        assoc = _association(ae_title, peer, chunk)
+        assoc = _association(ae_title, peer, chunk, tls)
         try:
             for path in [path for path, context in context_of.items() if context in chunk]:
                 outcome[path] = _store(assoc, peer, path)
@@ -93,9 +96,9 @@ def _store(assoc, peer: Peer, path: Path) -> str | None:  # type: ignore[no-unty
     return f"{peer} answered status 0x{code:04X}"
 
 
-def echo(ae_title: str, peer: Peer) -> int:
+def echo(ae_title: str, peer: Peer, tls: ClientTls | None = None) -> int:
     """C-ECHO; returns the DIMSE status (0 is Success)."""
-    assoc = _association(ae_title, peer, [(Verification, "1.2.840.10008.1.2")])
+    assoc = _association(ae_title, peer, [(Verification, "1.2.840.10008.1.2")], tls)
     try:
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None)

@@ -95,7 +95,8 @@ class Outbox:
     def _send_dicom(self, destination: str, batch: list[OutboxItem]) -> int:
         try:
             peer = Peer.parse(destination)
-            outcome = send_files(self.settings.ae, peer, [Path(item.payload) for item in batch])
+            outcome = send_files(self.settings.ae, peer, [Path(item.payload) for item in batch],
+                                 self.settings.client_tls(peer.host))
         except (SendError, OSError, ValueError) as exc:
             for item in batch:
                 self._fail(item, str(exc))
