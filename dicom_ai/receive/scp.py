@@ -150,10 +150,14 @@ def build_ae(ae_title: str, max_pdu: int, allowed_calling: Sequence[str] = ()) -
     return ae
 
 
-def handle_rejected(event: Event) -> None:
+def handle_rejected(event: Event, allowed_calling: Sequence[str]) -> None:
     requestor = event.assoc.requestor
-    log.warning("refused an association from %s (%s:%s): its calling AE title is not in allowed_calling_aets",
-                requestor.ae_title.strip(), requestor.address, requestor.port)
+    calling = requestor.ae_title.strip()
+    if allowed_calling and calling not in allowed_calling:
+        why = "its calling AE title is not in allowed_calling_aets"
+    else:
+        why = f"too many associations at once (at most {event.assoc.ae.maximum_associations}) or a request we do not support"
+    log.warning("refused an association from %s (%s:%s): %s", calling, requestor.address, requestor.port, why)
 
 
 def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
@@ -166,7 +170,7 @@ def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, s
     handlers = [
         (evt.EVT_C_STORE, handle_store, [spool, store]),
         (evt.EVT_CONN_OPEN, handle_connection_open),
-        (evt.EVT_REJECTED, handle_rejected),
+        (evt.EVT_REJECTED, handle_rejected, [list(allowed_calling)]),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
     assert server is not None

@@ -7,6 +7,7 @@ under a final name.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydicom import Dataset
 
+log = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LOCK_STRIPES = 64
 
@@ -63,10 +65,14 @@ class Spool:
         folders = set()
         for path in paths:
             try:
-                freed += path.stat().st_size
+                size = path.stat().st_size
                 path.unlink()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # e.g. permissions changed by hand: say so, go on with the rest
+                log.warning("cannot delete %s: %s", path, exc.strerror or exc)
+                continue
+            freed += size
             folders.add(path.parent)
         for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
             for empty in (folder, folder.parent):
