@@ -37,9 +37,9 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _when(t: float | None, missing: str = "-") -> str:
+def _when(t: float | None, missing: str = "-", form: str = "%Y-%m-%d %H:%M:%S") -> str:
     """A database timestamp in local time, as admins read logs."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else missing
+    return time.strftime(form, time.localtime(t)) if t else missing
 
 
 def _client_settings(ctx: click.Context) -> Settings:
@@ -336,7 +336,7 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
         if row.error:
             click.echo(f"    error: {row.error}")
         if row.purged_at is not None:
-            click.echo(f"    files deleted {time.strftime('%Y-%m-%d', time.localtime(row.purged_at))} (retention_days)")
+            click.echo(f"    files deleted {_when(row.purged_at, form='%Y-%m-%d')} (retention_days)")
         if row.priority_reasons:
             click.echo(f"    why: {'; '.join(row.priority_reasons)}")
 
@@ -432,8 +432,8 @@ def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
             if row is None:
                 why = "no such study; only done, no_match or failed studies can be retried"
             elif row.purged_at is not None:
-                purged = time.strftime("%Y-%m-%d", time.localtime(row.purged_at))
-                why = f"its files were deleted on {purged} after retention_days: send the study again from the PACS"
+                why = (f"its files were deleted on {_when(row.purged_at, form='%Y-%m-%d')} after retention_days: "
+                       "send the study again from the PACS")
             else:
                 why = f"it is {row.state}; only done, no_match or failed studies can be retried"
             click.echo(f"{uid}: not queued ({why})", err=True)

@@ -23,12 +23,11 @@ from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_find
 TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE": "R^Routine^HL70485"}
 
 
-# Lengths hl7apy's strict validation enforces: OBX-5 is checked as ST, NTE-3 as FT.
+# Lengths hl7apy's strict validation enforces: OBX-5 and ST components (a coded meaning, a name
+# part) are checked as ST, NTE-3 as FT.
 OBX_TEXT_MAX = 199
+COMPONENT_MAX = 199
 NTE_TEXT_MAX = 65536
-
-
-COMPONENT_MAX = 199  # ST components (a coded meaning, a name part)
 
 
 def _person_name(value: object) -> str:

@@ -72,10 +72,12 @@ def publications(
         "PatientName": str(header.get("PatientName", "")),
         "AccessionNumber": str(header.get("AccessionNumber", "")),
     } if settings.notify_include_patient else None
-    notice = notice_payload(uid, priority, findings, models, patient)
+    def notice() -> str:  # built only for a notice that goes out, and inside `add`'s guard
+        return notice_payload(uid, priority, findings, models, patient)
+
     if settings.webhook_url and priority.level.name in settings.webhook_levels:
-        add(WEBHOOK, settings.webhook_url, lambda: notice)
+        add(WEBHOOK, settings.webhook_url, notice)
     if settings.smtp_host and settings.smtp_to and priority.level.name in settings.email_levels:
         add(EMAIL, f"{settings.smtp_host}:{settings.smtp_port}",
-            lambda: email_payload(notice, settings.smtp_from, settings.smtp_to))
+            lambda: email_payload(notice(), settings.smtp_from, settings.smtp_to))
     return items, skipped

@@ -25,6 +25,10 @@ from dicom_ai.store.migrations import migrations
 
 log = logging.getLogger(__name__)
 
+# A study in one of these states waits for nothing: it may be retried, or its files purged.
+FINISHED_STATES = (StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED)
+
+
 @dataclass(frozen=True)
 class ReceivedInstance:
     """What the SCP learnt about an instance it has just made durable in the spool."""
@@ -255,12 +259,11 @@ class Store:
 
     def requeue(self, study_uid: str, by: str) -> bool:
         """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
-        finished = (StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED)
         with self._transaction() as db:
             cursor = db.execute(
                 f"update studies set state = ?, completed_at = ? where study_instance_uid = ?"
-                f" and purged_at is null and state in ({', '.join('?' * len(finished))})",
-                [StudyState.COMPLETE, time.time(), study_uid, *finished],
+                f" and purged_at is null and state in ({', '.join('?' * len(FINISHED_STATES))})",
+                [StudyState.COMPLETE, time.time(), study_uid, *FINISHED_STATES],
             )
             if cursor.rowcount == 1:
                 self._event(db, "study_requeued", study_uid, by=by)
@@ -269,7 +272,8 @@ class Store:
     # retention ------------------------------------------------------------------------------
 
     _FINISHED_AND_QUIET = (
-        "state in (?, ?, ?) and purged_at is null and coalesce(processed_at, last_received_at) <= ?"
+        f"state in ({', '.join('?' * len(FINISHED_STATES))}) and purged_at is null"
+        " and coalesce(processed_at, last_received_at) <= ?"
         " and not exists (select 1 from outbox o where o.study_instance_uid = studies.study_instance_uid"
         " and o.state = 'pending')"
     )
@@ -279,7 +283,7 @@ class Store:
         rows = self._query(
             f"select study_instance_uid from studies where {self._FINISHED_AND_QUIET}"
             " order by coalesce(processed_at, last_received_at) limit ?",
-            [StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED, finished_before, limit],
+            [*FINISHED_STATES, finished_before, limit],
         )
         return [row["study_instance_uid"] for row in rows]
 
@@ -292,7 +296,7 @@ class Store:
         with self._transaction() as db:
             still = list(db.query(
                 f"select study_instance_uid from studies where study_instance_uid = ? and {self._FINISHED_AND_QUIET}",
-                [study_uid, StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED, finished_before],
+                [study_uid, *FINISHED_STATES, finished_before],
             ))
             if not still:
                 return None
@@ -304,9 +308,12 @@ class Store:
             self._event(db, "study_purged", study_uid, files=len(paths))
         return paths
 
-    def purged_study_uids(self) -> list[str]:
-        return [row["study_instance_uid"] for row in
-                self._query("select study_instance_uid from studies where purged_at is not null")]
+    def last_purged_study_uids(self, window: float) -> list[str]:
+        """Studies purged within `window` seconds of the latest purge: a crash can only have
+        interrupted that run, so start-up never walks the whole history."""
+        return [row["study_instance_uid"] for row in self._query(
+            "select study_instance_uid from studies where purged_at >= (select max(purged_at) from studies) - ?",
+            [window])]
 
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(

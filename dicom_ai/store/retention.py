@@ -55,7 +55,7 @@ def purge_expired(store: Store, spool: Spool, retention_days: float, now: float 
 
 def sweep_purged(store: Store, spool: Spool) -> int:
     """At start-up, before the SCP listens: delete files a crash left behind mid-purge."""
-    swept = sum(spool.remove_study_folders(uid) for uid in store.purged_study_uids())
+    swept = sum(spool.remove_study_folders(uid) for uid in store.last_purged_study_uids(window=DAY))
     if swept:
         log.warning("retention: removed files of %d purged study(ies) left by an interrupted purge", swept)
     return swept
