@@ -246,10 +246,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """The node's health: studies by state, sends, failures, disk; exit 1 when something needs attention."""
     from dataclasses import asdict
 
-    from dicom_ai.store.health import node_health
+    from dicom_ai.store.health import duration, node_health
 
     settings = _settings(ctx)
-    health = node_health(_open_store(settings), settings.home, settings.retention_days)
+    health = node_health(_open_store(settings), settings.home, settings.retention_days,
+                         send_retry_window_s=settings.send_retry_window)
     if as_json:
         click.echo(json.dumps(asdict(health), indent=2))
     else:
@@ -258,7 +259,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  last instance received {_when(health.last_received_at, 'never')}, "
                    f"last study processed {_when(health.last_processed_at, 'never')}")
         sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
-        click.echo(f"  sends: {sends}")
+        click.echo(f"  sends: {sends}; a failing send is retried for about {duration(settings.send_retry_window)} "
+                   f"({settings.send_max_attempts} attempts), then given up until its destination answers again")
         retention = f"{health.retention_days:g} days" if health.retention_days else "off"
         click.echo(f"  held: {health.held_files} received file(s), {health.held_bytes / 1e6:.1f} MB; "
                    f"disk free {health.disk_free_bytes / 1e9:.1f} of {health.disk_total_bytes / 1e9:.1f} GB; "
@@ -438,6 +440,26 @@ def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
                 why = f"it is {row.state}; only done, no_match or failed studies can be retried"
             click.echo(f"{uid}: not queued ({why})", err=True)
     if refused:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("study_uids", nargs=-1, metavar="[STUDY_UID...]")
+@click.option("--failed", "all_failed", is_flag=True, help="Every study's given-up sends.")
+@click.option("--sent", "include_sent", is_flag=True,
+              help="Also send again what was already delivered (e.g. the PACS lost it in a restore).")
+@click.pass_context
+def resend(ctx: click.Context, study_uids: tuple[str, ...], all_failed: bool, include_sent: bool) -> None:
+    """Queue results and notices again without re-running the models: given-up sends (and with --sent, delivered ones); audited."""
+    import getpass
+
+    if bool(study_uids) == all_failed:
+        raise click.UsageError("name the studies (STUDY_UID...) or give --failed for every given-up send")
+    store = _open_store(_settings(ctx))
+    queued = store.requeue_sends(list(study_uids) or None, by=getpass.getuser(), include_sent=include_sent)
+    what = "given-up or delivered" if include_sent else "given-up"
+    click.echo(f"{queued} {what} send(s) queued again; the running node delivers them within seconds")
+    if study_uids and not queued:
         sys.exit(1)
 
 

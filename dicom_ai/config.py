@@ -196,6 +196,12 @@ class Settings(BaseModel):
                                  self.turnaround_routine_minutes)
 
     @property
+    def send_retry_window(self) -> float:
+        """Seconds from a send's first failure until it is given up (send_max_attempts attempts,
+        the delay doubling from send_retry_initial up to send_retry_max)."""
+        return sum(min(self.send_retry_initial * 2**n, self.send_retry_max) for n in range(self.send_max_attempts - 1))
+
+    @property
     def database_path(self) -> Path:
         return self.home / "dicom-ai.sqlite"
 

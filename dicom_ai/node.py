@@ -4,8 +4,10 @@ Jobs (apscheduler, each never overlapping itself):
 - assemble: every `tick` seconds, studies quiet for `stable_after` become complete; it also books
   itself for the moment the next receiving study will have been quiet that long, so a study is
   complete stable_after seconds after its last instance, not up to a tick later;
-- pipeline: processes complete studies one at a time (woken at once by assemble);
-- outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline);
+- pipeline: processes complete studies one at a time (woken at once by assemble); a study it could
+  not finish because the database or disk failed is queued again after a backoff (release_deferred);
+- outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline); given-up
+  sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
 - retention: hourly, with retention_days set, deletes the files of studies finished that long ago.
 """
@@ -68,6 +70,14 @@ class Node:
         if strays:
             log.warning("removed %d partial upload(s) left by an interrupted run", strays)
         sweep_purged(self.store, self.spool)
+        trash = self.store.trash()
+        if trash:  # older copies replaced just before a crash: the newer ones are recorded
+            self.spool.remove_files(trash)
+            self.store.empty_trash(trash)
+        waiting = self.store.restart_quiet_clocks()
+        if waiting:
+            log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
+                        "for the rest of its instances", len(waiting))
         recovered = self.store.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
@@ -96,7 +106,8 @@ class Node:
         if s.http_port:
             try:
                 self._web = start_web(s.http_host, s.http_port, self.store, s.turnaround_targets,
-                                      lambda: node_health(self.store, s.home, s.retention_days))
+                                      lambda: node_health(self.store, s.home, s.retention_days,
+                                                                  send_retry_window_s=s.send_retry_window))
             except OSError as exc:
                 raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
@@ -139,6 +150,7 @@ class Node:
             purge_expired(self.store, self.spool, self.settings.retention_days)
 
     def _process(self) -> None:
+        self.pipeline.release_deferred()
         processed = 0
         while self.pipeline.process_next() is not None:
             processed += 1

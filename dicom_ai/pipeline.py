@@ -9,9 +9,12 @@ the same objects again instead of new ones.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from pydicom import Dataset
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.domain import (
@@ -25,14 +28,16 @@ from dicom_ai.domain import (
     Study,
     StudyState,
 )
+from dicom_ai.crashpoints import crash_point
 from dicom_ai.encode import encode_results
+from dicom_ai.errors import one_line, out_of_resources
 from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.prioritize.publish import publications, with_override
 from dicom_ai.route.matcher import route
 from dicom_ai.send.outbox import DICOM
-from dicom_ai.store.database import ResultFile
+from dicom_ai.store.database import CurrentResult, ResultFile
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
@@ -45,8 +50,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+DEFER_INITIAL_S = 5.0  # first wait before a study that could not be finished is queued again
+DEFER_MAX_S = 600.0
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
 class PipelineError(Exception):
     """A study could not be processed; the message is kept on the study for the admin."""
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A study the pipeline could not finish (the database or disk failed): when to queue it again."""
+
+    due: float
+    attempts: int
+    reason: str
+
+
+def predecessor(result: CurrentResult) -> Dataset:
+    """The identity of an earlier SR the PACS holds, for the Predecessor Documents Sequence of its successor."""
+    reference = Dataset()
+    reference.SOPClassUID = COMPREHENSIVE_3D_SR
+    reference.SOPInstanceUID = result.sop_instance_uid
+    reference.SeriesInstanceUID = result.series_instance_uid
+    reference.StudyInstanceUID = result.study_instance_uid
+    return reference
 
 
 @dataclass
@@ -66,6 +95,8 @@ class Pipeline:
     models: ModelRegistry
     settings: Settings
 
+    deferred: dict[str, Deferral] = field(default_factory=dict)
+
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""
         study_uid = self.store.claim_complete_study()
@@ -75,13 +106,47 @@ class Pipeline:
         try:
             self._process(study_uid)
         except (PipelineError, StudyReadError) as exc:
-            log.error("study %s failed: %s", study_uid, exc)
-            self.store.finish_without_results(study_uid, StudyState.FAILED, str(exc))
+            log.error("study %s failed: %s", study_uid, one_line(exc))
+            self._fail(study_uid, one_line(exc))
         except Exception as exc:  # a bug must not leave the study stuck in processing
-            log.exception("study %s failed unexpectedly", study_uid)
-            self.store.finish_without_results(study_uid, StudyState.FAILED, f"internal error: {exc!r}")
+            if out_of_resources(exc):
+                self._defer(study_uid, f"out of resources: {one_line(exc)}")
+            else:
+                log.exception("study %s failed unexpectedly", study_uid)
+                self._fail(study_uid, f"internal error: {one_line(exc)} (the log has the traceback)")
         log.debug("study %s processed in %.2f s", study_uid, time.monotonic() - started)
         return study_uid
+
+    def _fail(self, study_uid: str, reason: str) -> None:
+        try:
+            self.store.finish_without_results(study_uid, StudyState.FAILED, reason)
+        except (sqlite3.Error, OSError) as exc:  # the database itself fails (disk full): try again later
+            self._defer(study_uid, f"{reason}; recording that failed too: {one_line(exc)}")
+
+    def _defer(self, study_uid: str, reason: str) -> None:
+        """Leave the study to `release_deferred`, which queues it again once the database takes writes."""
+        earlier = self.deferred.get(study_uid)
+        attempts = earlier.attempts + 1 if earlier else 1
+        delay = min(DEFER_INITIAL_S * 2 ** (attempts - 1), DEFER_MAX_S)
+        self.deferred[study_uid] = Deferral(time.time() + delay, attempts, reason)
+        log.error("study %s cannot be finished now (%s); it is queued again in %.0f s", study_uid, reason, delay)
+
+    def release_deferred(self, now: float | None = None) -> list[str]:
+        """Queue deferred studies again (processing -> complete) once their wait is over."""
+        now = time.time() if now is None else now
+        released = []
+        for study_uid, deferral in list(self.deferred.items()):
+            if deferral.due > now:
+                continue
+            try:
+                self.store.release_processing(study_uid, deferral.reason)
+            except (sqlite3.Error, OSError) as exc:
+                self._defer(study_uid, f"{deferral.reason}; queueing it again failed: {one_line(exc)}")
+                continue
+            del self.deferred[study_uid]
+            released.append(study_uid)
+            log.warning("study %s queued again after: %s", study_uid, deferral.reason)
+        return released
 
     def _jobs(self, study: Study) -> tuple[dict[str, _ModelJob], list[str]]:
         study_uid = study.study_instance_uid
@@ -132,7 +197,12 @@ class Pipeline:
         self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
 
     def _process(self, study_uid: str) -> None:
-        study = build_study(self.store.instances_of(study_uid))
+        instances = self.store.instances_of(study_uid)
+        if not instances:  # every instance moved to other studies (see Store.record_instance)
+            self._no_results(study_uid, "no instances left: they were moved to other studies")
+            return
+        study = build_study(instances)
+        revision = self.store.study_revision(study_uid)
         jobs, rule_names = self._jobs(study)
         if not jobs:
             return
@@ -142,6 +212,7 @@ class Pipeline:
         infos: list[ModelInfo] = []
         all_findings: list[Finding] = []
         skipped: list[str] = []
+        supersede: dict[str, str] = {}
         priors = self.store.prior_findings(study_uid)
         for model_name, job in jobs.items():
             try:
@@ -169,14 +240,21 @@ class Pipeline:
             model_findings = [f for r in image_results for f in r.findings]
             decision = apply_history(decide_priority(model_findings, job.policy), model_findings, priors)
             sources = {i.sop_instance_uid: read_header(i.path) for i in instances}
-            encoded = encode_results(image_results, sources, info, decision)
+            earlier = self.store.current_results(study_uid, info.name)
+            encoded = encode_results(image_results, sources, info, decision, revision=revision,
+                                     predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent])
+            new_uids = set()
             for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
                 path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
                 self.spool.write_dataset(dataset, path)
+                crash_point("pipeline.mid_result_write")
+                new_uids.add(str(dataset.SOPInstanceUID))
                 results.append(
                     ResultFile(str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), kind, info.name,
                                info.version, path)
                 )
+            supersede.update({r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
+                              if r.sop_instance_uid not in new_uids})
             findings += [(r.source.sop_instance_uid, info.name, info.version, f) for r in image_results
                          for f in r.findings]
             all_findings += model_findings
@@ -208,4 +286,10 @@ class Pipeline:
             priority=priority,
             outbox=outbox,
             skipped=skipped_carriers,
+            supersede=supersede,
+            revision=revision,
         )
+        crash_point("pipeline.after_save_outcome")
+        if supersede:
+            log.info("study %s: %d earlier result object(s) superseded by this run (the study changed since)",
+                     study_uid, len(supersede))

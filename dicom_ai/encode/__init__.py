@@ -72,8 +72,15 @@ def encode_results(
     sources: Mapping[str, Dataset],
     model: ModelInfo,
     priority: PriorityDecision,
+    *,
+    revision: int = 0,
+    predecessors: Sequence[Dataset] = (),
 ) -> EncodedResults:
     """Build the SR for all `results` and a Secondary Capture for each result that has a heatmap.
+
+    `predecessors` are earlier SRs of this model on the study that the PACS holds; the new SR names
+    them in its Predecessor Documents Sequence (those with its own UID are left out: a re-run of the
+    same inputs is the same document, not a successor). `revision` see encode/uids.py.
 
     `sources` maps SOP Instance UID to the source dataset (a header read with
     stop_before_pixels=True is enough). Results are put in series / Instance Number order, so
@@ -89,7 +96,7 @@ def encode_results(
     equipment = contributing_equipment(model, datetime.now().astimezone())
 
     def uid(kind: str) -> str:
-        return result_uid(kind, study_uid, model, source_uids)
+        return result_uid(kind, study_uid, model, source_uids, revision)
 
     sr = build_sr(
         ordered,
@@ -100,6 +107,7 @@ def encode_results(
         tracking_uids={s: uid(f"{TRACKING}:{s}") for s in source_uids},
         series_description=series_description("SR", model, priority, findings),
         equipment=equipment,
+        predecessors=[p for p in predecessors if str(p.SOPInstanceUID) != uid(SR_INSTANCE)],
     )
     with_heatmap = [r for r in ordered if r.heatmap is not None]
     sc_series_uid = uid(SC_SERIES)

@@ -132,11 +132,13 @@ def build_sr(
     tracking_uids: Mapping[str, str],
     series_description: str,
     equipment: hd.ContributingEquipment,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report for one model on one study, with the analysed images as evidence.
 
     `results` come in the order of their measurement groups; `sources` and `tracking_uids` are
-    keyed by source SOP Instance UID.
+    keyed by source SOP Instance UID; `predecessors` (SOP Class, Study, Series and SOP Instance
+    UIDs suffice) are the earlier versions this report supersedes.
     """
     if not results:
         raise ValueError("build_sr needs at least one image result")
@@ -171,6 +173,7 @@ def build_sr(
         manufacturer_model_name=model.name,
         software_versions=model.version,
         contributing_equipment=[equipment],
+        previous_versions=list(predecessors) or None,  # earlier SRs this one supersedes
     )
     sr.DeviceUID = model.device_uid  # General Equipment: the model made this object
     ensure_character_set(sr)

@@ -43,10 +43,16 @@ def derive_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(NAMESPACE, json.dumps(list(parts))).int}"
 
 
-def result_uid(kind: str, study_instance_uid: str, model: ModelInfo, source_uids: Iterable[str]) -> str:
-    """The UID of one result object: same study, model name+version, sources and kind -> same UID.
+def result_uid(kind: str, study_instance_uid: str, model: ModelInfo, source_uids: Iterable[str],
+               revision: int = 0) -> str:
+    """The UID of one result object: same study, model name+version, sources, revision and kind -> same UID.
 
     Source SOP Instance UIDs are sorted so the order in which images were analysed does not
-    matter; a new model version or one more image in the study gives new UIDs.
+    matter; a new model version or one more image in the study gives new UIDs. `revision` counts
+    the times the study's instances were replaced with other content under the same UIDs: results
+    on the new content need new UIDs too (revision 0 derives exactly as before revisions existed).
     """
-    return derive_uid(study_instance_uid, model.name, model.version, kind, *sorted(set(source_uids)))
+    parts = (study_instance_uid, model.name, model.version, kind)
+    if revision:
+        parts += (f"revision {revision}",)
+    return derive_uid(*parts, *sorted(set(source_uids)))

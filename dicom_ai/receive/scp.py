@@ -11,8 +11,8 @@ import logging
 import socket
 import ssl
 import sqlite3
-import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,9 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_ai.crashpoints import crash_point
 from dicom_ai.receive import status
+from dicom_ai.receive.incoming import IncomingFiles, attach
 from dicom_ai.store.database import ReceivedInstance
 from dicom_ai.store.spool import SpoolError, is_safe_uid
 
@@ -97,30 +99,78 @@ def read_identity(path: Path, expected_sop_uid: str, calling_aet: str, transfer_
     )
 
 
-def handle_store(event: Event, spool: Spool, store: Store) -> int:
+def handle_store(event: Event, spool: Spool, store: Store, incoming: IncomingFiles) -> int:
     """EVT_C_STORE: make the instance durable, record it, then (and only then) answer Success."""
     calling_aet = event.assoc.requestor.ae_title.strip()
     sop_uid = str(event.request.AffectedSOPInstanceUID)
     temporary = Path(event.dataset_path)
     try:
+        write_error = incoming.error_for(temporary)
+        if write_error is not None:
+            raise SpoolError(f"cannot write it to {spool.incoming}: {write_error.strerror or write_error}")
         identity = read_identity(temporary, sop_uid, calling_aet, str(event.context.transfer_syntax))
-        final = spool.instance_path(
-            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
-        )
-        with spool.study_lock(identity.study_instance_uid):  # a purge of this study waits, see store/retention.py
-            size = spool.adopt(temporary, final)
-            is_new = store.record_instance(
-                ReceivedInstance(**{**identity.__dict__, "path": final, "size": size})
-            )
+        return keep_instance(identity, temporary, spool, store)
     except StoreRejected as exc:
         log.error("refused instance %s from %s: %s (status 0x%04X)", sop_uid, calling_aet, exc, exc.status_code)
         return exc.status_code
     except (SpoolError, sqlite3.Error, OSError) as exc:
-        log.error("cannot keep instance %s from %s: %s (status 0x%04X)", sop_uid, calling_aet, exc,
-                  status.OUT_OF_RESOURCES)
+        log.error("cannot keep instance %s from %s: %s (answered 0x%04X Out of Resources; the sender should retry)",
+                  sop_uid, calling_aet, getattr(exc, "strerror", None) or exc, status.OUT_OF_RESOURCES)
         return status.OUT_OF_RESOURCES
-    log.debug("stored %s %s (%d bytes)%s", identity.modality, sop_uid, size, "" if is_new else " again")
+    finally:
+        incoming.release(temporary)
+        spool.discard(temporary)  # refused or failed: nothing of it stays in incoming/
+
+
+def keep_instance(identity: ReceivedInstance, temporary: Path, spool: Spool, store: Store) -> int:
+    """File a received instance under the spool and record it; the acknowledged copy is never at risk.
+
+    The new copy goes under a name no other file has; the database then switches to it in one
+    commit; only after that commit is an older copy of the same SOP Instance UID deleted. A failed
+    commit (database locked past its busy timeout, disk full) removes the new copy and leaves the
+    older one, still recorded, exactly as it was.
+    """
+    held = store.stored_copy(identity.sop_instance_uid)
+    studies = {identity.study_instance_uid} | ({held.study_instance_uid} if held else set())
+    with spool.study_locks(studies):  # a purge of these studies waits, see store/retention.py
+        if held is not None and held.study_instance_uid == identity.study_instance_uid \
+                and spool.same_content(temporary, held.path):
+            store.record_repeat(identity)
+            log.debug("instance %s from %s received again (same bytes)", identity.sop_instance_uid,
+                      identity.calling_aet)
+            return status.SUCCESS
+        final = spool.free_instance_path(
+            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
+        size = spool.adopt(temporary, final)
+        crash_point("receive.after_rename")
+        try:
+            recorded = store.record_instance(replace(identity, path=final, size=size))
+        except BaseException:
+            spool.discard(final)
+            raise
+        crash_point("receive.after_commit")
+        if recorded.replaced is not None:
+            spool.remove_files([recorded.replaced])
+            store.empty_trash([recorded.replaced])
+            if recorded.moved_from:
+                log.warning("instance %s from %s moved from study %s to study %s: both are processed again",
+                            identity.sop_instance_uid, identity.calling_aet, recorded.moved_from,
+                            identity.study_instance_uid)
+            else:
+                log.warning("instance %s from %s replaces the copy we held (other content): study %s is "
+                            "processed again and its new results supersede the earlier ones",
+                            identity.sop_instance_uid, identity.calling_aet, identity.study_instance_uid)
+    log.debug("stored %s %s (%d bytes)", identity.modality, identity.sop_instance_uid, size)
     return status.SUCCESS
+
+
+def handle_connection_closed(event: Event, incoming: IncomingFiles) -> None:
+    """A transfer cut off mid-dataset never reaches the handler: remove its partial file now."""
+    left = incoming.discard_unfinished(event.assoc)
+    if left:
+        log.warning("removed %d partial upload(s) from %s (%s:%s): the connection ended mid-transfer", left,
+                    event.assoc.requestor.ae_title.strip() or "?", event.assoc.requestor.address,
+                    event.assoc.requestor.port)
 
 
 def handle_connection_open(event: Event) -> None:
@@ -163,12 +213,14 @@ def handle_rejected(event: Event, allowed_calling: Sequence[str]) -> None:
 def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
               allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> ThreadedAssociationServer:
     """Start listening in background threads; returns the server (call .shutdown() to stop)."""
-    # pynetdicom writes each incoming dataset with NamedTemporaryFile in the default temp dir:
-    # point it at the spool so adopting the file is a rename on the same filesystem.
-    tempfile.tempdir = str(spool.incoming)
     ae = build_ae(ae_title, max_pdu, allowed_calling)
+    # Incoming datasets stream into the spool's incoming/ folder (adopting one is then a rename on
+    # the same filesystem); see receive/incoming.py for full disks and transfers cut off mid-way.
+    incoming = IncomingFiles(spool.incoming)
+    attach(ae, incoming)
     handlers = [
-        (evt.EVT_C_STORE, handle_store, [spool, store]),
+        (evt.EVT_C_STORE, handle_store, [spool, store, incoming]),
+        (evt.EVT_CONN_CLOSE, handle_connection_closed, [incoming]),
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REJECTED, handle_rejected, [list(allowed_calling)]),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -56,11 +56,14 @@ def _unreadable(exc: Exception) -> str:
     return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
 
 
-def send_files(ae_title: str, peer: Peer, paths: Sequence[Path], tls: ClientTls | None = None) -> dict[Path, str | None]:
+def send_files(ae_title: str, peer: Peer, paths: Sequence[Path], tls: ClientTls | None = None,
+               on_result: Callable[[Path, str | None], None] | None = None) -> dict[Path, str | None]:
     """Send each file; returns path -> None on Success, or an error message for that file.
 
     A file that is not DICOM fails on its own, named, and the others still go. Files are read one at
-    a time as they are sent, so a large folder does not have to fit in memory.
+    a time as they are sent, so a large folder does not have to fit in memory. `on_result` hears of
+    each file as soon as the peer has answered for it, so a caller can record each acknowledgement
+    before the next file goes (a crash mid-batch then repeats one file, not the batch).
     """
     outcome: dict[Path, str | None] = {}
     context_of: dict[Path, tuple[str, str]] = {}
@@ -76,6 +79,8 @@ def send_files(ae_title: str, peer: Peer, paths: Sequence[Path], tls: ClientTls 
         try:
             for path in [path for path, context in context_of.items() if context in chunk]:
                 outcome[path] = _store(assoc, peer, path)
+                if on_result is not None:
+                    on_result(path, outcome[path])
         finally:
             if assoc.is_established:
                 assoc.release()

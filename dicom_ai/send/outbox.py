@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicom_ai.config import Peer, Settings
+from dicom_ai.crashpoints import crash_point
+from dicom_ai.errors import one_line
 from dicom_ai.prioritize.mwl import write_entry
 from dicom_ai.prioritize.orthanc_flags import OrthancFlags
 from dicom_ai.send.cstore import SendError, send_files
@@ -65,21 +67,38 @@ class Outbox:
         delay = min(self.settings.send_retry_initial * 2**attempts_so_far, self.settings.send_retry_max)
         return time.time() + delay
 
-    def deliver_due(self) -> int:
-        """Deliver everything due now; returns how many items were delivered."""
+    def deliver_due(self, now: float | None = None) -> int:
+        """Deliver everything due now; returns how many items were delivered.
+
+        A given-up send is not the end: once per send_retry_max, one given-up item per destination
+        that nothing else is trying is tried again as a probe, and when a destination accepts
+        anything again, all its given-up items are queued afresh.
+        """
+        now = time.time() if now is None else now
         with self._lock:
-            items = self.store.due_outbox()
+            items = self.store.due_outbox(now)
+            items += self.store.probe_candidates(last_attempt_before=now - self.settings.send_retry_max)
             delivered = 0
             dicom: dict[str, list[OutboxItem]] = defaultdict(list)
             for item in items:
                 if item.kind == DICOM:
                     dicom[item.destination].append(item)
+            answered: set[tuple[str, str]] = set()
             for destination, batch in dicom.items():
-                delivered += self._send_dicom(destination, batch)
+                sent = self._send_dicom(destination, batch)
+                if sent:
+                    answered.add((DICOM, destination))
+                delivered += sent
             # The rest after the objects, so whoever is told about a study finds the SR there.
             for item in items:
-                if item.kind != DICOM:
-                    delivered += self._deliver(item)
+                if item.kind != DICOM and self._deliver(item):
+                    answered.add((item.kind, item.destination))
+                    delivered += 1
+            for kind, destination in answered:
+                resumed = self.store.resume_given_up(kind, destination)
+                if resumed:
+                    log.warning("%s destination %s answers again: %d given-up send(s) queued again", kind,
+                                destination, resumed)
             return delivered
 
     def _fail(self, item: OutboxItem, error: str) -> None:
@@ -93,22 +112,29 @@ class Outbox:
         self.store.mark_failed_attempt(item, error, retry_at)
 
     def _send_dicom(self, destination: str, batch: list[OutboxItem]) -> int:
-        try:
-            peer = Peer.parse(destination)
-            outcome = send_files(self.settings.ae, peer, [Path(item.payload) for item in batch],
-                                 self.settings.client_tls(peer.host))
-        except (SendError, OSError, ValueError) as exc:
-            for item in batch:
-                self._fail(item, str(exc))
-            return 0
+        by_path = {Path(item.payload): item for item in batch}
+        heard: set[Path] = set()
         sent = 0
-        for item in batch:
-            error = outcome.get(Path(item.payload), "not attempted")
+
+        def answered(path: Path, error: str | None) -> None:  # each file as soon as the PACS answered for it
+            nonlocal sent
+            heard.add(path)
             if error is None:
-                self.store.mark_sent(item)
+                crash_point("send.after_ack")
+                self.store.mark_sent(by_path[path])
                 sent += 1
             else:
-                self._fail(item, error)
+                self._fail(by_path[path], error)
+
+        try:
+            peer = Peer.parse(destination)
+            outcome = send_files(self.settings.ae, peer, list(by_path), self.settings.client_tls(peer.host),
+                                 on_result=answered)
+        except (SendError, OSError, ValueError) as exc:
+            outcome = {path: one_line(exc) for path in by_path}
+        for path, error in outcome.items():  # e.g. not DICOM, or the association failed before it went
+            if path not in heard:
+                self._fail(by_path[path], error or "not attempted")
         if sent:
             log.info("sent %d result object(s) to %s", sent, destination)
         return sent

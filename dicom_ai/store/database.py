@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,34 @@ class ReceivedInstance:
     accession_number: str = ""
     study_date: str = ""
     study_description: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording an instance changed: the SCP deletes a replaced copy once this is committed."""
+
+    is_new: bool  # a SOP Instance UID the node did not hold
+    replaced: Path | None = None  # the older copy of the same SOP Instance UID, now in the trash
+    moved_from: str | None = None  # the study the instance left (it is re-processed without it)
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """Where the node keeps an instance now."""
+
+    study_instance_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class CurrentResult:
+    """A result object of one model on a study that no later run has superseded."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    kind: str
+    sent: bool  # the PACS acknowledged it
 
 
 @dataclass(frozen=True)
@@ -100,17 +128,22 @@ class ResultFile:
 
 
 class Store:
-    """Thread-safe access to the node's SQLite database (one connection, one lock)."""
+    """Thread-safe access to the node's SQLite database (one connection, one lock).
 
-    def __init__(self, path: Path) -> None:
+    Every write transaction starts with BEGIN IMMEDIATE: it takes the write lock up front and so
+    waits up to `busy_timeout` seconds for another writer (a CLI command, another thread) instead
+    of failing at once, as a deferred transaction upgrading from a read does.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float = 30.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
+        self._conn = conn
         self._db = Database(conn)
         self._lock = threading.RLock()
-        with self._db.ensure_autocommit_on():
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the SCP answers Success
         conn.execute("PRAGMA foreign_keys=ON")
         migrations.apply(self._db)
 
@@ -118,10 +151,27 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def pragma(self, name: str) -> Any:
+        """A PRAGMA's value on the connection the node writes with (for checks and tests)."""
+        with self._lock:
+            return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+
     @contextmanager
     def _transaction(self) -> Iterator[Database]:
-        with self._lock, self._db.atomic():
-            yield self._db
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -134,51 +184,63 @@ class Store:
 
     # receive -------------------------------------------------------------------------------
 
-    def record_instance(self, item: ReceivedInstance, now: float | None = None) -> bool:
-        """Record a durable instance; True when it is new. A new instance re-opens its study."""
+    def stored_copy(self, sop_instance_uid: str) -> StoredCopy | None:
+        rows = self._query("select study_instance_uid, path from instances where sop_instance_uid = ?",
+                           [sop_instance_uid])
+        return StoredCopy(rows[0]["study_instance_uid"], Path(rows[0]["path"])) if rows else None
+
+    def record_repeat(self, item: ReceivedInstance, now: float | None = None) -> None:
+        """A byte-identical copy of an instance we hold: counted, and a running quiet period restarts."""
         now = time.time() if now is None else now
         with self._transaction() as db:
-            existing = list(
-                db.query(
-                    "select receive_count from instances where sop_instance_uid = ?", [item.sop_instance_uid]
-                )
+            db.execute("update instances set receive_count = receive_count + 1 where sop_instance_uid = ?",
+                       [item.sop_instance_uid])
+            db.execute(
+                "update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ? and state = ?",
+                [now, now, item.study_instance_uid, StudyState.RECEIVING],
             )
-            study = list(
-                db.query("select state from studies where study_instance_uid = ?", [item.study_instance_uid])
-            )
-            is_new = not existing
-            if not study:
-                db["studies"].insert(
-                    {
-                        "study_instance_uid": item.study_instance_uid,
-                        "patient_id": item.patient_id,
-                        "patient_name": item.patient_name,
-                        "accession_number": item.accession_number,
-                        "study_date": item.study_date,
-                        "study_description": item.study_description,
-                        "state": StudyState.RECEIVING,
-                        "first_received_at": now,
-                        "last_received_at": now,
-                        "instance_count": 0,
-                    }
-                )
-                self._event(db, "study_opened", item.study_instance_uid, calling_aet=item.calling_aet)
-            elif is_new and study[0]["state"] != StudyState.RECEIVING:
-                # Also from processing: the running pipeline then finds its study re-opened and
-                # discards its now incomplete results (see save_outcome).
-                self._event(db, "study_reopened", item.study_instance_uid, previous_state=study[0]["state"])
-            if is_new:
-                db.execute(
-                    "update studies set state = ?, last_received_at = ?, error = null, purged_at = null,"
-                    " instance_count = instance_count + 1 where study_instance_uid = ?",
-                    [StudyState.RECEIVING, now, item.study_instance_uid],
-                )
+            self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
+                        calling_aet=item.calling_aet)
+
+    def record_instance(self, item: ReceivedInstance, now: float | None = None) -> Recorded:
+        """Record a durable instance file; a new or changed instance (re-)opens its study.
+
+        The newest copy of a SOP Instance UID wins: when `item.path` is another file than the one
+        held (the sender changed the instance, or moved it to another study), the row switches to
+        the new file, the old file goes to the trash (deleted once this commit is done), and the
+        study's revision is bumped so its next results get new UIDs and supersede the old ones.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            held = list(db.query(
+                "select study_instance_uid, path, receive_count from instances where sop_instance_uid = ?",
+                [item.sop_instance_uid]))
+            self._ensure_study(db, item, now)
+            recorded = Recorded(is_new=not held)
+            if not held:
+                self._reopen(db, item.study_instance_uid, now, count_change=1)
             else:
-                # A repeat of a known instance only extends a quiet period that is still running.
-                db.execute(
-                    "update studies set last_received_at = ? where study_instance_uid = ? and state = ?",
-                    [now, item.study_instance_uid, StudyState.RECEIVING],
-                )
+                old_study, old_path = held[0]["study_instance_uid"], Path(held[0]["path"])
+                recorded = Recorded(is_new=False, replaced=old_path if old_path != item.path else None)
+                if old_study != item.study_instance_uid:
+                    recorded = Recorded(is_new=False, replaced=recorded.replaced, moved_from=old_study)
+                    self._reopen(db, old_study, now, count_change=-1, revise=True)
+                    self._reopen(db, item.study_instance_uid, now, count_change=1)
+                    self._event(db, "instance_moved", old_study, sop=item.sop_instance_uid,
+                                to_study=item.study_instance_uid, calling_aet=item.calling_aet)
+                    self._event(db, "instance_moved", item.study_instance_uid, sop=item.sop_instance_uid,
+                                from_study=old_study, calling_aet=item.calling_aet)
+                elif recorded.replaced is not None:
+                    self._reopen(db, item.study_instance_uid, now, count_change=0, revise=True)
+                    self._event(db, "instance_replaced", item.study_instance_uid, sop=item.sop_instance_uid,
+                                calling_aet=item.calling_aet, size=item.size)
+                else:  # the same file recorded again: a repeat only extends a quiet period still running
+                    db.execute("update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ?"
+                               " and state = ?", [now, now, item.study_instance_uid, StudyState.RECEIVING])
+                    self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
+                                calling_aet=item.calling_aet)
+                if recorded.replaced is not None:
+                    db.execute("insert or replace into trash (path, at) values (?, ?)", [str(old_path), now])
             db["instances"].upsert(
                 {
                     "sop_instance_uid": item.sop_instance_uid,
@@ -191,13 +253,54 @@ class Store:
                     "size": item.size,
                     "calling_aet": item.calling_aet,
                     "received_at": now,
-                    "receive_count": (existing[0]["receive_count"] if existing else 0) + 1,
+                    "receive_count": (held[0]["receive_count"] if held else 0) + 1,
                 },
                 pk="sop_instance_uid",
             )
-            if not is_new:
-                self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid)
-        return is_new
+        return recorded
+
+    def _ensure_study(self, db: Database, item: ReceivedInstance, now: float) -> None:
+        if list(db.query("select 1 from studies where study_instance_uid = ?", [item.study_instance_uid])):
+            return
+        db["studies"].insert(
+            {
+                "study_instance_uid": item.study_instance_uid,
+                "patient_id": item.patient_id,
+                "patient_name": item.patient_name,
+                "accession_number": item.accession_number,
+                "study_date": item.study_date,
+                "study_description": item.study_description,
+                "state": StudyState.RECEIVING,
+                "first_received_at": now,
+                "last_received_at": now,
+                "quiet_since": now,
+                "instance_count": 0,
+                "revision": 0,
+            }
+        )
+        self._event(db, "study_opened", item.study_instance_uid, calling_aet=item.calling_aet)
+
+    def _reopen(self, db: Database, study_uid: str, now: float, count_change: int, revise: bool = False) -> None:
+        """Back to receiving (also from processing: the running pipeline then discards its now stale
+        results, see save_outcome), with the quiet clock restarted."""
+        [row] = db.query("select state from studies where study_instance_uid = ?", [study_uid])
+        if row["state"] != StudyState.RECEIVING:
+            self._event(db, "study_reopened", study_uid, previous_state=row["state"])
+        db.execute(
+            "update studies set state = ?, last_received_at = ?, quiet_since = ?, error = null, purged_at = null,"
+            " instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
+            [StudyState.RECEIVING, now, now, count_change, int(revise), study_uid],
+        )
+
+    def trash(self) -> list[Path]:
+        """Files replaced by newer copies whose deletion a crash interrupted."""
+        return [Path(row["path"]) for row in self._query("select path from trash")]
+
+    def empty_trash(self, paths: Sequence[Path]) -> None:
+        """Forget trash entries whose files are deleted."""
+        with self._transaction() as db:
+            for path in paths:
+                db.execute("delete from trash where path = ?", [str(path)])
 
     # assemble ------------------------------------------------------------------------------
 
@@ -207,7 +310,7 @@ class Store:
             uids = [
                 row["study_instance_uid"]
                 for row in db.query(
-                    "select study_instance_uid from studies where state = ? and last_received_at <= ?",
+                    "select study_instance_uid from studies where state = ? and quiet_since <= ?",
                     [StudyState.RECEIVING, quiet_since],
                 )
             ]
@@ -220,9 +323,24 @@ class Store:
         return uids
 
     def earliest_receiving_activity(self) -> float | None:
-        """When the quietest study still receiving got its last instance (None: none is receiving)."""
-        [row] = self._query("select min(last_received_at) as t from studies where state = ?", [StudyState.RECEIVING])
+        """When the quiet period of the quietest receiving study began (None: none is receiving)."""
+        [row] = self._query("select min(quiet_since) as t from studies where state = ?", [StudyState.RECEIVING])
         return row["t"]
+
+    def restart_quiet_clocks(self, now: float | None = None) -> list[str]:
+        """At start-up: nothing could arrive while the node was down, so that time was not quiet.
+
+        A study cut in half by a crash would otherwise be complete at once and get results on its
+        first half; now it waits stable_after seconds for the sender to deliver the rest.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            uids = [row["study_instance_uid"] for row in db.query(
+                "select study_instance_uid from studies where state = ?", [StudyState.RECEIVING])]
+            db.execute("update studies set quiet_since = ? where state = ?", [now, StudyState.RECEIVING])
+            for uid in uids:
+                self._event(db, "quiet_clock_restarted", uid)
+        return uids
 
     def claim_complete_study(self) -> str | None:
         """Take the oldest complete study for processing (complete -> processing), if any."""
@@ -256,6 +374,16 @@ class Store:
                 )
                 self._event(db, "study_recovered", uid)
         return uids
+
+    def release_processing(self, study_uid: str, reason: str) -> bool:
+        """A study the pipeline could not finish (disk full...) goes back to the queue (processing -> complete)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "update studies set state = ?, completed_at = ? where study_instance_uid = ? and state = ?",
+                [StudyState.COMPLETE, time.time(), study_uid, StudyState.PROCESSING])
+            if cursor.rowcount:
+                self._event(db, "study_deferred", study_uid, reason=reason)
+            return cursor.rowcount == 1
 
     def requeue(self, study_uid: str, by: str) -> bool:
         """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
@@ -315,6 +443,22 @@ class Store:
             "select study_instance_uid from studies where purged_at >= (select max(purged_at) from studies) - ?",
             [window])]
 
+    def study_revision(self, study_uid: str) -> int:
+        """How many times the study's instances were replaced or moved out (0: never)."""
+        rows = self._query("select revision from studies where study_instance_uid = ?", [study_uid])
+        return int(rows[0]["revision"] or 0) if rows else 0
+
+    def current_results(self, study_uid: str, model: str) -> list[CurrentResult]:
+        """One model's results on a study that no later run superseded, and whether the PACS has them."""
+        rows = self._query(
+            "select r.sop_instance_uid, r.series_instance_uid, r.kind, exists(select 1 from outbox o where"
+            " o.kind = 'dicom' and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
+            " from results r where r.study_instance_uid = ? and r.model = ? and r.superseded_by is null"
+            " order by r.created_at, r.sop_instance_uid",
+            [study_uid, model])
+        return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
+                              bool(row["sent"])) for row in rows]
+
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(
             "select * from instances where study_instance_uid = ? order by series_instance_uid, received_at",
@@ -355,8 +499,13 @@ class Store:
         priority: PriorityDecision,
         outbox: Sequence[tuple[str, str, str, str]],
         skipped: Sequence[str] = (),
+        supersede: Mapping[str, str] | None = None,
+        revision: int = 0,
     ) -> bool:
         """Record findings, result files and what to send, and mark the study done, atomically.
+
+        `supersede` maps earlier result UIDs to the SR that replaces them (the study changed since):
+        they are marked, and their sends that have not gone out yet are dropped.
 
         `skipped` names result carriers whose message could not be built: the study is done (its
         other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
@@ -405,9 +554,18 @@ class Store:
                         "model_version": result.model_version,
                         "path": str(result.path),
                         "created_at": now,
+                        "revision": revision,
+                        "superseded_by": None,
                     },
                     pk="sop_instance_uid",
                 )
+            for old_uid, new_uid in (supersede or {}).items():
+                db.execute("update results set superseded_by = ? where sop_instance_uid = ?", [new_uid, old_uid])
+                db.execute("update outbox set state = 'superseded' where kind = 'dicom' and key = ?"
+                           " and state in ('pending', 'failed')", [old_uid])
+            if supersede:
+                self._event(db, "results_superseded", study_uid, by=sorted(set(supersede.values())),
+                            superseded=sorted(supersede))
             for kind, key, destination, payload in outbox:
                 db.execute(
                     "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
@@ -450,25 +608,15 @@ class Store:
             "select * from outbox where state = 'pending' and next_attempt_at <= ? order by id limit ?",
             [now, limit],
         )
-        return [
-            OutboxItem(
-                id=row["id"],
-                kind=row["kind"],
-                key=row["key"],
-                study_instance_uid=row["study_instance_uid"],
-                destination=row["destination"],
-                payload=row["payload"],
-                attempts=row["attempts"],
-            )
-            for row in rows
-        ]
+        return [_outbox_item(row) for row in rows]
 
     def mark_sent(self, item: OutboxItem) -> None:
+        now = time.time()
         with self._transaction() as db:
             db.execute(
-                "update outbox set state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = null"
-                " where id = ? and payload = ?",
-                [time.time(), item.id, item.payload],
+                "update outbox set state = 'sent', sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
+                " last_error = null where id = ? and payload = ?",
+                [now, now, item.id, item.payload],
             )
             self._event(db, "sent", item.study_instance_uid, what=item.kind, key=item.key, to=item.destination)
 
@@ -476,14 +624,58 @@ class Store:
         """Record a failed delivery; `retry_at` None gives up (state failed, kept for the admin)."""
         with self._transaction() as db:
             db.execute(
-                "update outbox set attempts = attempts + 1, last_error = ?, state = ?, next_attempt_at = ?"
-                " where id = ? and payload = ?",
-                [error, "pending" if retry_at is not None else "failed", retry_at or 0, item.id, item.payload],
+                "update outbox set attempts = attempts + 1, last_error = ?, state = ?, next_attempt_at = ?,"
+                " last_attempt_at = ? where id = ? and payload = ?",
+                [error, "pending" if retry_at is not None else "failed", retry_at or 0, time.time(), item.id,
+                 item.payload],
             )
             self._event(
                 db, "send_failed", item.study_instance_uid, what=item.kind, key=item.key, error=error,
                 gave_up=retry_at is None,
             )
+
+    def resume_given_up(self, kind: str, destination: str) -> int:
+        """A destination answered again: its given-up sends are queued afresh (attempts from zero)."""
+        with self._transaction() as db:
+            studies = [row["study_instance_uid"] for row in db.query(
+                "select distinct study_instance_uid from outbox where state = 'failed' and kind = ? and destination = ?",
+                [kind, destination])]
+            cursor = db.execute(
+                "update outbox set state = 'pending', attempts = 0, next_attempt_at = ? where state = 'failed'"
+                " and kind = ? and destination = ?", [time.time(), kind, destination])
+            for uid in studies:
+                self._event(db, "sends_resumed", uid, what=kind, to=destination, by="node")
+            return cursor.rowcount
+
+    def probe_candidates(self, last_attempt_before: float) -> list[OutboxItem]:
+        """One given-up send per destination that nothing else is trying, last tried before the time given:
+        trying it again tells whether the destination is back (then the rest resume)."""
+        rows = self._query(
+            "select * from outbox o where o.id in (select min(id) from outbox where state = 'failed'"
+            " group by kind, destination) and coalesce(o.last_attempt_at, 0) <= ?"
+            " and not exists (select 1 from outbox p where p.state = 'pending' and p.kind = o.kind"
+            " and p.destination = o.destination)",
+            [last_attempt_before])
+        return [_outbox_item(row) for row in rows]
+
+    def requeue_sends(self, study_uids: Sequence[str] | None, by: str, include_sent: bool = False) -> int:
+        """An admin re-queues sends without re-running the models: the given-up ones (and with
+        `include_sent`, those already delivered, e.g. after the PACS lost them); None: every study."""
+        states = ("failed", "sent") if include_sent else ("failed",)
+        marks = ", ".join("?" * len(states))
+        with self._transaction() as db:
+            if study_uids is None:
+                study_uids = [row["study_instance_uid"] for row in db.query(
+                    f"select distinct study_instance_uid from outbox where state in ({marks})", list(states))]
+            total = 0
+            for uid in study_uids:
+                cursor = db.execute(
+                    f"update outbox set state = 'pending', attempts = 0, next_attempt_at = ? where"
+                    f" study_instance_uid = ? and state in ({marks})", [time.time(), uid, *states])
+                if cursor.rowcount:
+                    self._event(db, "sends_resumed", uid, by=by, sends=cursor.rowcount, include_sent=include_sent)
+                total += cursor.rowcount
+            return total
 
     # reporting -----------------------------------------------------------------------------
 
@@ -631,3 +823,8 @@ class Store:
                 "select * from events where study_instance_uid = ? order by id desc limit ?", [study_uid, limit]
             )
         return self._query("select * from events order by id desc limit ?", [limit])
+
+
+def _outbox_item(row: dict[str, Any]) -> OutboxItem:
+    return OutboxItem(id=row["id"], kind=row["kind"], key=row["key"], study_instance_uid=row["study_instance_uid"],
+                      destination=row["destination"], payload=row["payload"], attempts=row["attempts"])

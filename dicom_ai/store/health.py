@@ -34,9 +34,11 @@ class NodeHealth:
     disk_total_bytes: int
     retention_days: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    send_retry_window_s: float | None = None  # how long a failing send is retried before it is given up
 
 
-def node_health(store: Store, home: Path, retention_days: float | None, now: float | None = None) -> NodeHealth:
+def node_health(store: Store, home: Path, retention_days: float | None, now: float | None = None,
+                send_retry_window_s: float | None = None) -> NodeHealth:
     now = time.time() if now is None else now
     counts = store.health_counts()
     attention: list[str] = []
@@ -50,8 +52,10 @@ def node_health(store: Store, home: Path, retention_days: float | None, now: flo
                          "`dicom-ai studies --state done` shows the error; fix it, then `dicom-ai retry STUDY_UID`")
     given_up = sum(row["n"] for row in counts["sends"] if row["state"] == "failed")
     if given_up:
-        attention.append(f"{given_up} send(s) given up after send_max_attempts: the results are kept; "
-                         "`dicom-ai studies` shows which study, the log says why")
+        window = f" (about {duration(send_retry_window_s)} of retries)" if send_retry_window_s else ""
+        attention.append(f"{given_up} send(s) given up after send_max_attempts{window}: the results are kept and "
+                         "resume by themselves when the destination answers again (probed every send_retry_max), "
+                         "or now with `dicom-ai resend --failed`; `dicom-ai studies` shows which study, the log why")
     oldest = counts["oldest_pending"]
     if oldest is not None and now - oldest["created_at"] > STALE_SEND_S:
         attention.append(f"a {oldest['kind']} send to {oldest['destination']} has waited "
@@ -70,5 +74,18 @@ def node_health(store: Store, home: Path, retention_days: float | None, now: flo
         last_received_at=counts["last_received"], last_processed_at=counts["last_processed"],
         held_files=counts["held_files"], held_bytes=counts["held_bytes"], disk_free_bytes=disk.free,
         disk_total_bytes=disk.total, retention_days=retention_days,
-        details={"oldest_pending_send": oldest},
+        details={"oldest_pending_send": oldest}, send_retry_window_s=send_retry_window_s,
     )
+
+
+def duration(seconds: float) -> str:
+    """A length of time as an admin says it: "45 s", "12 min", "2 h 11 min", "3 d 4 h"."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours = seconds // 60, seconds // 3600
+    if hours == 0:
+        return f"{minutes} min"
+    if hours < 48:
+        return f"{hours} h {minutes % 60} min" if minutes % 60 else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h" if hours % 24 else f"{hours // 24} d"

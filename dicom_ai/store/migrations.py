@@ -131,3 +131,27 @@ def _studies_by_arrival(db: Database) -> None:
 def _retention(db: Database) -> None:
     """When a finished study's files were deleted after `retention_days` (its records stay)."""
     db["studies"].add_column("purged_at", float)
+
+
+@migrations(name="005_hardening")
+def _hardening(db: Database) -> None:
+    """Replaced instances, result revisions, a quiet clock that downtime does not run, resumable sends.
+
+    - studies.revision: bumped when an instance's content is replaced or moves out, so the next
+      results get new UIDs (the PACS would otherwise keep the stale objects under the old ones);
+    - studies.quiet_since: when the quiet period started (each receive, and each start of the node:
+      the wall clock that ran while nothing could arrive is not quiet time);
+    - results.superseded_by: the SR that replaced this result after the study changed;
+    - outbox.last_attempt_at: given-up sends are probed again from it;
+    - trash: files whose rows were switched to a newer copy; deleted after the commit, and at start
+      after a crash in between.
+    """
+    db["studies"].add_column("revision", int, not_null_default=0)
+    db["studies"].add_column("quiet_since", float)
+    db.execute("update studies set quiet_since = last_received_at")
+    db["studies"].create_index(["state", "quiet_since"])
+    db["results"].add_column("superseded_by", str)
+    db["results"].add_column("revision", int, not_null_default=0)
+    db["results"].create_index(["study_instance_uid", "model"])
+    db["outbox"].add_column("last_attempt_at", float)
+    db["trash"].create({"path": str, "at": float}, pk="path")

@@ -7,13 +7,17 @@ under a final name.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
 import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +63,15 @@ class Spool:
         forget-and-delete, so a purge never deletes an instance that was just acknowledged."""
         return self._locks[zlib.crc32(study_uid.encode()) % _LOCK_STRIPES]
 
+    @contextmanager
+    def study_locks(self, study_uids: Iterable[str]) -> Iterator[None]:
+        """The locks of several studies (an instance moving between two), always taken in one order."""
+        stripes = sorted({zlib.crc32(uid.encode()) % _LOCK_STRIPES for uid in study_uids})
+        with ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(self._locks[stripe])
+            yield
+
     def remove_files(self, paths: list[Path]) -> int:
         """Delete files (already forgotten by the database) and their emptied folders; returns bytes freed."""
         freed = 0
@@ -95,6 +108,43 @@ class Spool:
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.studies / study_uid / series_uid / f"{sop_uid}.dcm"
 
+    def free_instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Where a newly received copy goes: never over a file we hold, so the acknowledged copy stays
+        intact until the database has switched to the new one (see Store.record_instance)."""
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        while path.exists():
+            path = path.with_name(f"{sop_uid}~{secrets.token_hex(4)}.dcm")
+        return path
+
+    @staticmethod
+    def same_content(a: Path, b: Path) -> bool:
+        """True when two files hold the same bytes (a repeat of an instance we hold)."""
+        try:
+            return filecmp.cmp(a, b, shallow=False)
+        except OSError:
+            return False
+
+    def discard(self, path: Path) -> None:
+        """Remove a file that was never acknowledged (its commit failed): the sender retries it."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+
+    def make_folder(self, folder: Path) -> None:
+        """Create `folder` and any missing parents durably: each new folder's entry is fsynced in its
+        parent, so a power cut cannot lose the study or series folder of an acknowledged file."""
+        missing = []
+        for candidate in (folder, *folder.parents):
+            if candidate.is_dir():
+                break
+            missing.append(candidate)
+        if not missing:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        for created in reversed(missing):
+            fsync_directory(created.parent)
+
     def result_path(self, study_uid: str, sop_uid: str) -> Path:
         return self.results / study_uid / f"{sop_uid}.dcm"
 
@@ -104,7 +154,7 @@ class Spool:
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
                 size = os.fstat(handle.fileno()).st_size
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self.make_folder(final.parent)
             os.replace(temporary, final)
             fsync_directory(final.parent)
         except OSError as exc:
@@ -113,7 +163,6 @@ class Spool:
 
     def write_dataset(self, dataset: Dataset, final: Path) -> int:
         """Write a dataset as a DICOM file durably (used for our own results)."""
-        final.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.incoming, suffix=".dcm")
         os.close(handle)
         temporary = Path(name)

@@ -23,19 +23,19 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")  # a second open applies nothing twice
     rows = store._query("select name from _sqlite_migrations")
     assert [row["name"] for row in rows] == ["001_initial", "002_priority_override", "003_studies_by_arrival",
-                                            "004_retention"]
+                                            "004_retention", "005_hardening"]
 
 
 def test_quiet_study_completes_and_late_instance_reopens(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
-    assert store.record_instance(_instance(), now=100.0) is True
+    assert store.record_instance(_instance(), now=100.0).is_new is True
     assert store.complete_quiet_studies(quiet_since=99.0) == []
     assert store.complete_quiet_studies(quiet_since=100.0) == ["1.2.3"]
     assert _state(store) == StudyState.COMPLETE
     assert store.claim_complete_study() == "1.2.3"
     assert store.claim_complete_study() is None  # a claim is exclusive
     assert store.finish_without_results("1.2.3", StudyState.NO_MATCH, "no rule matched")
-    assert store.record_instance(_instance(sop="1.2.3.1.2"), now=200.0) is True
+    assert store.record_instance(_instance(sop="1.2.3.1.2"), now=200.0).is_new is True
     assert _state(store) == StudyState.RECEIVING
     assert store.studies()[0].instance_count == 2
 
@@ -44,7 +44,7 @@ def test_repeated_instance_is_counted_not_duplicated(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     store.record_instance(_instance(), now=1.0)
     store.complete_quiet_studies(quiet_since=1.0)
-    assert store.record_instance(_instance(), now=2.0) is False
+    assert store.record_instance(_instance(), now=2.0).is_new is False
     assert store.receive_counts("1.2.3") == {"1.2.3.1.1": 2}
     assert _state(store) == StudyState.COMPLETE  # a repeat does not re-open a finished study
     assert store.studies()[0].instance_count == 1
