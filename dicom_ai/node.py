@@ -74,10 +74,6 @@ class Node:
         if trash:  # older copies replaced just before a crash: the newer ones are recorded
             self.spool.remove_files(trash)
             self.store.empty_trash(trash)
-        waiting = self.store.restart_quiet_clocks()
-        if waiting:
-            log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
-                        "for the rest of its instances", len(waiting))
         recovered = self.store.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
@@ -96,6 +92,11 @@ class Node:
             first = datetime.now(self.scheduler.timezone) + timedelta(seconds=RETENTION_FIRST_RUN)
             self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
                                    id="retention")
+        # Last before the clock starts: model loading above is time in which nothing could arrive either.
+        waiting = self.store.restart_quiet_clocks()
+        if waiting:
+            log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
+                        "for the rest of its instances", len(waiting))
         self.scheduler.start()
         s = self.settings
         try:
