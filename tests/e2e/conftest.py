@@ -25,7 +25,8 @@ STABLE_AFTER = 1.0  # our quiet time; Orthanc's StableAge is 1 s in the test con
 class RouterProcess:
     """`dicom-ai serve` as an admin would run it, configured through the environment."""
 
-    def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str, mllp: int) -> None:
+    def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str, mllp: int,
+                 **settings: str) -> None:
         self.home = home
         self.port = port
         self.log_path = home / "dicom-ai.log"
@@ -44,6 +45,7 @@ class RouterProcess:
             "DICOM_AI_HL7_MLLP": f"127.0.0.1:{mllp}",
             "DICOM_AI_HTTP_PORT": str(self.http_port),
             "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
+            **settings,
         }
         cli = Path(sys.executable).parent / "dicom-ai"
         self._log = open(self.log_path, "wb")

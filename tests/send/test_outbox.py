@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from dicom_ai.config import Settings
 from dicom_ai.domain import Priority, PriorityDecision
@@ -96,3 +97,51 @@ def test_gives_up_after_max_attempts(tmp_path: Path) -> None:
     outbox.deliver_due()
     [row] = store.outbox_rows("1.2.5")
     assert row["state"] == "failed" and row["attempts"] == 2
+
+
+def _results(tmp_path: Path, n: int) -> list[Path]:
+    study = generate_uid()
+    return [copy_as_new_study(sample("CT_small.dcm"), tmp_path / "results", StudyInstanceUID=study) for _ in range(n)]
+
+
+def test_given_up_sends_resume_once_the_pacs_answers_again(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, send_max_attempts=2, send_retry_initial=0.01, send_retry_max=0.2)
+    store = Store(tmp_path / "db.sqlite")
+    files = _results(tmp_path, 3)
+    port = free_port()
+    peer = f"PACS@127.0.0.1:{port}"
+    _done_study(store, "1.2.6", [(DICOM, str(dcmread(f).SOPInstanceUID), peer, str(f)) for f in files])
+    outbox = Outbox(store, settings)
+    for _ in range(3):  # the PACS is down: every send is given up
+        outbox.deliver_due()
+        time.sleep(0.05)
+    assert {row["state"] for row in store.outbox_rows("1.2.6")} == {"failed"}
+
+    pacs_store = Store(tmp_path / "pacs.sqlite")
+    server = start_scp("PACS", "127.0.0.1", port, 0, Spool(tmp_path / "pacs"), pacs_store)
+    try:
+        assert outbox.deliver_due() == 0  # probed at most once per send_retry_max
+        time.sleep(0.25)
+        assert outbox.deliver_due() == 1  # the probe: one given-up send tried again, and it went
+        assert {row["state"] for row in store.outbox_rows("1.2.6")} == {"sent", "pending"}
+        assert outbox.deliver_due() == 2  # the rest resumed by themselves, no re-inference, no admin
+        study = str(dcmread(files[0]).StudyInstanceUID)
+        assert sorted(pacs_store.receive_counts(study).values()) == [1, 1, 1]
+        assert any(e["kind"] == "sends_resumed" for e in store.events("1.2.6"))
+    finally:
+        server.shutdown()
+        pacs_store.close()
+
+
+def test_resend_queues_a_studys_sends_again_without_reinference(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, send_max_attempts=1)
+    store = Store(tmp_path / "db.sqlite")
+    files = _results(tmp_path, 2)
+    _done_study(store, "1.2.7", [(DICOM, str(dcmread(f).SOPInstanceUID), f"PACS@127.0.0.1:{free_port()}", str(f))
+                                 for f in files])
+    Outbox(store, settings).deliver_due()
+    assert {row["state"] for row in store.outbox_rows("1.2.7")} == {"failed"}
+    assert store.requeue_sends(["1.2.7"], by="admin") == 2
+    assert {(row["state"], row["attempts"]) for row in store.outbox_rows("1.2.7")} == {("pending", 0)}
+    assert store.requeue_sends(None, by="admin") == 0  # nothing given up any more
+    assert store.requeue_sends(["1.2.7"], by="admin", include_sent=True) == 0  # pending ones stay as they are

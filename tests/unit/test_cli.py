@@ -97,3 +97,45 @@ def test_every_command_is_in_the_readme() -> None:
         names = [f"{name} {sub}" for sub in command.commands] if isinstance(command, _click.Group) else [name]
         for full in names:
             assert f"`dicom-ai {full}" in readme, f"README.md does not document `dicom-ai {full}`"
+
+
+def _given_up_send(home: Path) -> None:
+    from dicom_ai.domain import Priority, PriorityDecision
+    from dicom_ai.store.database import ReceivedInstance
+
+    store = Store(home / "dicom-ai.sqlite")
+    store.record_instance(ReceivedInstance("1.2.9.1", "1.2", "1.2.9.0", "1.2.9", "CR", "1.2.840.10008.1.2.1",
+                                           Path("/x"), 1, "PACS"), now=1.0)
+    store.complete_quiet_studies(quiet_since=1.0)
+    store.claim_complete_study()
+    store.save_outcome("1.2.9", rules=["r"], models=["m@1"], findings=[], results=[],
+                       priority=PriorityDecision(Priority.ROUTINE, 0.1, ()),
+                       outbox=[("webhook", "1.2.9", "http://127.0.0.1:9/hook", "{}")])
+    [item] = store.due_outbox()
+    store.mark_failed_attempt(item, "connection refused", retry_at=None)
+    store.close()
+
+
+def test_status_says_how_long_sends_are_retried_and_how_given_up_ones_resume(tmp_path: Path) -> None:
+    _given_up_send(tmp_path)
+    env = {"DICOM_AI_HOME": str(tmp_path), "DICOM_AI_SEND_RETRY_INITIAL": "5", "DICOM_AI_SEND_RETRY_MAX": "600",
+           "DICOM_AI_SEND_MAX_ATTEMPTS": "20"}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 1
+    # 5+10+20+40+80+160+320 s, then 12 x 600 s: 7835 s
+    assert "a failing send is retried for about 2 h 10 min (20 attempts)" in result.output
+    assert "1 send(s) given up after send_max_attempts (about 2 h 10 min of retries)" in result.output
+    assert "dicom-ai resend --failed" in result.output
+
+
+def test_resend_requeues_given_up_sends_and_says_how_many(tmp_path: Path) -> None:
+    _given_up_send(tmp_path)
+    env = {"DICOM_AI_HOME": str(tmp_path)}
+    assert CliRunner().invoke(main, ["resend"], env=env).exit_code == 2  # which studies?
+    result = CliRunner().invoke(main, ["resend", "1.2.9"], env=env)
+    assert result.exit_code == 0 and "1 given-up send(s) queued again" in result.output
+    again = CliRunner().invoke(main, ["resend", "1.2.9"], env=env)
+    assert again.exit_code == 1 and "0 given-up send(s)" in again.output  # nothing left to queue
+    store = Store(tmp_path / "dicom-ai.sqlite")
+    assert [row["state"] for row in store.outbox_rows("1.2.9")] == ["pending"]
+    store.close()
