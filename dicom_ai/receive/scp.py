@@ -150,8 +150,12 @@ def keep_instance(identity: ReceivedInstance, temporary: Path, spool: Spool, sto
             raise
         crash_point("receive.after_commit")
         if recorded.replaced is not None:
-            spool.remove_files([recorded.replaced])
-            store.empty_trash([recorded.replaced])
+            try:  # committed: whatever fails now is only cleanup, redone from the trash at the next start
+                spool.remove_files([recorded.replaced])
+                store.empty_trash([recorded.replaced])
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("could not delete the replaced copy %s yet (%s); it goes at the next start",
+                            recorded.replaced, exc)
             if recorded.moved_from:
                 log.warning("instance %s from %s moved from study %s to study %s: both are processed again",
                             identity.sop_instance_uid, identity.calling_aet, recorded.moved_from,
