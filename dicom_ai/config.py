@@ -104,7 +104,18 @@ class Settings(BaseModel):
         "clients must present one")
     tls_receive: bool = Field(default=False, description="the DICOM SCP accepts TLS associations only")
     tls_send: bool = Field(default=False, description="associations we open (results, C-FIND, echo, send) use TLS")
-    max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0 = unlimited)")
+    max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0: none advertised, 64 MiB enforced)")
+    negotiation_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds a new DICOM connection has to deliver its whole A-ASSOCIATE-RQ")
+    idle_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds an association may go without a complete PDU")
+    max_associations: int = Field(default=64, ge=1, le=1000, description="DICOM connections served at once")
+    reserved_associations: int = Field(
+        default=16, ge=0, description="of those, kept for known senders (the PACS, trusted calling AE titles)")
+    max_connections_per_ip: int = Field(
+        default=8, ge=1, description="DICOM connections at once from one address that is not a known sender's")
+    connection_rate_per_ip: int = Field(
+        default=600, ge=0, description="new DICOM connections a minute from such an address (0: no limit)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
     @field_validator("ae")
@@ -129,6 +140,14 @@ class Settings(BaseModel):
             if not _AE_TITLE.match(title):
                 raise ValueError(f"{title!r} is not a valid AE title (1-16 printable characters, no backslash)")
         return titles
+
+    @field_validator("reserved_associations")
+    @classmethod
+    def _reserved(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("max_associations")
+        if total is not None and value >= total:
+            raise ValueError(f"must be less than max_associations ({total}), or no stranger could connect")
+        return value
 
     @field_validator("tls_receive")
     @classmethod

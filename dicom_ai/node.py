@@ -28,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicom_ai.config import Settings
 from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
+from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
@@ -101,7 +102,9 @@ class Node:
         s = self.settings
         try:
             self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store, s.allowed_calling_aets,
-                                     s.scp_tls())
+                                     s.scp_tls(), limits=ConnectionLimits.from_settings(s),
+                                     trusted_aets=[s.pacs.aet] if s.pacs else [],
+                                     known_hosts=[s.pacs.host] if s.pacs else [])
         except OSError as exc:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:

@@ -24,12 +24,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_ai.crashpoints import crash_point
 from dicom_ai.receive import status
 from dicom_ai.receive.incoming import IncomingFiles, attach
+from dicom_ai.receive.limits import Admission, ConnectionLimits, resolve_hosts
+from dicom_ai.receive.server import GuardedServer, serve
 from dicom_ai.store.database import ReceivedInstance
 from dicom_ai.store.spool import SpoolError, is_safe_uid
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
-    from pynetdicom.transport import ThreadedAssociationServer
 
     from dicom_ai.store import Spool, Store
 
@@ -185,20 +186,24 @@ def handle_connection_open(event: Event) -> None:
         log.debug("could not set TCP_NODELAY: %s", exc)
 
 
-def build_ae(ae_title: str, max_pdu: int, allowed_calling: Sequence[str] = ()) -> AE:
+def build_ae(ae_title: str, max_pdu: int, allowed_calling: Sequence[str] = (),
+             limits: ConnectionLimits | None = None) -> AE:
     """An AE that accepts every storage SOP class (also private ones) in every transfer syntax, and C-ECHO.
 
     With `allowed_calling`, associations from any other calling AE title are rejected (A-ASSOCIATE-RJ,
-    "calling AE title not recognised") before a byte of data is taken.
+    "calling AE title not recognised") before a byte of data is taken. The timeouts and the number of
+    associations come from `limits` (receive/limits.py, receive/pdu_guard.py say how they are enforced).
     """
+    limits = limits or ConnectionLimits()
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
-    ae.network_timeout = 60
+    ae.network_timeout = limits.idle_timeout  # no complete PDU for this long: abort
     ae.dimse_timeout = 60
-    ae.acse_timeout = 30
-    ae.maximum_associations = 16
+    ae.acse_timeout = limits.negotiation_timeout  # waiting for the A-ASSOCIATE-RQ, and for the peer to close
+    # Admission (receive/server.py) never lets more connections in, so pynetdicom's own count is a backstop.
+    ae.maximum_associations = limits.max_associations
     ae.require_calling_aet = list(allowed_calling)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
@@ -215,9 +220,16 @@ def handle_rejected(event: Event, allowed_calling: Sequence[str]) -> None:
 
 
 def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
-              allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> ThreadedAssociationServer:
-    """Start listening in background threads; returns the server (call .shutdown() to stop)."""
-    ae = build_ae(ae_title, max_pdu, allowed_calling)
+              allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None, *,
+              limits: ConnectionLimits | None = None, trusted_aets: Sequence[str] = (),
+              known_hosts: Sequence[str] = ()) -> GuardedServer:
+    """Start listening in background threads; returns the server (call .shutdown() to stop).
+
+    Calling AE titles in `allowed_calling` and `trusted_aets` teach the admission their addresses, and
+    `known_hosts` (the PACS) are known from the start: those get the reserved slots (receive/limits.py).
+    """
+    limits = limits or ConnectionLimits()
+    ae = build_ae(ae_title, max_pdu, allowed_calling, limits)
     # Incoming datasets stream into the spool's incoming/ folder (adopting one is then a rename on
     # the same filesystem); see receive/incoming.py for full disks and transfers cut off mid-way.
     incoming = IncomingFiles(spool.incoming)
@@ -228,7 +240,7 @@ def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, s
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REJECTED, handle_rejected, [list(allowed_calling)]),
     ]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
-    assert server is not None
+    admission = Admission(limits, [*allowed_calling, *trusted_aets], resolve_hosts(known_hosts))
+    server = serve(ae, (host, port), handlers, tls, admission, max_pdu)
     log.info("DICOM SCP %s listening on %s:%d%s", ae_title, host, port, " (TLS only)" if tls else "")
     return server

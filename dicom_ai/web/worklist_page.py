@@ -13,13 +13,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.prioritize.worklist import WorklistEntry, current_worklist
 from dicom_ai.store import Store
 from dicom_ai.store.health import NodeHealth
+from dicom_ai.web.server import IDLE_TIMEOUT, BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 COLOURS = {"STAT": "#c62828", "URGENT": "#ef6c00", "ROUTINE": "#2e7d32"}
@@ -60,8 +61,11 @@ most overdue. {switch} &middot; <a href="/api/worklist">JSON</a>. AI results of 
 
 
 def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
-                 status: Callable[[], NodeHealth] | None = None) -> type[BaseHTTPRequestHandler]:
+                 status: Callable[[], NodeHealth] | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout  # per read and write: an idle connection is closed, its thread ends
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             url = urlparse(self.path)
             today = parse_qs(url.query).get("today", ["0"])[0] in ("1", "true", "yes")
@@ -90,9 +94,9 @@ def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
 
 
 def start_web(host: str, port: int, store: Store, targets: TurnaroundTargets,
-              status: Callable[[], NodeHealth] | None = None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(lambda today: current_worklist(store, targets, today),
-                                                            status))
+              status: Callable[[], NodeHealth] | None = None, idle_timeout: float = IDLE_TIMEOUT) -> BoundedHTTPServer:
+    server = BoundedHTTPServer((host, port), make_handler(lambda today: current_worklist(store, targets, today),
+                                                          status, idle_timeout))
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("worklist page on http://%s:%d/", host, server.server_address[1])
     return server

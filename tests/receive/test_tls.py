@@ -4,6 +4,7 @@ client without a certificate are refused; our own sends go over TLS too; bad TLS
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import trustme
 from pydicom import dcmread
 
 from dicom_ai.config import ConfigError, Peer, Settings, load_settings
+from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.send.cstore import SendError, echo, send_files
 from dicom_ai.store import Spool, Store
 from tests.conftest import copy_as_new_study, free_port, require_binary, sample
+from tests.receive.peers import closed_by_peer, connect
 
 
 @pytest.fixture
@@ -102,3 +105,26 @@ def test_bad_tls_settings_name_the_key_and_file(tmp_path: Path, pki: dict[str, P
                                "DICOM_AI_TLS_PRIVATE_KEY": str(pki["pacs_key"])})  # key of another certificate
     with pytest.raises(ConfigError, match="config key 'tls_send'.*not a PEM CA certificate"):
         load_settings(environ={"DICOM_AI_TLS_SEND": "true", "DICOM_AI_TLS_CA": str(pki["node_key"])})
+
+
+def test_a_silent_peer_on_the_tls_port_holds_up_nobody(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """The handshake runs in the connection's thread within negotiation_timeout: pynetdicom alone does it in
+    the accept loop, where one peer that never says hello stops every other connection."""
+    settings = Settings(home=tmp_path, tls_certificate=pki["node_cert"], tls_private_key=pki["node_key"],
+                        tls_receive=True)
+    port = free_port()
+    store = Store(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, tls=settings.scp_tls(),
+                       limits=ConnectionLimits(negotiation_timeout=2))
+    silent, opened = connect(port, source="127.0.0.2"), time.monotonic()
+    try:
+        sent = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
+        tls_sender = subprocess.run([require_binary("storescu"), "-to", "10", "-ta", "10", "+tla", "-ic", "-aec",
+                                     "DICOM_AI", "127.0.0.1", str(port), str(sent)],
+                                    capture_output=True, text=True, timeout=60, check=False)
+        assert tls_sender.returncode == 0, tls_sender.stderr
+        assert closed_by_peer(silent, within=10, since=opened) is not None
+    finally:
+        silent.close()
+        server.shutdown()
+        store.close()

@@ -50,3 +50,12 @@ def test_cli_starts_from_the_example_settings(tmp_path: Path) -> None:
                                                         "DICOM_AI_HOME": str(tmp_path)})
     assert outcome.exit_code == 0, outcome.output
     assert "ORTHANC@127.0.0.1:4242" in outcome.output and "retention_days" in outcome.output
+
+
+def test_unit_raises_the_descriptor_limit_as_the_guide_says() -> None:
+    [limit] = _unit(DEPLOY / "dicom-ai.service")["LimitNOFILE"]
+    assert int(limit) >= 65536
+    guide = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert f"LimitNOFILE={limit}" in guide
+    settings = load_settings(DEPLOY / "dicom-ai.toml", environ={})
+    assert settings.max_associations < int(limit) // 4  # threads and descriptors per connection, with room
