@@ -1,5 +1,5 @@
 """Every real DICOM file the installed packages ship (pydicom's test files, pydicom-data), each as its
-own study, routed by a catch-all rule to the chest and brain MR models: each study ends done,
+own study, routed by a catch-all rule to every demo model: each study ends done,
 no_match or failed with a message naming the file, never 'failed unexpectedly' (a bug) and never
 stuck; every result passes dciodvfy without errors.
 
@@ -45,7 +45,7 @@ rules:
   - name: everything
     series:
       SOPClassUID: {regex: '.*'}
-    models: [chest-xray-demo, brain-mr-demo]
+    models: [chest-xray-demo, brain-mr-demo, ct-head-demo, mammography-demo, endoscopy-demo]
 """
 SOURCES = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",
