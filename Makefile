@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-unit test-e2e models clean bench
+.PHONY: install run test test-unit test-e2e test-long models clean bench
 
 $(BIN)/dicom-ai: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-unit: install
 
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
+
+# Long fuzzing: each atheris target runs FUZZ_SECONDS (the normal suite runs a few seconds of each).
+FUZZ_SECONDS ?= 300
+test-long: install
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/fuzz
 
 # Retrain the demo models from synthetic data (reproducible: fixed seeds).
 models: install

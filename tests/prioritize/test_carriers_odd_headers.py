@@ -67,3 +67,19 @@ def test_notices_are_json_for_odd_headers(change: Callable[[Dataset], None], tmp
     assert json.loads(notice)["patient"] == patient
     mail = json.loads(email_payload(notice, "dicom-ai@localhost", ["ward@localhost"]))
     assert "AI priority: STAT" in mail["body"]
+
+
+def test_control_characters_never_reach_the_hl7_message() -> None:
+    """Found by fuzzing (tests/fuzz/crashes/hl7): MLLP's framing bytes (VT, FS) or a CR in a value
+    cut the message; a PatientID of control characters only left the required PID-3 empty."""
+    header = Dataset()
+    header.StudyInstanceUID = "1.2.3\x0b"
+    header.PatientID = "\x0b\x1c\r\x00"
+    header.PatientName = "Doe\x1c^Jane\x0b"
+    header.AccessionNumber = "A\x0b1"
+    text = oru_message(header, STAT, FINDINGS, [MODEL], "RIS\x1c", "")
+    assert not any(ch in text for ch in "\x0b\x1c\x00")
+    assert [segment[:3] for segment in text.split("\r") if segment] == ["MSH", "PID", "ORC", "OBR", "TQ1", "OBX", "OBX",
+                                                                          "NTE"]
+    pid = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT).oru_r01_patient_result.oru_r01_patient.pid
+    assert pid.pid_3.to_er7() == "UNKNOWN" and pid.pid_5.to_er7() == "Doe^Jane"
