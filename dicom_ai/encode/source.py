@@ -10,7 +10,7 @@ still be made. Encoding therefore works on a copy in which:
 
 - the Type 2 attributes highdicom reads are present (empty when the source has none);
 - a value that breaks its value representation (a date that is no date, a time of 25 h, a
-  16-character code string too long, a person name with four component groups) is emptied
+  code string over 16 characters, a person name with four component groups) is emptied
   when the attribute is Type 2 in the Patient or Study modules, and left out otherwise; text
   (LO, SH, ...) that is merely too long is cut to its maximum length instead;
 - a multi-valued attribute whose dictionary VM is 1 keeps its first value;
@@ -72,7 +72,7 @@ class _Normaliser:
     def note(self, tag: BaseTag, keyword: str, value: object, what: str) -> None:
         log.warning("%s: %s %s %.80r %s", self.where, tag, keyword or "(unknown)", value, what)
 
-    def copy(self, source: Dataset, root: bool) -> Dataset:
+    def walk(self, source: Dataset, root: bool) -> Dataset:
         target = Dataset()
         for tag in list(source.keys()):
             if tag.is_private or tag.group == PIXEL_GROUP or tag.group == 0x0002:
@@ -85,8 +85,10 @@ class _Normaliser:
                 self._unusable(target, tag, keyword, getattr(raw, "value", None), f"cannot be read ({exc})", root)
                 continue
             if element.VR == "SQ":
-                if element.value:
-                    target.add(DataElement(tag, "SQ", Sequence([self.copy(item, root=False) for item in element.value])))
+                if root and keyword not in PATIENT_AND_STUDY:
+                    target.add(element)  # never copied into our outputs (e.g. per-frame groups): as it is
+                elif element.value:
+                    target.add(DataElement(tag, "SQ", Sequence([self.walk(item, root=False) for item in element.value])))
                 elif root and keyword in TYPE2:
                     target.add(DataElement(tag, "SQ", Sequence()))
                 else:  # an empty sequence is valid only where the attribute is Type 2
@@ -133,6 +135,6 @@ def _character_set(target: Dataset, where: str) -> None:
 def normalised_source(source: Dataset, where: str) -> Dataset:
     """A copy of `source`'s header that highdicom can always build an SR and an SC from."""
     normaliser = _Normaliser(where)
-    target = normaliser.copy(source, root=True)
+    target = normaliser.walk(source, root=True)
     _character_set(target, where)
     return target
