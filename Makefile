@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-unit test-e2e models clean bench
+.PHONY: install run test test-unit test-e2e test-long models clean bench
 
 $(BIN)/dicom-ai: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test-unit: install
 
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e
+
+# Long runs: each atheris target for FUZZ_SECONDS, and KILLS random kill -9s of the node under load
+# (the normal suite runs a few seconds of each target and 20 kills).
+FUZZ_SECONDS ?= 300
+KILLS ?= 100
+test-long: install
+	FUZZ_SECONDS=$(FUZZ_SECONDS) DICOM_AI_TEST_KILLS=$(KILLS) $(BIN)/python -m pytest tests/fuzz \
+		tests/integration/test_random_kills.py
 
 # Retrain the demo models from synthetic data (reproducible: fixed seeds).
 models: install

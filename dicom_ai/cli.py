@@ -81,6 +81,9 @@ def serve(ctx: click.Context) -> None:
         node = Node(settings)
     except RuleSetError as exc:
         raise click.ClickException(f"rules in {settings.rules_dir} are invalid:\n{exc}") from None
+    except OSError as exc:  # e.g. no permission to create the state folder
+        raise click.ClickException(f"config key 'home' ({settings.home}): cannot hold the database and spool: "
+                                   f"{exc.strerror or exc}") from None
     try:
         node.run_until_signalled()
     except OSError as exc:
@@ -246,7 +249,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """The node's health: studies by state, sends, failures, disk; exit 1 when something needs attention."""
     from dataclasses import asdict
 
-    from dicom_ai.store.health import duration, node_health
+    from dicom_ai.store.health import duration, human_size, node_health
 
     settings = _settings(ctx)
     health = node_health(_open_store(settings), settings.home, settings.retention_days,
@@ -262,8 +265,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  sends: {sends}; a failing send is retried for about {duration(settings.send_retry_window)} "
                    f"({settings.send_max_attempts} attempts), then given up until its destination answers again")
         retention = f"{health.retention_days:g} days" if health.retention_days else "off"
-        click.echo(f"  held: {health.held_files} received file(s), {health.held_bytes / 1e6:.1f} MB; "
-                   f"disk free {health.disk_free_bytes / 1e9:.1f} of {health.disk_total_bytes / 1e9:.1f} GB; "
+        click.echo(f"  held: {health.held_files} received file(s), {human_size(health.held_bytes)}; "
+                   f"disk free {human_size(health.disk_free_bytes)} of {human_size(health.disk_total_bytes)}; "
                    f"retention {retention}")
         for problem in health.attention:
             click.echo(f"  ! {problem}")

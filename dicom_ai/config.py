@@ -24,6 +24,12 @@ CONFIG_ENV = "DICOM_AI_CONFIG"  # path of the TOML file; not itself a setting
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the default repertoire, no backslash
 _PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+# Upper bounds of the time settings: far beyond any sensible value, and far below what breaks the
+# scheduler (datetime overflows past year 9999) or the retry backoff (2**attempts as a float).
+WEEK_S = 7 * 86400.0
+YEAR_MINUTES = 365 * 1440.0
+CENTURY_DAYS = 36500.0
+MAX_SEND_ATTEMPTS = 1000
 
 
 class ConfigError(Exception):
@@ -56,7 +62,8 @@ class Peer(BaseModel):
 class Settings(BaseModel):
     """Everything the node needs; see README.md, section Configuration, for each key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: 'inf' or 'nan' parse as floats and pass gt=0, then break the scheduler.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     home: Path = Field(default=Path(".state"), description="state directory: database and spool")
     ae: str = Field(default="DICOM_AI", description="our AE title")
@@ -70,12 +77,12 @@ class Settings(BaseModel):
     orthanc_password: str | None = Field(default=None, description="Orthanc REST password")
     rules_dir: Path = Field(default=_REPO_ROOT / "rules", description="routing rules (*.yaml)")
     models_dir: Path = Field(default=_REPO_ROOT / "models", description="model folders")
-    stable_after: float = Field(default=5.0, gt=0, description="quiet seconds before a study is complete")
+    stable_after: float = Field(default=5.0, gt=0, le=WEEK_S, description="quiet seconds before a study is complete")
     heatmaps: Literal["all", "positive", "none"] = Field(default="all", description="which images get a heatmap SC")
     onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
-    send_retry_initial: float = Field(default=5.0, gt=0, description="first retry delay, seconds")
-    send_retry_max: float = Field(default=600.0, gt=0, description="longest retry delay, seconds")
-    send_max_attempts: int = Field(default=20, ge=1, description="attempts before a result is given up")
+    send_retry_initial: float = Field(default=5.0, gt=0, le=WEEK_S, description="first retry delay, seconds")
+    send_retry_max: float = Field(default=600.0, gt=0, le=WEEK_S, description="longest retry delay, seconds")
+    send_max_attempts: int = Field(default=20, ge=1, le=MAX_SEND_ATTEMPTS, description="attempts before a result is given up")
     mwl_dir: Path | None = Field(default=None, description="write a worklist .wl file per study here (Orthanc's worklist plugin folder)")
     hl7_mllp: str | None = Field(default=None, description="send an HL7 v2.5 ORU^R01 per result to this host:port (MLLP)")
     hl7_receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 of those messages")
@@ -92,11 +99,11 @@ class Settings(BaseModel):
         default=("STAT",), description="priorities that send an e-mail, comma-separated")
     http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
     http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
-    turnaround_stat_minutes: float = Field(default=60, gt=0, description="read STAT studies within (worklist aging)")
-    turnaround_urgent_minutes: float = Field(default=240, gt=0, description="read URGENT studies within")
-    turnaround_routine_minutes: float = Field(default=1440, gt=0, description="read ROUTINE studies within")
+    turnaround_stat_minutes: float = Field(default=60, gt=0, le=YEAR_MINUTES, description="read STAT studies within (worklist aging)")
+    turnaround_urgent_minutes: float = Field(default=240, gt=0, le=YEAR_MINUTES, description="read URGENT studies within")
+    turnaround_routine_minutes: float = Field(default=1440, gt=0, le=YEAR_MINUTES, description="read ROUTINE studies within")
     retention_days: float | None = Field(
-        default=None, gt=0, description="delete a finished study's files this many days after processing (none: keep)")
+        default=None, gt=0, le=CENTURY_DAYS, description="delete a finished study's files this many days after processing (none: keep)")
     tls_certificate: Path | None = Field(default=None, description="our TLS certificate (PEM), for DICOM over TLS")
     tls_private_key: Path | None = Field(default=None, description="its private key (PEM, unencrypted)")
     tls_ca: Path | None = Field(
@@ -124,6 +131,20 @@ class Settings(BaseModel):
         if not _AE_TITLE.match(value) or not value.strip():
             raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
         return value.strip()
+
+    @field_validator("home", "rules_dir", "models_dir", "mwl_dir")
+    @classmethod
+    def _folder(cls, value: Path | None) -> Path | None:
+        """A folder setting that names a file (or lies under one) fails here, not in a traceback later."""
+        if value is None:
+            return value
+        for path in (value, *value.parents):
+            if path.exists():
+                if not path.is_dir():
+                    where = "is" if path == value else f"lies under {path}, which is"
+                    raise ValueError(f"{str(value)!r} {where} a file, not a folder")
+                break
+        return value
 
     @field_validator("pacs", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from dicom_ai.encode.describe import series_description
 from dicom_ai.encode.equipment import check_model, contributing_equipment
 from dicom_ai.encode.sc import build_secondary_capture
+from dicom_ai.encode.source import normalised_source
 from dicom_ai.encode.sr import build_sr
 from dicom_ai.encode.uids import SC_INSTANCE, SC_SERIES, SR_INSTANCE, SR_SERIES, TRACKING, result_uid
 
@@ -90,6 +91,8 @@ def encode_results(
         raise ValueError("encode_results needs at least one image result")
     check_model(model)
     study_uid = _check_sources(results, sources)
+    sources = {r.source.sop_instance_uid: normalised_source(sources[r.source.sop_instance_uid], str(r.source.path))
+               for r in results}
     ordered = sorted(results, key=lambda r: _order_key(r, sources))
     source_uids = [r.source.sop_instance_uid for r in ordered]
     findings = [f for r in ordered for f in r.findings]

@@ -8,14 +8,17 @@ The observer is the model as a DEVICE (TID 1004), so nobody mistakes it for a pe
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import highdicom as hd
+from highdicom._standard_utils import get_sop_class_iod_map
 from pydicom.sr.codedict import codes
 
 from dicom_ai.encode.charset import ensure_character_set
+from dicom_ai.encode.source import PATIENT_AND_STUDY
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -122,6 +125,26 @@ def measurement_group(
     )
 
 
+class MeasurementReportSR(hd.sr.Comprehensive3DSR):
+    """highdicom's Comprehensive 3D SR, also for sources whose SOP class highdicom does not know.
+
+    highdicom copies the source's Patient and Study modules by looking its SOP class up in its
+    table of IODs: a retired or private SOP class (an old ultrasound, a vendor's own radiograph
+    storage) raises KeyError there. Those sources get the attributes of the Patient and Study
+    modules every image IOD shares instead.
+    """
+
+    def copy_patient_and_study_information(self, dataset: Dataset) -> None:
+        if str(dataset.SOPClassUID) in get_sop_class_iod_map():
+            super().copy_patient_and_study_information(dataset)
+            return
+        log.info("SOP class %s of %s is not a standard one highdicom knows: copying the common Patient and "
+                 "Study attributes", dataset.SOPClassUID, dataset.SOPInstanceUID)
+        for keyword in PATIENT_AND_STUDY:
+            if keyword in dataset:
+                self.add(copy.deepcopy(dataset[keyword]))
+
+
 def build_sr(
     results: Sequence[ImageResult],
     sources: Mapping[str, Dataset],
@@ -158,7 +181,7 @@ def build_sr(
         procedure_reported=procedure_reported(evidence[0]),
         imaging_measurements=groups,
     )
-    sr = hd.sr.Comprehensive3DSR(
+    sr = MeasurementReportSR(
         evidence=evidence,
         content=report[0],
         series_instance_uid=series_instance_uid,

@@ -9,12 +9,14 @@ and checked with hl7apy's strict validation, so a malformed message never leaves
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
@@ -28,13 +30,24 @@ TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE":
 OBX_TEXT_MAX = 199
 COMPONENT_MAX = 199
 NTE_TEXT_MAX = 65536
+# PID-5 is required: a study without a name (de-identified, minimal sender) gets an XPN with no name
+# parts and name type U (HL7 table 0200: unspecified). HL7 null "" would tell the RIS to delete its name.
+NO_NAME = "^^^^^^U"
+
+
+def _text(value: object) -> str:
+    """A header value as text; a multi-valued one (a name or ID with a backslash) as its first value."""
+    if isinstance(value, MultiValue | list):
+        value = value[0] if value else ""
+    return "" if value is None else str(value)
 
 
 def _person_name(value: object) -> str:
     """DICOM PN (family^given^middle^prefix^suffix) as HL7 XPN (family^given^middle^suffix^prefix)."""
-    if not value:
+    text = _text(value)
+    if not text:
         return ""
-    name = PersonName(value)
+    name = PersonName(text)
     parts = [name.family_name, name.given_name, name.middle_name, name.name_suffix, name.name_prefix]
     return "^".join(_clean(part).strip()[:COMPONENT_MAX] for part in parts).rstrip("^")
 
@@ -46,8 +59,9 @@ def _fit(text: str, limit: int, tail: str) -> str:
 
 
 def _clean(text: str) -> str:
-    """HL7 delimiters would split a field: replace them in free text."""
-    return "".join(" " if ch in "|^~\\&\r\n" else ch for ch in text)
+    """HL7 delimiters would split a field, and control characters end a segment (CR) or cut the
+    MLLP frame (VT, FS) or are invalid text: replace them all in values taken from elsewhere."""
+    return "".join(" " if ch in "|^~\\&" or unicodedata.category(ch) == "Cc" else ch for ch in text)
 
 
 def oru_message(
@@ -60,7 +74,7 @@ def oru_message(
 ) -> str:
     """An ORU^R01 (ER7 text) for one study's AI result."""
     study_uid = str(header.get("StudyInstanceUID", ""))
-    accession = _clean(str(header.get("AccessionNumber", "") or ""))
+    accession = _clean(_text(header.get("AccessionNumber"))).strip()
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     message = Message("ORU_R01", version="2.5", validation_level=VALIDATION_LEVEL.STRICT)
     message.msh.msh_3 = "DICOM_AI"
@@ -74,14 +88,12 @@ def oru_message(
     message.msh.msh_18 = "UNICODE UTF-8"  # what the MLLP client sends; names are often not ASCII
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
-    patient.pid.pid_3 = _clean(str(header.get("PatientID", "") or "UNKNOWN"))
-    name = _person_name(header.get("PatientName"))
-    if name:
-        patient.pid.pid_5 = name
+    patient.pid.pid_3 = _clean(_text(header.get("PatientID"))).strip() or "UNKNOWN"  # required
+    patient.pid.pid_5 = _person_name(header.get("PatientName")) or NO_NAME
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
     order.orc.orc_1 = "RE"
-    order.orc.orc_3 = accession or study_uid[-22:]
-    order.obr.obr_3 = accession or study_uid[-22:]
+    order.orc.orc_3 = accession or _clean(study_uid[-22:]).strip()
+    order.obr.obr_3 = accession or _clean(study_uid[-22:]).strip()
     order.obr.obr_4 = "AI^" + _clean(", ".join(f"{m.name} {m.version}" for m in models))[:190] + "^L"
     order.obr.obr_7 = now
     order.obr.obr_25 = "P"  # preliminary: a radiologist reads it
@@ -94,7 +106,7 @@ def oru_message(
         obx.obx_1 = str(index)
         obx.obx_2 = "NM"
         meaning = _clean(finding.code.meaning)[:COMPONENT_MAX]
-        obx.obx_3 = f"{finding.code.value}^{meaning}^{'SCT' if finding.code.scheme == 'SCT' else 'L'}"
+        obx.obx_3 = f"{_clean(finding.code.value)[:COMPONENT_MAX]}^{meaning}^{'SCT' if finding.code.scheme == 'SCT' else 'L'}"
         obx.obx_5 = f"{finding.probability * 100:.1f}"
         obx.obx_6 = "%"
         if finding.present:

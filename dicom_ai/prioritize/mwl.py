@@ -13,6 +13,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_ai.dicom_values import usable_text
 from dicom_ai.store.spool import fsync_directory
 
 # PS3.3 C.4.11: the Defined Terms of Requested Procedure Priority.
@@ -25,7 +26,8 @@ def mwl_payload(header: Dataset, priority: str, reasons: str) -> str:
     """What the entry needs from the study, as JSON for the outbox (so a retry writes the same)."""
     keys = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
             "StudyDescription", "Modality", "StudyDate", "StudyTime", "SpecificCharacterSet")
-    values = {key: str(header.get(key, "") or "") for key in keys}
+    where = f"study {header.get('StudyInstanceUID', '?')}, worklist entry"
+    values = {key: usable_text(header, key, where) for key in keys}  # a malformed value would break the entry
     values.update(priority=priority, reasons=reasons)
     return json.dumps(values, sort_keys=True)
 

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom import Dataset, dcmread
+from pydicom.tag import Tag
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -59,16 +59,27 @@ class StoreRejected(Exception):
         self.status_code = status_code
 
 
+def _text(header: Dataset, keyword: str) -> str:
+    """A header value as text; a value pydicom cannot decode makes a dataset we cannot understand."""
+    try:
+        return str(header.get(keyword, "") or "")
+    except Exception as exc:  # noqa: BLE001: decoded lazily, so a bad VR or length only shows here (fuzzing)
+        tag = Tag(keyword)
+        raise StoreRejected(status.CANNOT_UNDERSTAND, f"({tag.group:04X},{tag.element:04X}) {keyword} cannot be "
+                                                      f"decoded: {type(exc).__name__}: {exc}") from exc
+
+
 def read_identity(path: Path, expected_sop_uid: str, calling_aet: str, transfer_syntax: str) -> ReceivedInstance:
     """The identifying attributes of a received file, validated enough to file it safely."""
     try:
         header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-        raise StoreRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001: a peer's bytes can break the parser in any way (zlib.error,
+        # struct.error, ... found by fuzzing, tests/fuzz): each is a dataset we cannot understand
+        raise StoreRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
     uids = {}
     for tag, keyword in (("0020,000D", "StudyInstanceUID"), ("0020,000E", "SeriesInstanceUID"),
                          ("0008,0018", "SOPInstanceUID")):
-        value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+        value = _text(header, keyword).strip().rstrip("\x00")
         if not value:
             raise StoreRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"({tag}) {keyword} is missing")
         if not is_safe_uid(value):
@@ -84,19 +95,19 @@ def read_identity(path: Path, expected_sop_uid: str, calling_aet: str, transfer_
         )
     return ReceivedInstance(
         sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=str(header.get("SOPClassUID", "")),
+        sop_class_uid=_text(header, "SOPClassUID"),
         series_instance_uid=uids["SeriesInstanceUID"],
         study_instance_uid=uids["StudyInstanceUID"],
-        modality=str(header.get("Modality", "") or ""),
+        modality=_text(header, "Modality"),
         transfer_syntax_uid=transfer_syntax,
         path=path,
         size=0,
         calling_aet=calling_aet,
-        patient_id=str(header.get("PatientID", "") or ""),
-        patient_name=str(header.get("PatientName", "") or ""),
-        accession_number=str(header.get("AccessionNumber", "") or ""),
-        study_date=str(header.get("StudyDate", "") or ""),
-        study_description=str(header.get("StudyDescription", "") or ""),
+        patient_id=_text(header, "PatientID"),
+        patient_name=_text(header, "PatientName"),
+        accession_number=_text(header, "AccessionNumber"),
+        study_date=_text(header, "StudyDate"),
+        study_description=_text(header, "StudyDescription"),
     )
 
 

@@ -183,7 +183,15 @@ class _Document:
         except OSError as exc:
             errors.append(RuleError(path, None, "", f"cannot read the file: {exc.strerror or exc}"))
             return None
-        loader = yaml.SafeLoader(text)
+        try:
+            # The reader checks every character when it is built: a control character raises here.
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - text.rfind("\n", 0, exc.position)
+            errors.append(RuleError(path, line, "", f"YAML syntax error: character {exc.character:#06x} "
+                                                    f"is not allowed in YAML (column {column})"))
+            return None
         try:
             root = loader.get_single_node()
             data = loader.construct_document(root) if root is not None else None

@@ -18,6 +18,17 @@ STALE_SEND_S = 600.0  # a send pending this long means the destination is down o
 STUCK_PROCESSING_S = 900.0  # no model takes this long on one study
 LOW_DISK_FRACTION = 0.05
 LOW_DISK_BYTES = 5e9
+SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")  # decimal, as disks are sold and `df -H` shows them
+
+
+def human_size(size: float) -> str:
+    """Bytes in the unit that keeps 1-3 digits before the point: '512 B', '38.2 MB', '1.9 TB'."""
+    value, unit = float(size), SIZE_UNITS[0]
+    for unit in SIZE_UNITS:
+        if abs(value) < 999.95 or unit == SIZE_UNITS[-1]:
+            break
+        value /= 1000.0
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ def node_health(store: Store, home: Path, retention_days: float | None, now: flo
     disk = shutil.disk_usage(home if home.exists() else home.parent)
     if disk.free < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * disk.total):
         hint = "lower retention_days" if retention_days else "set retention_days"
-        attention.append(f"only {disk.free / 1e9:.1f} GB free on the disk of {home}: {hint} or add space "
+        attention.append(f"only {human_size(disk.free)} free on the disk of {home}: {hint} or add space "
                          "(when it is full, the node answers C-STORE with A700)")
     return NodeHealth(
         ok=not attention, attention=tuple(attention), studies=counts["studies"], sends=counts["sends"],

@@ -268,3 +268,11 @@ def test_undecodable_file(rules_dir: Path) -> None:
     (rules_dir / "latin.yaml").write_bytes(b"rules:\n  - name: caf\xe9\n")
     with pytest.raises(RuleSetError, match=r"latin.yaml: not UTF-8 text"):
         load_ruleset(rules_dir)
+
+
+def test_a_control_character_is_a_syntax_error_naming_file_and_line(write: Write, in_tmp: Path) -> None:
+    """Found by fuzzing (tests/fuzz/crashes/rules): PyYAML's reader refused it with an error the
+    loader did not catch, so a stray NUL in a rules file gave a traceback instead of file:line."""
+    write("chest.yaml", "rules:\n  - name: chest\n    description: bad \x00 byte\n    models: [chest-xray-demo]\n")
+    assert _messages(in_tmp) == [
+        "rules/chest.yaml:3: YAML syntax error: character 0x0000 is not allowed in YAML (column 22)"]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,63 @@ def test_resend_requeues_given_up_sends_and_says_how_many(tmp_path: Path) -> Non
     store = Store(tmp_path / "dicom-ai.sqlite")
     assert [row["state"] for row in store.outbox_rows("1.2.9")] == ["pending"]
     store.close()
+
+
+def _dicom_ai(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed command in its own process, as an admin runs it."""
+    binary = shutil.which("dicom-ai") or str(Path(sys.executable).with_name("dicom-ai"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_AI_")}
+    return subprocess.run([binary, *args], env={**base, "DICOM_AI_PORT": str(free_port()), "DICOM_AI_HTTP_PORT": "0",
+                                                **env},
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DICOM_AI_HOME": "{file}"}, "config key 'home' (from environment variable DICOM_AI_HOME): '{file}' is a file, "
+                                      "not a folder"),
+        ({"DICOM_AI_HOME": "{file}/state"}, "config key 'home' (from environment variable DICOM_AI_HOME): "
+                                            "'{file}/state' lies under {file}, which is a file, not a folder"),
+        ({"DICOM_AI_STABLE_AFTER": "inf"}, "config key 'stable_after' (from environment variable DICOM_AI_STABLE_AFTER): "
+                                           "Input should be a finite number"),
+        ({"DICOM_AI_STABLE_AFTER": "nan"}, "config key 'stable_after'"),
+        ({"DICOM_AI_STABLE_AFTER": "1e300"}, "config key 'stable_after'"),
+        ({"DICOM_AI_SEND_RETRY_MAX": "inf"}, "config key 'send_retry_max'"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["serve", "status", "config"])
+def test_bad_home_or_number_stops_every_command_with_one_line(
+    verb: str, env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "state-file"
+    a_file.write_text("")
+    env = {"DICOM_AI_HOME": str(tmp_path / "home"), **{key: value.format(file=a_file) for key, value in env.items()}}
+    if verb == "serve":  # its own process: before the fix it crashed, or ran and failed every tick
+        done = _dicom_ai([verb], env)
+        code, output = done.returncode, done.stderr + done.stdout
+    else:
+        result = CliRunner().invoke(main, [verb], env=env)
+        code, output = result.exit_code, result.output
+    assert code == 1
+    assert "Traceback" not in output
+    [line] = output.strip().splitlines()
+    assert line.startswith(f"Error: {expected.format(file=a_file)}"), line
+
+
+def test_serve_with_a_home_it_cannot_create_is_one_line() -> None:
+    # A folder nobody can create, root included (a permission test would pass for root).
+    done = _dicom_ai(["serve"], {"DICOM_AI_HOME": "/proc/self/dicom-ai-state"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "Error: config key 'home' (/proc/self/dicom-ai-state): cannot hold the database and spool"), done.stderr
+
+
+def test_status_shows_a_small_disk_in_megabytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(tmp_path / "dicom-ai.sqlite").close()
+    small = shutil._ntuple_diskusage(total=40_000_000, used=28_000_000, free=12_000_000)  # type: ignore[attr-defined]
+    monkeypatch.setattr("dicom_ai.store.health.shutil.disk_usage", lambda path: small)
+    result = run("status", env={"DICOM_AI_HOME": str(tmp_path)})
+    assert "disk free 12.0 MB of 40.0 MB" in result.output, result.output
+    assert "only 12.0 MB free on the disk" in result.output
+    assert "0.0 of 0.0 GB" not in result.output

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from dicom_ai.config import ConfigError, Peer, describe_settings, load_settings
+from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load_settings
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -70,3 +71,59 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for key, env_name, _ in describe_settings():
         assert f"`{env_name}`" in readme, f"README.md does not document {key} ({env_name})"
+
+
+FLOAT_KEYS = [key for key, field in Settings.model_fields.items() if float in (field.annotation, *get_args(field.annotation))]
+
+
+def test_float_settings_are_known() -> None:
+    assert {"stable_after", "send_retry_initial", "send_retry_max", "retention_days"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "Infinity"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_numbers_are_refused_for_every_float_setting(key: str, value: str) -> None:
+    env_name = f"DICOM_AI_{key.upper()}"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={env_name: value})
+    message = str(caught.value)
+    assert message.startswith(f"config key '{key}' (from environment variable {env_name}):") and "\n" not in message
+
+
+def test_non_finite_number_in_the_toml_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("stable_after = inf\n")  # TOML has an inf literal
+    with pytest.raises(ConfigError, match=r"config key 'stable_after' \(from .*c.toml\): .*finite"):
+        load_settings(config, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("stable_after", "1e300"), ("send_retry_initial", "1e12"), ("send_retry_max", "1e300"),
+     ("send_max_attempts", "5000"), ("turnaround_stat_minutes", "1e300"), ("turnaround_routine_minutes", "1e12"),
+     ("retention_days", "1e300")],
+)
+def test_absurdly_large_numbers_are_refused(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^config key '{key}' .*less than or equal to"):
+        load_settings(environ={f"DICOM_AI_{key.upper()}": value})
+
+
+def test_large_but_sensible_values_are_kept() -> None:
+    settings = load_settings(environ={"DICOM_AI_STABLE_AFTER": "3600", "DICOM_AI_RETENTION_DAYS": "3650",
+                                      "DICOM_AI_SEND_MAX_ATTEMPTS": "500"})
+    assert settings.stable_after == 3600 and settings.retention_days == 3650 and settings.send_max_attempts == 500
+
+
+@pytest.mark.parametrize("key", ["home", "rules_dir", "models_dir", "mwl_dir"])
+def test_a_folder_setting_naming_a_file_is_one_line(key: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for value, expected in ((a_file, "is a file, not a folder"), (a_file / "sub", "lies under")):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(environ={f"DICOM_AI_{key.upper()}": str(value)})
+        message = str(caught.value)
+        assert message.startswith(f"config key '{key}'") and expected in message and "\n" not in message
+
+
+def test_a_folder_that_does_not_exist_yet_is_fine(tmp_path: Path) -> None:
+    assert load_settings(environ={"DICOM_AI_HOME": str(tmp_path / "new" / "home")}).home == tmp_path / "new" / "home"
