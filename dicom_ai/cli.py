@@ -191,21 +191,25 @@ def models_check(ctx: click.Context, folders: tuple[Path, ...], torch_only: bool
     Exit status 1 when any folder is unusable; each problem names the file and field to fix.
     """
     from dicom_ai.infer.check import check_model_folder
+    from dicom_ai.infer.registry import model_folders
 
     if not folders:
         models_dir = _settings(ctx).models_dir
         if not models_dir.is_dir():
             raise click.ClickException(f"models folder {models_dir} does not exist")
-        folders = tuple(sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))))
+        folders = tuple(model_folders(models_dir))
         if not folders:
             raise click.ClickException(f"no model folders in {models_dir}")
     broken = 0
     for folder in folders:
         report = check_model_folder(folder, fast_path=not torch_only)
         name = f"{report.card.name} {report.card.version}" if report.card else folder.name
-        click.echo(f"{'ok' if report.ok else 'BROKEN'}  {name}  ({folder})")
+        state = "BROKEN" if not report.ok else ("ok, NOT READY" if report.pending else "ok")
+        click.echo(f"{state}  {name}  ({folder})")
         for fact in report.facts:
             click.echo(f"    {fact}")
+        for task in report.pending:
+            click.echo(f"    to do: {task}")
         for warning in report.warnings:
             click.echo(f"    warning: {warning}")
         for problem in report.problems:

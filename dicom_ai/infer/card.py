@@ -32,10 +32,34 @@ DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-ai:model-weight
 # Coding scheme designators a label's code may use (PS3.16 Section 8).
 SCHEME_SNOMED_CT = "SCT"
 SCHEME_RADLEX = "RADLEX"
+SITE_THRESHOLD = "site"  # a label's threshold the site must choose on its own validation data
 _CODE_VALUE_PATTERNS = {
     SCHEME_SNOMED_CT: re.compile(r"^\d{6,18}$"),  # SNOMED CT identifiers are digits only
     SCHEME_RADLEX: re.compile(r"^RID\d+$"),  # RadLex identifiers look like RID5350
 }
+
+
+# SNOMED CT identifiers end in a partition identifier and a Verhoeff check digit (SNOMED CT TIG,
+# "SCTID"): partition 00 is an International concept, 10 an extension concept.
+_SCT_CONCEPT_PARTITIONS = ("00", "10")
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7), (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3), (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_P1 = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)  # the position permutation; row k is it applied k times
+
+
+def verhoeff_valid(digits: str) -> bool:
+    """Whether a digit string ends in its Verhoeff check digit (as every SNOMED CT identifier does)."""
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char)
+        for _ in range(position % 8):
+            digit = _VERHOEFF_P1[digit]
+        check = _VERHOEFF_D[check][digit]
+    return check == 0
 
 
 class ModelError(Exception):
@@ -62,6 +86,13 @@ class CodeSpec(_Strict):
         if not _CODE_VALUE_PATTERNS[self.scheme].match(self.value):
             example = "95436008" if self.scheme == SCHEME_SNOMED_CT else "RID5350"
             raise ValueError(f"{self.value!r} is not a {self.scheme} code value (e.g. {example!r})")
+        if self.scheme == SCHEME_SNOMED_CT:
+            if not verhoeff_valid(self.value):
+                raise ValueError(f"{self.value!r} is not a SNOMED CT identifier: its check digit is wrong (a typo? "
+                                 "look the concept up in a SNOMED CT browser)")
+            if self.value[-3:-1] not in _SCT_CONCEPT_PARTITIONS:
+                raise ValueError(f"{self.value!r} is a SNOMED CT description or relationship identifier "
+                                 f"(partition {self.value[-3:-1]}), not a concept identifier")
         return self
 
     def to_code(self) -> Code:
@@ -78,13 +109,35 @@ class LabelSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=64)
     code: CodeSpec | None = None
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # An operating point in 0..1, or "site": the site must choose it on its own validation data
+    # before the node reports this label (published weights come without the site's operating point).
+    threshold: float | Literal["site"] | None = None
     report: bool = True
 
     def describe(self) -> str:
         if not self.report or self.code is None or self.threshold is None:
             return f"{self.name} (not reported)"
+        if self.threshold == SITE_THRESHOLD:
+            return f"{self.name} ({self.code.scheme} {self.code.value}) >= threshold for the site to set"
         return f"{self.name} ({self.code.scheme} {self.code.value}) >= {self.threshold:g}"
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != SITE_THRESHOLD:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"threshold {value!r} must be a number between 0 and 1, or {SITE_THRESHOLD!r} "
+                                 "for the site to set") from None
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"threshold {value:g} must be between 0 and 1 (or 'site' for the site to set)")
+        return value
 
     @model_validator(mode="after")
     def _reported_needs_code_and_threshold(self) -> LabelSpec:
@@ -94,11 +147,43 @@ class LabelSpec(_Strict):
         return self
 
 
+class KeyRewrite(_Strict):
+    """One rewrite of checkpoint key names: re.sub(pattern, replace, key)."""
+
+    pattern: str = Field(min_length=1)
+    replace: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
 class ArchitectureSpec(_Strict):
-    """A class of monai.networks.nets and the keyword arguments that rebuild the trained network."""
+    """A class of monai.networks.nets and the keyword arguments that rebuild the trained network.
+
+    `weights_layout` says how the checkpoint names its tensors: `monai` (this class's own
+    names, optionally behind DataParallel's "module.") or `torchvision-densenet` (torchvision's
+    DenseNet names in either naming, behind any wrapper prefix, e.g. CheXNet's published
+    checkpoints). `key_map` rewrites then apply in order, for any other naming.
+    """
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights_layout: Literal["monai", "torchvision-densenet"] = "monai"
+    key_map: list[KeyRewrite] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> ArchitectureSpec:
+        import monai.networks.nets as nets
+
+        if self.weights_layout == "torchvision-densenet" and not issubclass(getattr(nets, self.name), nets.DenseNet):
+            raise ValueError(f"weights_layout torchvision-densenet maps onto a MONAI DenseNet (e.g. DenseNet121), not {self.name}")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -305,6 +390,11 @@ class ModelCard(_Strict):
         if self.input.window is not None and self.input.dims != 3:
             raise ValueError("input.window applies to 3-D (volume) models; 2-D models see the display image, already windowed")
         return self
+
+    @property
+    def pending_thresholds(self) -> list[str]:
+        """Reported labels whose threshold is still `site`: the node refuses to run the model until set."""
+        return [label.name for label in self.labels if label.report and label.threshold == SITE_THRESHOLD]
 
     @property
     def bundle_spec(self) -> BundleSpec:

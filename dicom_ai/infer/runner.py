@@ -105,6 +105,11 @@ class LoadedModel:
         return self._info
 
     @property
+    def has_heatmaps(self) -> bool:
+        """Whether this model draws Grad-CAM heatmaps."""
+        return self._heatmaps is not None
+
+    @property
     def backend(self) -> Backend:
         """What computes the probabilities."""
         if self.onnx is not None:
@@ -146,6 +151,10 @@ class LoadedModel:
         """
         if heatmaps not in get_args(HeatmapPolicy):
             raise ValueError(f"heatmaps must be one of {', '.join(get_args(HeatmapPolicy))}, got {heatmaps!r}")
+        pending = self.card.pending_thresholds
+        if pending:
+            raise ModelError(f"model {self.card.name}: the site has not set the thresholds of {', '.join(pending)} "
+                             "(threshold: site in its model.yaml); it reports nothing until they are set")
         results: list[ImageResult] = []
         if self.card.input.dims == 3:
             by_series: dict[str, list[Instance]] = {}
@@ -172,14 +181,15 @@ class LoadedModel:
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(B, labels) probabilities for a prepared batch (our orientation); used by predict and the trainer."""
+        return self._to_probabilities(self._logits(batch))
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         network_batch = _reverse_spatial(batch) if self._transposed else batch
         if self.onnx is not None:
-            logits = self.onnx.logits(network_batch)
-        else:
-            assert self.network is not None
-            with torch.inference_mode():
-                logits = self.network(network_batch)
-        return self._to_probabilities(logits)
+            return self.onnx.logits(network_batch)
+        assert self.network is not None
+        with torch.inference_mode():
+            return self.network(network_batch)
 
     def torch_probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Probabilities from the torch network even when the fast path is on (benchmarks, checks)."""
@@ -279,7 +289,7 @@ class LoadedModel:
         findings = []
         for index in self.card.reported:
             label = self.card.labels[index]
-            assert label.code is not None and label.threshold is not None  # the card guarantees it
+            assert label.code is not None and isinstance(label.threshold, float)  # the card and predict guarantee it
             findings.append(Finding(label=label.name, code=label.code.to_code(), probability=float(row[index]),
                                     threshold=label.threshold))
         return findings
