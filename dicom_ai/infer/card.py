@@ -25,6 +25,7 @@ from dicom_ai.domain import Code
 CARD_FILENAME = "model.yaml"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 MAX_UID_LENGTH = 64  # PS3.5 9.1
+MAX_PROMPT_LENGTH = 1000
 # Name-based UUIDs of weight digests live in this namespace; "2.25." + the UUID's integer is a UID
 # without a registered root (PS3.5 B.2).
 DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-ai:model-weights")
@@ -113,6 +114,7 @@ class LabelSpec(_Strict):
     # before the node reports this label (published weights come without the site's operating point).
     threshold: float | Literal["site"] | None = None
     report: bool = True
+    prompts: list[str] | None = None  # zero_shot models: text prompts whose embeddings stand for this label
 
     def describe(self) -> str:
         if not self.report or self.code is None or self.threshold is None:
@@ -137,6 +139,20 @@ class LabelSpec(_Strict):
     def _threshold_range(cls, value: float | str | None) -> float | str | None:
         if isinstance(value, float) and not 0.0 <= value <= 1.0:
             raise ValueError(f"threshold {value:g} must be between 0 and 1 (or 'site' for the site to set)")
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("list at least one prompt")
+        for prompt in value:
+            if not prompt.strip() or len(prompt) > MAX_PROMPT_LENGTH:
+                raise ValueError(f"prompt {prompt[:40]!r} must be 1 to {MAX_PROMPT_LENGTH} characters of text")
+        if len(set(value)) != len(value):
+            raise ValueError("prompts of a label must differ")
         return value
 
     @model_validator(mode="after")
@@ -285,6 +301,31 @@ class BundleSpec(_Strict):
         return _relative_file(value)
 
 
+class ZeroShotSpec(_Strict):
+    """A CLIP-style pair (e.g. BiomedCLIP): the image encoder is `weights`, the text side runs offline.
+
+    `dicom-ai models prompts` tokenizes each label's prompts with `tokenizer` (a BERT WordPiece
+    `vocab.txt`, as BiomedCLIP's PubMedBERT ships, or a HuggingFace `tokenizer.json`), runs
+    `text_encoder` (ONNX or TorchScript) and stores one embedding per label in `embeddings`;
+    the node then needs only the image encoder and that file. Probabilities are
+    softmax(logit_scale * cosine(image, label)); heatmaps come from occluding a
+    `occlusion_grid` x `occlusion_grid` grid of the image (works for ONNX and TorchScript alike).
+    """
+
+    text_encoder: str
+    tokenizer: str
+    context_length: int = Field(default=77, ge=4, le=4096)  # token ids per prompt, padded (BiomedCLIP: 256)
+    lowercase: bool = True  # vocab.txt only: an uncased vocabulary (PubMedBERT's is)
+    logit_scale: float = Field(default=100.0, gt=0.0, le=1000.0)  # CLIP's exp(logit_scale) after training
+    embeddings: str = "prompts.npz"
+    occlusion_grid: int = Field(default=7, ge=2, le=32)
+
+    @field_validator("text_encoder", "tokenizer", "embeddings")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _relative_file(value)
+
+
 def _relative_file(value: str) -> str:
     path = PurePosixPath(value)
     if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
@@ -315,11 +356,12 @@ class ModelCard(_Strict):
     display_name: str = Field(min_length=1, max_length=64)
     manufacturer: str = Field(min_length=1, max_length=64)
     device_uid: str | None = None  # None: derived from the weights' sha256 (derive_device_uid)
-    format: Literal["state_dict", "torchscript", "onnx", "monai_bundle"]
-    weights: str  # a file inside the model's folder (a bundle's is usually models/model.pt)
+    format: Literal["state_dict", "torchscript", "onnx", "monai_bundle", "zero_shot"]
+    weights: str  # a file inside the model's folder (a bundle's is usually models/model.pt; zero_shot: the image encoder)
     onnx: str | None = None  # ONNX copy of the weights for the fast path (`dicom-ai models export`)
     architecture: ArchitectureSpec | None = None  # required for state_dict
     bundle: BundleSpec | None = None  # monai_bundle only; default paths when left out
+    zero_shot: ZeroShotSpec | None = None  # zero_shot only: text side, temperature, embeddings file
     gate: dict[str, list[str]] = Field(default_factory=dict)  # series: DICOM keyword -> accepted values
     select: dict[str, list[str]] = Field(default_factory=dict)  # images of accepted series, e.g. ViewPosition
     input: InputSpec
@@ -371,6 +413,7 @@ class ModelCard(_Strict):
             )
         if self.format == "onnx" and self.onnx not in (None, self.weights):
             raise ValueError("format onnx: the weights are the ONNX file; leave the onnx field out")
+        self._zero_shot_consistent()
         names = [label.name for label in self.labels]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -390,6 +433,28 @@ class ModelCard(_Strict):
         if self.input.window is not None and self.input.dims != 3:
             raise ValueError("input.window applies to 3-D (volume) models; 2-D models see the display image, already windowed")
         return self
+
+    def _zero_shot_consistent(self) -> None:
+        prompted = [label.name for label in self.labels if label.prompts is not None]
+        if self.format != "zero_shot":
+            if self.zero_shot is not None:
+                raise ValueError("zero_shot settings apply only to format zero_shot")
+            if prompted:
+                raise ValueError(f"prompts apply only to format zero_shot (labels {', '.join(prompted)})")
+            return
+        if self.zero_shot is None:
+            raise ValueError("format zero_shot needs a zero_shot section (text_encoder, tokenizer, logit_scale)")
+        if self.gradcam is not None:
+            raise ValueError("format zero_shot draws heatmaps by occlusion (zero_shot.occlusion_grid); remove gradcam")
+        if self.onnx is not None or self.architecture is not None:
+            raise ValueError("format zero_shot: the image encoder is the weights file (ONNX or TorchScript); leave onnx and architecture out")
+        if self.output != "softmax":
+            raise ValueError("format zero_shot compares labels with each other: output must be softmax")
+        unprompted = [label.name for label in self.labels if label.prompts is None]
+        if unprompted:
+            raise ValueError(f"format zero_shot: every label needs prompts (missing for {', '.join(unprompted)})")
+        if self.input.dims != 2:
+            raise ValueError("format zero_shot takes 2-D images (input.size [rows, columns])")
 
     @property
     def pending_thresholds(self) -> list[str]:

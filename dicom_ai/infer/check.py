@@ -1,7 +1,7 @@
 """`dicom-ai models check`: is a model folder usable, before the node relies on it?
 
 Validates the card, loads the weights as the node would, and runs one synthetic forward pass
-(plus Grad-CAM when the card asks for it) so that a
+(plus the heatmap: Grad-CAM when the card asks for it, occlusion for zero-shot models) so that a
 broken model is refused with a message an admin can act on, and a working one shows what it will
 cost per image on this machine. A card whose thresholds are still `site` is checked all the same
 (that is how a site tries published weights before choosing its operating points) and reported
@@ -80,7 +80,11 @@ def _exercise(model: LoadedModel, report: CheckReport) -> None:
         "labels: " + ", ".join(label.describe() for label in card.labels),
         f"gate {card.gate or 'none'}; image selection {card.select or 'all images'}",
     ]
-    if model.network is not None:
+    if card.zero_shot is not None:
+        prompts = sum(len(label.prompts or []) for label in card.labels)
+        report.facts.append(f"zero-shot: {len(card.labels)} labels from {prompts} prompts in {card.zero_shot.embeddings} "
+                            f"(current), logit scale {card.zero_shot.logit_scale:g}")
+    elif model.network is not None:
         parameters = sum(p.numel() for p in model.network.parameters())
         report.facts.append(f"{parameters:,} parameters")
     single = batch[:1]
@@ -91,8 +95,7 @@ def _exercise(model: LoadedModel, report: CheckReport) -> None:
         started = time.perf_counter()
         maps = model._feature_maps(single, card.reported[0])
         took = (time.perf_counter() - started) * 1000.0
-        assert card.gradcam is not None
-        method = f"Grad-CAM on {card.gradcam.target_layer}"
+        method = f"Grad-CAM on {card.gradcam.target_layer}" if card.gradcam is not None else "occlusion"
         if not torch.isfinite(maps).all():
             raise ModelError(f"model {card.name}: {method} gives non-finite values")
         report.facts.append(f"{method}: {'x'.join(map(str, maps.shape[2:]))} map, {took:.0f} ms per heatmap")

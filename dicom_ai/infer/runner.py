@@ -23,10 +23,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicom_ai.domain import Finding, ImageResult, Instance, ModelInfo
-from dicom_ai.infer import networks
+from dicom_ai.infer import networks, zeroshot
 from dicom_ai.infer.bundle import Preprocessing
 from dicom_ai.infer.card import ModelCard, ModelError, derive_device_uid
 from dicom_ai.infer.gradcam import HeatmapMaker, upsample
+from dicom_ai.infer.occlusion import OcclusionMaps
 from dicom_ai.infer.pixels import PixelError, color_image, display_image
 from dicom_ai.infer.preprocess import preprocess, preprocess_volume
 from dicom_ai.infer.volume import MIN_SLICES, read_volume
@@ -71,7 +72,11 @@ class LoadedModel:
             not_for_clinical_use=card.not_for_clinical_use,
             intended_use=card.intended_use,
         )
-        self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer) if card.gradcam and network is not None else None
+        self._heatmaps: HeatmapMaker | OcclusionMaps | None = None
+        if card.gradcam is not None and network is not None:
+            self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer)
+        elif card.zero_shot is not None:  # encoders hide their layers: occlusion works for ONNX and TorchScript
+            self._heatmaps = OcclusionMaps(self._logits, card.zero_shot.occlusion_grid)
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,6 +86,11 @@ class LoadedModel:
         With `fast_path`, an ONNX copy named by the card is used for probabilities when
         onnxruntime is installed and agrees with torch on a probe input; otherwise torch runs.
         """
+        if card.format == "zero_shot":
+            head, encoder = zeroshot.load_zero_shot(folder, card)
+            model = cls(card, head, card.device_uid or derive_device_uid(folder / card.weights), onnx=encoder)
+            model._check_output_shape()
+            return model
         network, bundle_preprocessing = networks.load_torch_network(folder, card)
         onnx = None
         if card.format == "onnx":
@@ -106,7 +116,7 @@ class LoadedModel:
 
     @property
     def has_heatmaps(self) -> bool:
-        """Whether this model draws Grad-CAM heatmaps."""
+        """Whether this model draws heatmaps (Grad-CAM on a named layer, or occlusion for zero-shot)."""
         return self._heatmaps is not None
 
     @property
@@ -114,7 +124,7 @@ class LoadedModel:
         """What computes the probabilities."""
         if self.onnx is not None:
             return "onnxruntime"
-        return "torchscript" if self.card.format == "torchscript" else "torch"
+        return "torchscript" if self.card.format in ("torchscript", "zero_shot") else "torch"
 
     def accepts(self, header: Dataset) -> tuple[bool, str]:
         """Apply the card's gate to a series header: (accepted, reason in words)."""

@@ -87,6 +87,7 @@ _DELETE = object()
         (_set("labels.0.code.value", "95436003"), "'95436003' is not a SNOMED CT identifier: its check digit is wrong"),
         (_set("labels.0.code.value", "3772571013"), "'3772571013' is a SNOMED CT description or relationship identifier"),
         (_set("labels.0.threshold", "sight"), "threshold 'sight' must be a number between 0 and 1, or 'site'"),
+        (_set("labels.0.prompts", ["consolidation"]), "prompts apply only to format zero_shot"),
         (_set("architecture.weights_layout", "keras"), "field 'architecture.weights_layout'"),
         (lambda card: card["architecture"].update(name="ResNet", weights_layout="torchvision-densenet"),
          "weights_layout torchvision-densenet maps onto a MONAI DenseNet (e.g. DenseNet121), not ResNet"),
@@ -120,6 +121,8 @@ def test_snomed_identifiers_pass_their_check_digit(tmp_path: Path) -> None:
     assert not verhoeff_valid("95436003") and not verhoeff_valid("36118009")
     example = load_card(Path(__file__).resolve().parents[2] / "models" / "examples" / "chexnet" / "model.yaml")
     assert len(example.codes) == 14 and example.pending_thresholds == [label.name for label in example.labels]
+    zero_shot = load_card(Path(__file__).resolve().parents[2] / "models" / "examples" / "biomedclip" / "model.yaml")
+    assert zero_shot.format == "zero_shot" and zero_shot.zero_shot is not None and zero_shot.zero_shot.context_length == 256
 
 
 def test_site_thresholds_and_key_maps_are_accepted(tmp_path: Path) -> None:
