@@ -159,7 +159,7 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
 @main.group()
 def models() -> None:
-    """Inspect, check and export the models in models_dir."""
+    """Inspect, check, export and (zero-shot) embed the prompts of the models in models_dir."""
 
 
 @models.command("list")
@@ -194,21 +194,25 @@ def models_check(ctx: click.Context, folders: tuple[Path, ...], torch_only: bool
     Exit status 1 when any folder is unusable; each problem names the file and field to fix.
     """
     from dicom_ai.infer.check import check_model_folder
+    from dicom_ai.infer.registry import model_folders
 
     if not folders:
         models_dir = _settings(ctx).models_dir
         if not models_dir.is_dir():
             raise click.ClickException(f"models folder {models_dir} does not exist")
-        folders = tuple(sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))))
+        folders = tuple(model_folders(models_dir))
         if not folders:
             raise click.ClickException(f"no model folders in {models_dir}")
     broken = 0
     for folder in folders:
         report = check_model_folder(folder, fast_path=not torch_only)
         name = f"{report.card.name} {report.card.version}" if report.card else folder.name
-        click.echo(f"{'ok' if report.ok else 'BROKEN'}  {name}  ({folder})")
+        state = "BROKEN" if not report.ok else ("ok, NOT READY" if report.pending else "ok")
+        click.echo(f"{state}  {name}  ({folder})")
         for fact in report.facts:
             click.echo(f"    {fact}")
+        for task in report.pending:
+            click.echo(f"    to do: {task}")
         for warning in report.warnings:
             click.echo(f"    warning: {warning}")
         for problem in report.problems:
@@ -226,20 +230,45 @@ def models_export(ctx: click.Context, model: str) -> None:
     from dicom_ai.infer.card import ModelError
     from dicom_ai.infer.export import export_onnx
 
-    folder = Path(model)
-    if not (folder / "model.yaml").is_file():
-        models_dir = _settings(ctx).models_dir
-        folder = models_dir / model
-        if not folder.is_dir():
-            known = sorted(p.name for p in models_dir.iterdir() if (p / "model.yaml").is_file()) if models_dir.is_dir() else []
-            raise click.ClickException(f"no model {model!r}: not a folder holding a model.yaml, and not a model in "
-                                       f"{models_dir} (there: {', '.join(known) or 'none'})")
+    folder = _model_folder(ctx, model)
     try:
         result = export_onnx(folder)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB); max probability difference from torch "
                f"{result.max_difference:.1g}; the card now names it in 'onnx:'")
+
+
+@models.command("prompts")
+@click.argument("model")
+@click.pass_context
+def models_prompts(ctx: click.Context, model: str) -> None:
+    """Embed a zero-shot MODEL's label prompts (a name in models_dir, or a folder) with its text encoder, offline."""
+    from dicom_ai.infer.card import ModelError
+    from dicom_ai.infer.prompts import compute_prompt_embeddings
+
+    folder = _model_folder(ctx, model)
+    try:
+        result = compute_prompt_embeddings(folder)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    first, second, cosine = result.closest
+    click.echo(f"wrote {result.path}: {result.labels} label embeddings ({result.dim}-dim) from {result.prompts} prompts; "
+               f"closest labels {first} / {second} (cosine {cosine:.3f})")
+
+
+def _model_folder(ctx: click.Context, model: str) -> Path:
+    """A folder holding a model.yaml, or the folder of a model named in models_dir."""
+    folder = Path(model)
+    if (folder / "model.yaml").is_file():
+        return folder
+    models_dir = _settings(ctx).models_dir
+    folder = models_dir / model
+    if not folder.is_dir():
+        known = sorted(p.name for p in models_dir.iterdir() if (p / "model.yaml").is_file()) if models_dir.is_dir() else []
+        raise click.ClickException(f"no model {model!r}: not a folder holding a model.yaml, and not a model in "
+                                   f"{models_dir} (there: {', '.join(known) or 'none'})")
+    return folder
 
 
 @main.command()

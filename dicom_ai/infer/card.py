@@ -25,6 +25,7 @@ from dicom_ai.domain import Code
 CARD_FILENAME = "model.yaml"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 MAX_UID_LENGTH = 64  # PS3.5 9.1
+MAX_PROMPT_LENGTH = 1000
 # Name-based UUIDs of weight digests live in this namespace; "2.25." + the UUID's integer is a UID
 # without a registered root (PS3.5 B.2).
 DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-ai:model-weights")
@@ -32,10 +33,34 @@ DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-ai:model-weight
 # Coding scheme designators a label's code may use (PS3.16 Section 8).
 SCHEME_SNOMED_CT = "SCT"
 SCHEME_RADLEX = "RADLEX"
+SITE_THRESHOLD = "site"  # a label's threshold the site must choose on its own validation data
 _CODE_VALUE_PATTERNS = {
     SCHEME_SNOMED_CT: re.compile(r"^\d{6,18}$"),  # SNOMED CT identifiers are digits only
     SCHEME_RADLEX: re.compile(r"^RID\d+$"),  # RadLex identifiers look like RID5350
 }
+
+
+# SNOMED CT identifiers end in a partition identifier and a Verhoeff check digit (SNOMED CT TIG,
+# "SCTID"): partition 00 is an International concept, 10 an extension concept.
+_SCT_CONCEPT_PARTITIONS = ("00", "10")
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7), (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3), (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_P1 = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)  # the position permutation; row k is it applied k times
+
+
+def verhoeff_valid(digits: str) -> bool:
+    """Whether a digit string ends in its Verhoeff check digit (as every SNOMED CT identifier does)."""
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char)
+        for _ in range(position % 8):
+            digit = _VERHOEFF_P1[digit]
+        check = _VERHOEFF_D[check][digit]
+    return check == 0
 
 
 class ModelError(Exception):
@@ -62,6 +87,13 @@ class CodeSpec(_Strict):
         if not _CODE_VALUE_PATTERNS[self.scheme].match(self.value):
             example = "95436008" if self.scheme == SCHEME_SNOMED_CT else "RID5350"
             raise ValueError(f"{self.value!r} is not a {self.scheme} code value (e.g. {example!r})")
+        if self.scheme == SCHEME_SNOMED_CT:
+            if not verhoeff_valid(self.value):
+                raise ValueError(f"{self.value!r} is not a SNOMED CT identifier: its check digit is wrong (a typo? "
+                                 "look the concept up in a SNOMED CT browser)")
+            if self.value[-3:-1] not in _SCT_CONCEPT_PARTITIONS:
+                raise ValueError(f"{self.value!r} is a SNOMED CT description or relationship identifier "
+                                 f"(partition {self.value[-3:-1]}), not a concept identifier")
         return self
 
     def to_code(self) -> Code:
@@ -78,13 +110,50 @@ class LabelSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=64)
     code: CodeSpec | None = None
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # An operating point in 0..1, or "site": the site must choose it on its own validation data
+    # before the node reports this label (published weights come without the site's operating point).
+    threshold: float | Literal["site"] | None = None
     report: bool = True
+    prompts: list[str] | None = None  # zero_shot models: text prompts whose embeddings stand for this label
 
     def describe(self) -> str:
         if not self.report or self.code is None or self.threshold is None:
             return f"{self.name} (not reported)"
+        if self.threshold == SITE_THRESHOLD:
+            return f"{self.name} ({self.code.scheme} {self.code.value}) >= threshold for the site to set"
         return f"{self.name} ({self.code.scheme} {self.code.value}) >= {self.threshold:g}"
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != SITE_THRESHOLD:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"threshold {value!r} must be a number between 0 and 1, or {SITE_THRESHOLD!r} "
+                                 "for the site to set") from None
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"threshold {value:g} must be between 0 and 1 (or 'site' for the site to set)")
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("list at least one prompt")
+        for prompt in value:
+            if not prompt.strip() or len(prompt) > MAX_PROMPT_LENGTH:
+                raise ValueError(f"prompt {prompt[:40]!r} must be 1 to {MAX_PROMPT_LENGTH} characters of text")
+        if len(set(value)) != len(value):
+            raise ValueError("prompts of a label must differ")
+        return value
 
     @model_validator(mode="after")
     def _reported_needs_code_and_threshold(self) -> LabelSpec:
@@ -94,11 +163,43 @@ class LabelSpec(_Strict):
         return self
 
 
+class KeyRewrite(_Strict):
+    """One rewrite of checkpoint key names: re.sub(pattern, replace, key)."""
+
+    pattern: str = Field(min_length=1)
+    replace: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
 class ArchitectureSpec(_Strict):
-    """A class of monai.networks.nets and the keyword arguments that rebuild the trained network."""
+    """A class of monai.networks.nets and the keyword arguments that rebuild the trained network.
+
+    `weights_layout` says how the checkpoint names its tensors: `monai` (this class's own
+    names, optionally behind DataParallel's "module.") or `torchvision-densenet` (torchvision's
+    DenseNet names in either naming, behind any wrapper prefix, e.g. CheXNet's published
+    checkpoints). `key_map` rewrites then apply in order, for any other naming.
+    """
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights_layout: Literal["monai", "torchvision-densenet"] = "monai"
+    key_map: list[KeyRewrite] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> ArchitectureSpec:
+        import monai.networks.nets as nets
+
+        if self.weights_layout == "torchvision-densenet" and not issubclass(getattr(nets, self.name), nets.DenseNet):
+            raise ValueError(f"weights_layout torchvision-densenet maps onto a MONAI DenseNet (e.g. DenseNet121), not {self.name}")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -200,6 +301,31 @@ class BundleSpec(_Strict):
         return _relative_file(value)
 
 
+class ZeroShotSpec(_Strict):
+    """A CLIP-style pair (e.g. BiomedCLIP): the image encoder is `weights`, the text side runs offline.
+
+    `dicom-ai models prompts` tokenizes each label's prompts with `tokenizer` (a BERT WordPiece
+    `vocab.txt`, as BiomedCLIP's PubMedBERT ships, or a HuggingFace `tokenizer.json`), runs
+    `text_encoder` (ONNX or TorchScript) and stores one embedding per label in `embeddings`;
+    the node then needs only the image encoder and that file. Probabilities are
+    softmax(logit_scale * cosine(image, label)); heatmaps come from occluding a
+    `occlusion_grid` x `occlusion_grid` grid of the image (works for ONNX and TorchScript alike).
+    """
+
+    text_encoder: str
+    tokenizer: str
+    context_length: int = Field(default=77, ge=4, le=4096)  # token ids per prompt, padded (BiomedCLIP: 256)
+    lowercase: bool = True  # vocab.txt only: an uncased vocabulary (PubMedBERT's is)
+    logit_scale: float = Field(default=100.0, gt=0.0, le=1000.0)  # CLIP's exp(logit_scale) after training
+    embeddings: str = "prompts.npz"
+    occlusion_grid: int = Field(default=7, ge=2, le=32)
+
+    @field_validator("text_encoder", "tokenizer", "embeddings")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _relative_file(value)
+
+
 def _relative_file(value: str) -> str:
     path = PurePosixPath(value)
     if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
@@ -230,11 +356,12 @@ class ModelCard(_Strict):
     display_name: str = Field(min_length=1, max_length=64)
     manufacturer: str = Field(min_length=1, max_length=64)
     device_uid: str | None = None  # None: derived from the weights' sha256 (derive_device_uid)
-    format: Literal["state_dict", "torchscript", "onnx", "monai_bundle"]
-    weights: str  # a file inside the model's folder (a bundle's is usually models/model.pt)
+    format: Literal["state_dict", "torchscript", "onnx", "monai_bundle", "zero_shot"]
+    weights: str  # a file inside the model's folder (a bundle's is usually models/model.pt; zero_shot: the image encoder)
     onnx: str | None = None  # ONNX copy of the weights for the fast path (`dicom-ai models export`)
     architecture: ArchitectureSpec | None = None  # required for state_dict
     bundle: BundleSpec | None = None  # monai_bundle only; default paths when left out
+    zero_shot: ZeroShotSpec | None = None  # zero_shot only: text side, temperature, embeddings file
     gate: dict[str, list[str]] = Field(default_factory=dict)  # series: DICOM keyword -> accepted values
     select: dict[str, list[str]] = Field(default_factory=dict)  # images of accepted series, e.g. ViewPosition
     input: InputSpec
@@ -286,6 +413,7 @@ class ModelCard(_Strict):
             )
         if self.format == "onnx" and self.onnx not in (None, self.weights):
             raise ValueError("format onnx: the weights are the ONNX file; leave the onnx field out")
+        self._zero_shot_consistent()
         names = [label.name for label in self.labels]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -305,6 +433,33 @@ class ModelCard(_Strict):
         if self.input.window is not None and self.input.dims != 3:
             raise ValueError("input.window applies to 3-D (volume) models; 2-D models see the display image, already windowed")
         return self
+
+    def _zero_shot_consistent(self) -> None:
+        prompted = [label.name for label in self.labels if label.prompts is not None]
+        if self.format != "zero_shot":
+            if self.zero_shot is not None:
+                raise ValueError("zero_shot settings apply only to format zero_shot")
+            if prompted:
+                raise ValueError(f"prompts apply only to format zero_shot (labels {', '.join(prompted)})")
+            return
+        if self.zero_shot is None:
+            raise ValueError("format zero_shot needs a zero_shot section (text_encoder, tokenizer, logit_scale)")
+        if self.gradcam is not None:
+            raise ValueError("format zero_shot draws heatmaps by occlusion (zero_shot.occlusion_grid); remove gradcam")
+        if self.onnx is not None or self.architecture is not None:
+            raise ValueError("format zero_shot: the image encoder is the weights file (ONNX or TorchScript); leave onnx and architecture out")
+        if self.output != "softmax":
+            raise ValueError("format zero_shot compares labels with each other: output must be softmax")
+        unprompted = [label.name for label in self.labels if label.prompts is None]
+        if unprompted:
+            raise ValueError(f"format zero_shot: every label needs prompts (missing for {', '.join(unprompted)})")
+        if self.input.dims != 2:
+            raise ValueError("format zero_shot takes 2-D images (input.size [rows, columns])")
+
+    @property
+    def pending_thresholds(self) -> list[str]:
+        """Reported labels whose threshold is still `site`: the node refuses to run the model until set."""
+        return [label.name for label in self.labels if label.report and label.threshold == SITE_THRESHOLD]
 
     @property
     def bundle_spec(self) -> BundleSpec:

@@ -1,8 +1,11 @@
 """`dicom-ai models check`: is a model folder usable, before the node relies on it?
 
 Validates the card, loads the weights as the node would, and runs one synthetic forward pass
-(plus Grad-CAM when the card asks for it) so that a broken model is refused with a message an
-admin can act on, and a working one shows what it will cost per image on this machine.
+(plus the heatmap: Grad-CAM when the card asks for it, occlusion for zero-shot models) so that a
+broken model is refused with a message an admin can act on, and a working one shows what it will
+cost per image on this machine. A card whose thresholds are still `site` is checked all the same
+(that is how a site tries published weights before choosing its operating points) and reported
+as not ready: the node will not run it until they are set.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class CheckReport:
     facts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # what the site must do before the node runs it
 
     @property
     def ok(self) -> bool:
@@ -47,6 +51,9 @@ def check_model_folder(folder: Path, *, fast_path: bool = True) -> CheckReport:
         report.problems.append(str(exc))
         return report
     report.card = card
+    if card.pending_thresholds:
+        report.pending.append(f"set the thresholds of {', '.join(card.pending_thresholds)} (now 'site') from the site's "
+                              "own validation data; until then the node lists this model as not ready")
     try:
         model = LoadedModel.load(folder, card, fast_path=fast_path)
         _exercise(model, report)
@@ -73,18 +80,25 @@ def _exercise(model: LoadedModel, report: CheckReport) -> None:
         "labels: " + ", ".join(label.describe() for label in card.labels),
         f"gate {card.gate or 'none'}; image selection {card.select or 'all images'}",
     ]
-    if model.network is not None:
+    if card.zero_shot is not None:
+        prompts = sum(len(label.prompts or []) for label in card.labels)
+        report.facts.append(f"zero-shot: {len(card.labels)} labels from {prompts} prompts in {card.zero_shot.embeddings} "
+                            f"(current), logit scale {card.zero_shot.logit_scale:g}")
+    elif model.network is not None:
         parameters = sum(p.numel() for p in model.network.parameters())
         report.facts.append(f"{parameters:,} parameters")
     single = batch[:1]
     report.facts.append(f"{_latency_ms(lambda: model.probabilities(single)):.1f} ms per {spec.dims}-D input on {model.backend} (batch 1, CPU)")
     if model.backend == "onnxruntime" and model.network is not None:
         report.facts.append(f"{_latency_ms(lambda: model.torch_probabilities(single)):.1f} ms per input on torch eager (batch 1)")
-    if card.gradcam is not None and model.network is not None:
-        maps = model._feature_maps(single, 0)
+    if model.has_heatmaps:
+        started = time.perf_counter()
+        maps = model._feature_maps(single, card.reported[0])
+        took = (time.perf_counter() - started) * 1000.0
+        method = f"Grad-CAM on {card.gradcam.target_layer}" if card.gradcam is not None else "occlusion"
         if not torch.isfinite(maps).all():
-            raise ModelError(f"model {card.name}: Grad-CAM on {card.gradcam.target_layer} gives non-finite values")
-        report.facts.append(f"Grad-CAM on {card.gradcam.target_layer}: {'x'.join(map(str, maps.shape[2:]))} map")
+            raise ModelError(f"model {card.name}: {method} gives non-finite values")
+        report.facts.append(f"{method}: {'x'.join(map(str, maps.shape[2:]))} map, {took:.0f} ms per heatmap")
 
 
 def _latency_ms(run: object) -> float:

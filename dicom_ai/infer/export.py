@@ -41,6 +41,8 @@ def export_onnx(folder: Path, *, filename: str = ONNX_FILE, opset: int = OPSET) 
     card = load_card(card_path)
     if card.format == "onnx":
         raise ModelError(f"model {card.name}: its weights are ONNX already ({folder / card.weights})")
+    if card.format == "zero_shot":
+        raise ModelError(f"model {card.name}: a zero_shot model's image encoder is ONNX or TorchScript already ({folder / card.weights})")
     network, _ = networks.load_torch_network(folder, card)
     assert network is not None
     model = LoadedModel(card, network, device_uid="2.25.0")  # torch only: the check below compares

@@ -1,6 +1,7 @@
 """Build a network from a model folder, whatever format the card names.
 
-- state_dict: the card's monai.networks.nets architecture, then the weights;
+- state_dict: the card's monai.networks.nets architecture, then the weights as published
+  (checkpoint dicts, DataParallel prefixes, torchvision DenseNet names: infer.checkpoint);
 - torchscript: torch.jit.load (no Grad-CAM: hooks cannot be registered on ScriptModules);
 - monai_bundle: the bundle's own network_def and preprocessing (infer.bundle);
 - onnx: no torch network at all; onnxruntime runs the file (OnnxSession).
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dicom_ai.infer import checkpoint
 from dicom_ai.infer.bundle import Preprocessing, load_bundle
 from dicom_ai.infer.card import ModelCard, ModelError
 
@@ -50,18 +52,10 @@ def load_torch_network(folder: Path, card: ModelCard) -> tuple[torch.nn.Module |
             return torch.jit.load(str(weights), map_location="cpu"), None
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"model {card.name}: {weights} is not a TorchScript archive: {exc}") from exc
+    if card.format == "zero_shot":
+        raise ModelError(f"model {card.name}: a zero_shot model is loaded by infer.zeroshot, not as one network")
     network = build_network(card)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise ModelError(f"model {card.name}: cannot read state_dict {weights}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"model {card.name}: {weights} holds a {type(state).__name__}, not a state_dict")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        architecture = f"{card.architecture.name} {card.architecture.kwargs}" if card.architecture else "?"
-        raise ModelError(f"model {card.name}: {weights} does not fit architecture {architecture}: {exc}") from exc
+    checkpoint.fit(network, checkpoint.read_state_dict(weights, card), weights, card)
     return network, None
 
 

@@ -3,6 +3,8 @@
 Cards are read when the registry is made (cheap, and rules can be checked against them); weights
 are loaded on first use, once, and kept. A folder that is broken in any way is listed in
 `problems()` with its error and never takes the node down: the other models keep working.
+`models_dir/examples/` holds example cards to copy (e.g. CheXNet's, without weights) and is never
+read as a model; a card whose thresholds are still `site` is listed as a problem until set.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import logging
 import threading
 from pathlib import Path
 
-from dicom_ai.infer.card import CARD_FILENAME, ModelCard, ModelError, load_card
+from dicom_ai.infer.card import CARD_FILENAME, SITE_THRESHOLD, ModelCard, ModelError, load_card
 from dicom_ai.infer.runner import LoadedModel
 
 log = logging.getLogger(__name__)
+
+EXAMPLES_FOLDER = "examples"  # example cards to copy into a model folder; never loaded
+
+
+def model_folders(models_dir: Path) -> list[Path]:
+    """The sub-folders of models_dir that are meant to be models (not hidden, _private or examples/)."""
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and p.name != EXAMPLES_FOLDER)
 
 
 class ModelRegistry:
@@ -32,9 +41,7 @@ class ModelRegistry:
         self._scan()
 
     def _scan(self) -> None:
-        for folder in sorted(p for p in self.models_dir.iterdir() if p.is_dir()):
-            if folder.name.startswith((".", "_")):
-                continue
+        for folder in model_folders(self.models_dir):
             card_path = folder / CARD_FILENAME
             if not card_path.is_file():
                 self._problem(folder.name, f"{folder}: no {CARD_FILENAME} in this folder")
@@ -50,6 +57,11 @@ class ModelRegistry:
                 continue
             if not (folder / card.weights).is_file():
                 self._problem(folder.name, f"{card_path}: weights file {folder / card.weights} not found")
+                continue
+            if card.pending_thresholds:
+                self._problem(folder.name, f"{card_path}: not ready: threshold {SITE_THRESHOLD!r} for "
+                              f"{', '.join(card.pending_thresholds)}; choose each operating point on the site's validation "
+                              f"data and write it in (dicom-ai models check {folder} checks everything else)")
                 continue
             self._cards[card.name] = (folder, card)
         log.info("models in %s: %s", self.models_dir, ", ".join(self._cards) or "none")

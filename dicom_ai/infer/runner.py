@@ -23,10 +23,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicom_ai.domain import Finding, ImageResult, Instance, ModelInfo
-from dicom_ai.infer import networks
+from dicom_ai.infer import networks, zeroshot
 from dicom_ai.infer.bundle import Preprocessing
 from dicom_ai.infer.card import ModelCard, ModelError, derive_device_uid
 from dicom_ai.infer.gradcam import HeatmapMaker, upsample
+from dicom_ai.infer.occlusion import OcclusionMaps
 from dicom_ai.infer.pixels import PixelError, color_image, display_image
 from dicom_ai.infer.preprocess import preprocess, preprocess_volume
 from dicom_ai.infer.volume import MIN_SLICES, read_volume
@@ -71,7 +72,11 @@ class LoadedModel:
             not_for_clinical_use=card.not_for_clinical_use,
             intended_use=card.intended_use,
         )
-        self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer) if card.gradcam and network is not None else None
+        self._heatmaps: HeatmapMaker | OcclusionMaps | None = None
+        if card.gradcam is not None and network is not None:
+            self._heatmaps = HeatmapMaker(network, card.gradcam.target_layer)
+        elif card.zero_shot is not None:  # encoders hide their layers: occlusion works for ONNX and TorchScript
+            self._heatmaps = OcclusionMaps(self._logits, card.zero_shot.occlusion_grid)
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,6 +86,11 @@ class LoadedModel:
         With `fast_path`, an ONNX copy named by the card is used for probabilities when
         onnxruntime is installed and agrees with torch on a probe input; otherwise torch runs.
         """
+        if card.format == "zero_shot":
+            head, encoder = zeroshot.load_zero_shot(folder, card)
+            model = cls(card, head, card.device_uid or derive_device_uid(folder / card.weights), onnx=encoder)
+            model._check_output_shape()
+            return model
         network, bundle_preprocessing = networks.load_torch_network(folder, card)
         onnx = None
         if card.format == "onnx":
@@ -105,11 +115,16 @@ class LoadedModel:
         return self._info
 
     @property
+    def has_heatmaps(self) -> bool:
+        """Whether this model draws heatmaps (Grad-CAM on a named layer, or occlusion for zero-shot)."""
+        return self._heatmaps is not None
+
+    @property
     def backend(self) -> Backend:
         """What computes the probabilities."""
         if self.onnx is not None:
             return "onnxruntime"
-        return "torchscript" if self.card.format == "torchscript" else "torch"
+        return "torchscript" if self.card.format in ("torchscript", "zero_shot") else "torch"
 
     def accepts(self, header: Dataset) -> tuple[bool, str]:
         """Apply the card's gate to a series header: (accepted, reason in words)."""
@@ -146,6 +161,10 @@ class LoadedModel:
         """
         if heatmaps not in get_args(HeatmapPolicy):
             raise ValueError(f"heatmaps must be one of {', '.join(get_args(HeatmapPolicy))}, got {heatmaps!r}")
+        pending = self.card.pending_thresholds
+        if pending:
+            raise ModelError(f"model {self.card.name}: the site has not set the thresholds of {', '.join(pending)} "
+                             "(threshold: site in its model.yaml); it reports nothing until they are set")
         results: list[ImageResult] = []
         if self.card.input.dims == 3:
             by_series: dict[str, list[Instance]] = {}
@@ -172,14 +191,15 @@ class LoadedModel:
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(B, labels) probabilities for a prepared batch (our orientation); used by predict and the trainer."""
+        return self._to_probabilities(self._logits(batch))
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         network_batch = _reverse_spatial(batch) if self._transposed else batch
         if self.onnx is not None:
-            logits = self.onnx.logits(network_batch)
-        else:
-            assert self.network is not None
-            with torch.inference_mode():
-                logits = self.network(network_batch)
-        return self._to_probabilities(logits)
+            return self.onnx.logits(network_batch)
+        assert self.network is not None
+        with torch.inference_mode():
+            return self.network(network_batch)
 
     def torch_probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Probabilities from the torch network even when the fast path is on (benchmarks, checks)."""
@@ -279,7 +299,7 @@ class LoadedModel:
         findings = []
         for index in self.card.reported:
             label = self.card.labels[index]
-            assert label.code is not None and label.threshold is not None  # the card guarantees it
+            assert label.code is not None and isinstance(label.threshold, float)  # the card and predict guarantee it
             findings.append(Finding(label=label.name, code=label.code.to_code(), probability=float(row[index]),
                                     threshold=label.threshold))
         return findings

@@ -84,6 +84,14 @@ _DELETE = object()
         (_set("input.mean", [0.5]), "mean and std are used only with normalize: meanstd"),
         (lambda card: card["input"].update(normalize="meanstd", mean=[0.4, 0.5], std=[0.2]), "mean has 2 values; give 1"),
         (lambda card: card["input"].update(normalize="meanstd", mean=[0.5], std=[0.0]), "std must be positive"),
+        (_set("labels.0.code.value", "95436003"), "'95436003' is not a SNOMED CT identifier: its check digit is wrong"),
+        (_set("labels.0.code.value", "3772571013"), "'3772571013' is a SNOMED CT description or relationship identifier"),
+        (_set("labels.0.threshold", "sight"), "threshold 'sight' must be a number between 0 and 1, or 'site'"),
+        (_set("labels.0.prompts", ["consolidation"]), "prompts apply only to format zero_shot"),
+        (_set("architecture.weights_layout", "keras"), "field 'architecture.weights_layout'"),
+        (lambda card: card["architecture"].update(name="ResNet", weights_layout="torchvision-densenet"),
+         "weights_layout torchvision-densenet maps onto a MONAI DenseNet (e.g. DenseNet121), not ResNet"),
+        (_set("architecture.key_map", [{"pattern": "^(model", "replace": ""}]), "'^(model' is not a regular expression"),
     ],
 )
 def test_each_mistake_names_file_and_field(tmp_path: Path, mutate: Callable[[dict[str, Any]], None], expected: str) -> None:
@@ -102,6 +110,29 @@ def test_duplicate_label_names_are_refused(tmp_path: Path) -> None:
     card["architecture"]["kwargs"]["out_channels"] = 2
     with pytest.raises(CardError, match="repeated: Consolidation"):
         load_card(write(tmp_path, card))
+
+
+def test_snomed_identifiers_pass_their_check_digit(tmp_path: Path) -> None:
+    from dicom_ai.infer.card import verhoeff_valid
+
+    # Codes of DICOM PS3.16 and the shipped cards; the example CheXNet card's 14 codes load with it.
+    for value in ("95436008", "60046008", "36118008", "19242006", "52101004", "2667000", "363679005", "138875005"):
+        assert verhoeff_valid(value), value
+    assert not verhoeff_valid("95436003") and not verhoeff_valid("36118009")
+    example = load_card(Path(__file__).resolve().parents[2] / "models" / "examples" / "chexnet" / "model.yaml")
+    assert len(example.codes) == 14 and example.pending_thresholds == [label.name for label in example.labels]
+    zero_shot = load_card(Path(__file__).resolve().parents[2] / "models" / "examples" / "biomedclip" / "model.yaml")
+    assert zero_shot.format == "zero_shot" and zero_shot.zero_shot is not None and zero_shot.zero_shot.context_length == 256
+
+
+def test_site_thresholds_and_key_maps_are_accepted(tmp_path: Path) -> None:
+    card = valid_card()
+    card["labels"][0]["threshold"] = "site"
+    card["architecture"]["key_map"] = [{"pattern": r"^model\.", "replace": ""}]
+    loaded = load_card(write(tmp_path, card))
+    assert loaded.pending_thresholds == ["Consolidation"]
+    assert loaded.labels[0].describe() == "Consolidation (SCT 95436008) >= threshold for the site to set"
+    assert loaded.architecture is not None and loaded.architecture.key_map[0].pattern == r"^model\."
 
 
 def test_radlex_codes_are_accepted(tmp_path: Path) -> None:

@@ -279,3 +279,26 @@ def test_models_list_shows_every_shipped_demo_with_its_format(tmp_path: Path) ->
     for name in ("chest-xray-demo", "mammography-demo", "brain-mr-demo", "ct-head-demo", "endoscopy-demo"):
         assert f"{name} 1.0.0  NOT FOR CLINICAL USE" in outcome.output
     assert "input 32x96x96 (3-D)" in outcome.output and 'select {"ViewPosition": ["CC", "MLO"]}' in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("wrap", "key_map"),
+    [
+        (lambda s: {"module." + k: v for k, v in s.items()}, []),  # DataParallel
+        (lambda s: {"epoch": 3, "optimizer": {}, "state_dict": s}, []),  # a training checkpoint dict
+        (lambda s: {"model_state_dict": {"net.backbone." + k: v for k, v in s.items()}},
+         [{"pattern": r"^net\.backbone\.", "replace": ""}]),  # someone's own wrapper: the card's key_map
+    ],
+    ids=["dataparallel", "checkpoint-dict", "key-map"],
+)
+def test_state_dict_checkpoints_load_as_saved(write_model: Callable[..., Path], wrap: Callable[[dict], object], key_map: list) -> None:
+    card = valid_card()
+    card["architecture"]["key_map"] = key_map
+    folder = write_model(card=card, weights=False)
+    torch.manual_seed(5)
+    source = DenseNet(**TINY_ARCHITECTURE).eval()
+    torch.save(wrap(source.state_dict()), folder / "model.pt")
+    batch = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = torch.sigmoid(source(batch)).numpy()
+    np.testing.assert_allclose(_load(folder, fast_path=False).probabilities(batch), expected, atol=1e-6)
