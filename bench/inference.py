@@ -28,8 +28,8 @@ from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.scp import read_identity
 from dicom_ai.route.loader import RuleWatcher
-from dicom_ai.store import Spool, Store
-from dicom_ai.store.database import ReceivedInstance
+from dicom_ai.store import Spool, Stores
+from dicom_ai.domain import ReceivedInstance
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def pipeline_cost(model: LoadedModel, registry: ModelRegistry, workdir: Path, im
     home = workdir / "pipeline"
     shutil.rmtree(home, ignore_errors=True)
     settings = Settings(home=home, port=11112, stable_after=1.0)
-    store, spool = Store(settings.database_path), Spool(settings.spool_dir)
+    store, spool = Stores.open(settings.database_path), Spool(settings.spool_dir)
     rules = RuleWatcher(REPO / "rules", known_models=registry.names())
-    pipeline = Pipeline(store, spool, rules, registry, settings)
+    pipeline = Pipeline(store.studies, spool, rules, registry, settings)
     forward = lambda: model.probabilities(image)  # noqa: E731
     study_s: list[float] = []
     forward_s: list[float] = []
@@ -88,12 +88,12 @@ def pipeline_cost(model: LoadedModel, registry: ModelRegistry, workdir: Path, im
             path, _ = copy_as_new_study(source, workdir / "pipeline-in")
             identity = read_identity(path, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID), "BENCH",
                                      "1.2.840.10008.1.2.1")
-            store.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
-            store.complete_quiet_studies(time.time() + 1)
+            store.studies.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
+            store.studies.complete_quiet_studies(time.time() + 1)
             started = time.perf_counter()
             done = pipeline.process_next()
             elapsed = time.perf_counter() - started
-            states = {r.study_instance_uid: r for r in store.studies(limit=iterations + 2)}
+            states = {r.study_instance_uid: r for r in store.reports.studies(limit=iterations + 2)}
             if done is None or states[done].state != StudyState.DONE:
                 raise BenchError(f"the pipeline did not finish the study: {done and states[done]}")
             f = _timed(forward)

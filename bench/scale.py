@@ -1,4 +1,4 @@
-"""Scale: a database with many studies (synthetic rows through Store.record_instance): the `studies` listing,
+"""Scale: a database with many studies (synthetic rows through StudyStore.record_instance): the `studies` listing,
 a replay of the rules over every study's header, and the database size; at two sizes to show growth."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from bench.stats import median
 from dicom_ai.domain import Instance, Series, Study
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.route.matcher import route
-from dicom_ai.store import Store
-from dicom_ai.store.database import ReceivedInstance
+from dicom_ai.store import Stores
+from dicom_ai.domain import ReceivedInstance
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ def _header(number: int) -> Dataset:
 
 def fill(database: Path, studies: int) -> float:
     """Insert `studies` one-instance studies; returns seconds (one durable transaction each, as the SCP does)."""
-    store = Store(database)
+    store = Stores.open(database)
     started = time.perf_counter()
     try:
         for n in range(studies):
-            store.record_instance(ReceivedInstance(
+            store.studies.record_instance(ReceivedInstance(
                 sop_instance_uid=f"2.25.{n}.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
                 series_instance_uid=f"2.25.{n}.2", study_instance_uid=f"2.25.{n}.1",
                 modality=MODALITIES[n % len(MODALITIES)], transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -58,19 +58,19 @@ def measure(workdir: Path, studies: int, repeats: int = 5) -> dict[str, Any]:
     folder.mkdir(parents=True)
     database = folder / "dicom-ai.sqlite"
     fill_s = fill(database, studies)
-    store = Store(database)
+    store = Stores.open(database)
     try:
         listing = []
         filtered = []
         for _ in range(repeats):
-            t = time.perf_counter(); store.studies(limit=50); listing.append(time.perf_counter() - t)
-            t = time.perf_counter(); store.studies(limit=50, state="receiving"); filtered.append(time.perf_counter() - t)
+            t = time.perf_counter(); store.reports.studies(limit=50); listing.append(time.perf_counter() - t)
+            t = time.perf_counter(); store.reports.studies(limit=50, state="receiving"); filtered.append(time.perf_counter() - t)
         rules = RuleWatcher(REPO / "rules").ruleset
         replay = []
         for _ in range(max(1, repeats // 2)):
             t = time.perf_counter()
             matched = 0
-            for row in store._query("select sop_instance_uid, sop_class_uid, series_instance_uid, study_instance_uid,"
+            for row in store.database.query("select sop_instance_uid, sop_class_uid, series_instance_uid, study_instance_uid,"
                                     " path from instances"):
                 number = int(row["study_instance_uid"].split(".")[2])
                 instance = Instance(row["sop_instance_uid"], row["sop_class_uid"], row["series_instance_uid"],

@@ -7,11 +7,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load_settings
 from dicom_ai.train.names import DEMO_FOLDERS, DEMO_NAMES
+
+if TYPE_CHECKING:
+    from dicom_ai.store import Stores
 
 log = logging.getLogger("dicom_ai")
 
@@ -281,7 +285,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from dicom_ai.store.health import duration, human_size, node_health
 
     settings = _settings(ctx)
-    health = node_health(_open_store(settings), settings.home, settings.retention_days,
+    health = node_health(_open_stores(settings).reports, settings.home, settings.retention_days,
                          send_retry_window_s=settings.send_retry_window)
     if as_json:
         click.echo(json.dumps(asdict(health), indent=2))
@@ -311,7 +315,7 @@ def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
     """Everything about one study: state, priority, findings, results and their sends, and its audit trail."""
     from dataclasses import asdict
 
-    store = _open_store(_settings(ctx))
+    store = _open_stores(_settings(ctx)).reports
     row = store.study(study_uid)
     if row is None:
         raise click.ClickException(f"no study {study_uid} in this node's database (see `dicom-ai studies`)")
@@ -353,8 +357,7 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
     """What the node has received and done, newest first."""
     from dataclasses import asdict
 
-    store = _open_store(_settings(ctx))
-    rows = store.studies(limit=limit, state=state)
+    rows = _open_stores(_settings(ctx)).reports.studies(limit=limit, state=state)
     if as_json:
         click.echo(json.dumps([asdict(row) for row in rows], indent=2))
         return
@@ -389,7 +392,7 @@ def worklist(ctx: click.Context, level: str | None, patient: str | None, today: 
     from dicom_ai.prioritize.worklist import current_worklist
 
     settings = _settings(ctx)
-    listed = current_worklist(_open_store(settings), settings.turnaround_targets, today=today, patient_id=patient)
+    listed = current_worklist(_open_stores(settings).reports, settings.turnaround_targets, today=today, patient_id=patient)
     entries = [e for e in listed if level is None or e.priority.name == level][:limit]
     if as_json:
         click.echo(json.dumps([asdict(e) | {"priority": e.priority.name} for e in entries], indent=2))
@@ -411,41 +414,31 @@ def worklist(ctx: click.Context, level: str | None, patient: str | None, today: 
 @click.option("--clear", is_flag=True, help="Remove the override: the AI priority applies again.")
 @click.pass_context
 def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str, by: str | None, clear: bool) -> None:
-    """Override a study's priority as a radiologist (audited); Orthanc gets the new flags."""
+    """Override a study's priority as a radiologist (audited); Orthanc and the worklist entry get it."""
     import getpass
 
-    from dicom_ai.prioritize.mwl import with_priority
-    from dicom_ai.prioritize.orthanc_flags import override_payload
-    from dicom_ai.send.outbox import MWL, ORTHANC_METADATA
+    from dicom_ai.domain import Override, Priority
+    from dicom_ai.pipeline import apply_override
 
     if clear == (level is not None):
         raise click.UsageError("give a LEVEL (STAT, URGENT or ROUTINE) or --clear")
     if level and not reason.strip():
         raise click.UsageError("--reason is required: the override is audited")
     settings = _settings(ctx)
-    store = _open_store(settings)
+    stores = _open_stores(settings)
     who = by or getpass.getuser()
-    row = store.study(study_uid)
-    if row is None:
+    override = Override(Priority[level] if level else None, reason.strip(), who)
+    if not apply_override(stores, settings, study_uid, override):
         raise click.ClickException(f"no study {study_uid} on this node")
-    outbox = []
-    if settings.orthanc_url:
-        payload = override_payload(level, reason, who, ai_priority=row.priority)
-        outbox.append((ORTHANC_METADATA, study_uid, settings.orthanc_url, payload))
-    entry = store.outbox_payload(MWL, study_uid)
-    if settings.mwl_dir is not None and entry is not None:
-        why = f"set to {level} by {who}: {reason}" if level else f"override removed by {who}"
-        outbox.append((MWL, study_uid, str(settings.mwl_dir), with_priority(entry, level or row.priority or "ROUTINE", why)))
-    store.set_priority_override(study_uid, level, reason, who, outbox=outbox)
-    click.echo(f"{study_uid}: priority {'override cleared' if clear else f'set to {level}'} by {who}")
+    click.echo(f"{study_uid}: priority {override.describe()}")
 
 
-def _open_store(settings: Settings):  # type: ignore[no-untyped-def]
-    from dicom_ai.store import Store
+def _open_stores(settings: Settings) -> Stores:
+    from dicom_ai.store import Stores
 
     if not settings.database_path.exists():
         raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
-    return Store(settings.database_path)
+    return Stores.open(settings.database_path)
 
 
 @main.command()
@@ -455,14 +448,14 @@ def retry(ctx: click.Context, study_uids: tuple[str, ...]) -> None:
     """Process finished studies again (done, no_match or failed), e.g. after fixing a rule; audited."""
     import getpass
 
-    store = _open_store(_settings(ctx))
+    stores = _open_stores(_settings(ctx))
     refused = 0
     for uid in study_uids:
-        if store.requeue(uid, by=getpass.getuser()):
+        if stores.studies.requeue(uid, by=getpass.getuser()):
             click.echo(f"{uid}: queued; the running node processes it within seconds")
         else:
             refused += 1
-            row = store.study(uid)
+            row = stores.reports.study(uid)
             if row is None:
                 why = "no such study; only done, no_match or failed studies can be retried"
             elif row.purged_at is not None:
@@ -487,8 +480,7 @@ def resend(ctx: click.Context, study_uids: tuple[str, ...], all_failed: bool, in
 
     if bool(study_uids) == all_failed:
         raise click.UsageError("name the studies (STUDY_UID...) or give --failed for every given-up send")
-    store = _open_store(_settings(ctx))
-    queued = store.requeue_sends(list(study_uids) or None, by=getpass.getuser(), include_sent=include_sent)
+    queued = _open_stores(_settings(ctx)).outbox.requeue_sends(list(study_uids) or None, by=getpass.getuser(), include_sent=include_sent)
     what = "given-up or delivered" if include_sent else "given-up"
     click.echo(f"{queued} {what} send(s) queued again; the running node delivers them within seconds")
     if study_uids and not queued:

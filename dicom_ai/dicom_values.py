@@ -11,6 +11,7 @@ a single-valued attribute holding several values keeps its first; otherwise the 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VM, keyword_for_tag
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
     from pydicom.tag import BaseTag
 
 log = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_safe_uid(uid: str) -> bool:
+    """A UID we also use as a path component: digits and dots only, at most 64 characters."""
+    return bool(_UID.match(uid)) and len(uid) <= 64
 
 # Maximum characters of the text VRs that are cut rather than dropped (PS3.5 table 6.2-1).
 TEXT_MAX_CHARS: dict[str, int] = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}

@@ -28,6 +28,20 @@ class StudyState(enum.StrEnum):
     FAILED = "failed"  # the pipeline raised; the error is kept on the study
 
 
+class Carrier(enum.StrEnum):
+    """How a result or a priority leaves the node; each has one module in dicom_ai/send/carriers/.
+
+    The values are what the outbox stores, so they never change.
+    """
+
+    DICOM = "dicom"  # result objects (SR, SC...) by C-STORE to the PACS
+    ORTHANC_METADATA = "orthanc_metadata"  # priority and findings as Orthanc study metadata
+    MWL = "mwl"  # a Modality Worklist entry (.wl file) with the Requested Procedure Priority
+    HL7 = "hl7"  # an HL7 v2.5 ORU^R01 over MLLP
+    WEBHOOK = "webhook"  # a JSON notice POSTed to a URL
+    EMAIL = "email"  # an e-mail notice over SMTP
+
+
 class Priority(enum.IntEnum):
     """Reading priority; a larger value is read first."""
 
@@ -172,6 +186,22 @@ class PriorityDecision:
 
 
 @dataclass(frozen=True)
+class Override:
+    """A radiologist's priority for a study, which outranks the AI's everywhere it is shown; with
+    `level` None, the removal of one (the AI's priority applies again)."""
+
+    level: Priority | None
+    reason: str
+    by: str
+
+    def describe(self) -> str:
+        """The one sentence every carrier, page and list shows for an override (or its removal)."""
+        if self.level is None:
+            return f"override removed by {self.by}" + (f": {self.reason}" if self.reason else "")
+        return f"set to {self.level.name} by {self.by}: {self.reason}"
+
+
+@dataclass(frozen=True)
 class PriorFinding:
     """One label's outcome on an earlier study of the same patient (its highest probability)."""
 
@@ -193,3 +223,68 @@ class TurnaroundTargets:
     def minutes(self, level: Priority) -> float:
         return {Priority.STAT: self.stat_minutes, Priority.URGENT: self.urgent_minutes,
                 Priority.ROUTINE: self.routine_minutes}[level]
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the SCP learnt about an instance it has just made durable in the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_aet: str
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """An encoded result written to disk, to be recorded and queued for sending."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    kind: str  # SR, SC, PM
+    model: str
+    model_version: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """One label's outcome on one analysed image, as the store records it."""
+
+    source_sop_instance_uid: str
+    model: str
+    model_version: str
+    finding: Finding
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """Something to deliver, as a pipeline run or an override queues it."""
+
+    carrier: Carrier
+    key: str  # the result's SOP Instance UID, or the study UID for priority carriers
+    destination: str
+    payload: str  # a file path (DICOM) or the message as text
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A queued delivery as the outbox holds it."""
+
+    id: int
+    kind: str  # a Carrier value (kept as text: a row written by a newer node may name an unknown one)
+    key: str
+    study_instance_uid: str
+    destination: str
+    payload: str
+    attempts: int

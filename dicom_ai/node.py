@@ -33,7 +33,7 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.web.worklist_page import start_web
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from dicom_ai.store.health import node_health
 from dicom_ai.store.retention import purge_expired, sweep_purged
 
@@ -46,19 +46,19 @@ DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - 
 
 
 class Node:
-    """Owns the store, the SCP and the scheduler; `start()` then `stop()`."""
+    """Owns the stores, the SCP and the scheduler; `start()` then `stop()`."""
 
     def __init__(self, settings: Settings, tick: float = 0.5) -> None:
         self.settings = settings
         self.tick = tick
-        self.store = Store(settings.database_path)
+        self.stores = Stores.open(settings.database_path)
         self.spool = Spool(settings.spool_dir)
         self.models = ModelRegistry(settings.models_dir, fast_path=settings.onnx_fast_path)
         for folder, problem in self.models.problems().items():
             log.error("model folder %s is unusable and will be skipped: %s", folder, problem)
         self.rules = RuleWatcher(settings.rules_dir, known_models=self.models.names())
-        self.pipeline = Pipeline(self.store, self.spool, self.rules, self.models, settings)
-        self.outbox = Outbox(self.store, settings)
+        self.pipeline = Pipeline(self.stores.studies, self.spool, self.rules, self.models, settings)
+        self.outbox = Outbox(self.stores.outbox, settings)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -70,12 +70,12 @@ class Node:
         strays = self.spool.sweep_incoming()
         if strays:
             log.warning("removed %d partial upload(s) left by an interrupted run", strays)
-        sweep_purged(self.store, self.spool)
-        trash = self.store.trash()
+        sweep_purged(self.stores.studies, self.spool)
+        trash = self.stores.studies.trash()
         if trash:  # older copies replaced just before a crash: the newer ones are recorded
             self.spool.remove_files(trash)
-            self.store.empty_trash(trash)
-        recovered = self.store.recover_interrupted()
+            self.stores.studies.empty_trash(trash)
+        recovered = self.stores.studies.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
         for name in self.models.names():  # load now: the first study should not wait for it
@@ -94,14 +94,14 @@ class Node:
             self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
                                    id="retention")
         # Last before the clock starts: model loading above is time in which nothing could arrive either.
-        waiting = self.store.restart_quiet_clocks()
+        waiting = self.stores.studies.restart_quiet_clocks()
         if waiting:
             log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
                         "for the rest of its instances", len(waiting))
         self.scheduler.start()
         s = self.settings
         try:
-            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.store, s.allowed_calling_aets,
+            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.stores.studies, s.allowed_calling_aets,
                                      s.scp_tls(), limits=ConnectionLimits.from_settings(s),
                                      trusted_aets=[s.pacs.aet] if s.pacs else [],
                                      known_hosts=[s.pacs.host] if s.pacs else [])
@@ -109,8 +109,8 @@ class Node:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:
             try:
-                self._web = start_web(s.http_host, s.http_port, self.store, s.turnaround_targets,
-                                      lambda: node_health(self.store, s.home, s.retention_days,
+                self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
+                                      lambda: node_health(self.stores.reports, s.home, s.retention_days,
                                                                   send_retry_window_s=s.send_retry_window))
             except OSError as exc:
                 raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
@@ -130,7 +130,7 @@ class Node:
             self._web.server_close()
             self._web = None
         self.scheduler.shutdown(wait=True)
-        self.store.close()
+        self.stores.close()
         log.info("dicom-ai stopped")
 
     def _wake(self, job_id: str) -> None:
@@ -139,19 +139,19 @@ class Node:
             job.modify(next_run_time=datetime.now(self.scheduler.timezone))
 
     def _assemble(self) -> None:
-        completed = self.store.complete_quiet_studies(time.time() - self.settings.stable_after)
+        completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
         for uid in completed:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
         if completed:
             self._wake("pipeline")
-        last = self.store.earliest_receiving_activity()
+        last = self.stores.studies.earliest_receiving_activity()
         if last is not None and self.scheduler.running:
             due = datetime.fromtimestamp(last + self.settings.stable_after + DUE_SLACK, self.scheduler.timezone)
             self.scheduler.add_job(self._assemble, "date", run_date=due, id=ASSEMBLE_DUE, replace_existing=True)
 
     def _purge(self) -> None:
         if self.settings.retention_days is not None:
-            purge_expired(self.store, self.spool, self.settings.retention_days)
+            purge_expired(self.stores.studies, self.spool, self.settings.retention_days)
 
     def _process(self) -> None:
         self.pipeline.release_deferred()

@@ -4,6 +4,11 @@ Each study is processed by a compare-and-set claim (complete -> processing) and 
 transaction that records findings, result files and the sends to do. Result UIDs are derived
 from the inputs and the model version, so re-processing (after a crash or a late instance) writes
 the same objects again instead of new ones.
+
+The steps: `_route` says which models see which series; `_run_model` runs one model and encodes
+its results into a `ModelOutcome`; `_finish` combines the outcomes into the study's priority and
+its publications and records everything at once. A radiologist's override goes through
+`apply_override`, which decides and publishes the same way.
 """
 
 from __future__ import annotations
@@ -11,33 +16,36 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 
 from dicom_ai.assemble.study import StudyReadError, build_study, read_header
+from dicom_ai.crashpoints import crash_point
 from dicom_ai.domain import (
-    Finding,
+    FindingRow,
     ImageResult,
     Instance,
     ModelInfo,
+    Override,
     PriorFinding,
     PriorityDecision,
+    ResultFile,
     Series,
     Study,
     StudyState,
 )
-from dicom_ai.crashpoints import crash_point
 from dicom_ai.encode import encode_results
 from dicom_ai.errors import one_line, out_of_resources
 from dicom_ai.prioritize.history import apply_history
+from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
-from dicom_ai.prioritize.publish import publications, with_override
 from dicom_ai.route.matcher import route
-from dicom_ai.send.outbox import DICOM
-from dicom_ai.store.database import CurrentResult, ResultFile
+from dicom_ai.send.carriers import Publication, dicom
+from dicom_ai.send.publish import priority_change, publications
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
@@ -45,10 +53,10 @@ if TYPE_CHECKING:
     from dicom_ai.infer.runner import LoadedModel
     from dicom_ai.route.loader import RuleWatcher
     from dicom_ai.route.rules import PriorityPolicy
-    from dicom_ai.store import Spool, Store
+    from dicom_ai.store import Spool, Stores, StudyStore
+    from dicom_ai.store.studies import CurrentResult
 
 log = logging.getLogger(__name__)
-
 
 DEFER_INITIAL_S = 5.0  # first wait before a study that could not be finished is queued again
 DEFER_MAX_S = 600.0
@@ -68,6 +76,40 @@ class Deferral:
     reason: str
 
 
+@dataclass
+class _ModelJob:
+    """The series one model will see for a study, and the policy of the first rule that asked for it."""
+
+    rule: str
+    policy: PriorityPolicy | None
+    series: list[Series] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelOutcome:
+    """What one model made of a study: its priority, findings, and the result files written."""
+
+    model: ModelInfo
+    rule: str
+    decision: PriorityDecision
+    images: tuple[ImageResult, ...]
+    findings: tuple[FindingRow, ...]
+    results: tuple[ResultFile, ...]
+    supersede: Mapping[str, str]  # earlier result UID -> the SR that replaces it
+
+
+class Headers:
+    """Each instance's header read once per run (routing, image selection and encoding all need them)."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, Dataset] = {}
+
+    def of(self, instance: Instance) -> Dataset:
+        if instance.sop_instance_uid not in self._read:
+            self._read[instance.sop_instance_uid] = read_header(instance.path)
+        return self._read[instance.sop_instance_uid]
+
+
 def predecessor(result: CurrentResult) -> Dataset:
     """The identity of an earlier SR the PACS holds, for the Predecessor Documents Sequence of its successor."""
     reference = Dataset()
@@ -79,17 +121,8 @@ def predecessor(result: CurrentResult) -> Dataset:
 
 
 @dataclass
-class _ModelJob:
-    """The series one model will see for a study, and the policy of the first rule that asked for it."""
-
-    rule: str
-    policy: PriorityPolicy | None
-    series: list[Series] = field(default_factory=list)
-
-
-@dataclass
 class Pipeline:
-    store: Store
+    studies: StudyStore
     spool: Spool
     rules: RuleWatcher
     models: ModelRegistry
@@ -99,7 +132,7 @@ class Pipeline:
 
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""
-        study_uid = self.store.claim_complete_study()
+        study_uid = self.studies.claim_complete_study()
         if study_uid is None:
             return None
         started = time.monotonic()
@@ -117,9 +150,11 @@ class Pipeline:
         log.debug("study %s processed in %.2f s", study_uid, time.monotonic() - started)
         return study_uid
 
+    # when a study cannot be finished ---------------------------------------------------------
+
     def _fail(self, study_uid: str, reason: str) -> None:
         try:
-            self.store.finish_without_results(study_uid, StudyState.FAILED, reason)
+            self.studies.finish_without_results(study_uid, StudyState.FAILED, reason)
         except (sqlite3.Error, OSError) as exc:  # the database itself fails (disk full): try again later
             self._defer(study_uid, f"{reason}; recording that failed too: {one_line(exc)}")
 
@@ -139,7 +174,7 @@ class Pipeline:
             if deferral.due > now:
                 continue
             try:
-                self.store.release_processing(study_uid, deferral.reason)
+                self.studies.release_processing(study_uid, deferral.reason)
             except (sqlite3.Error, OSError) as exc:
                 self._defer(study_uid, f"{deferral.reason}; queueing it again failed: {one_line(exc)}")
                 continue
@@ -148,8 +183,38 @@ class Pipeline:
             log.warning("study %s queued again after: %s", study_uid, deferral.reason)
         return released
 
-    def _jobs(self, study: Study) -> tuple[dict[str, _ModelJob], list[str]]:
-        study_uid = study.study_instance_uid
+    def _no_results(self, study_uid: str, reason: str) -> None:
+        log.info("study %s: %s; stored without results", study_uid, reason)
+        self.studies.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
+
+    # the steps -------------------------------------------------------------------------------
+
+    def _process(self, study_uid: str) -> None:
+        instances = self.studies.instances_of(study_uid)
+        if not instances:  # every instance moved to other studies (see StudyStore.record_instance)
+            self._no_results(study_uid, "no instances left: they were moved to other studies")
+            return
+        headers = Headers()
+        study = build_study(instances, read=headers.of)
+        jobs, rule_names = self._route(study)
+        if not jobs:
+            modalities = sorted({str(s.header.get("Modality", "?")) for s in study.series})
+            self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
+            return
+        revision = self.studies.study_revision(study_uid)
+        priors = self.studies.prior_findings(study_uid)
+        skipped: list[str] = []
+        outcomes = [outcome for name, job in jobs.items()
+                    if (outcome := self._run_model(study, name, job, headers, priors, revision, skipped))]
+        for reason in skipped:
+            log.info("study %s: %s", study_uid, reason)
+        if not outcomes:
+            self._no_results(study_uid, "; ".join(skipped) or "no series for any model")
+            return
+        self._finish(study, rule_names, outcomes, priors, revision)
+
+    def _route(self, study: Study) -> tuple[dict[str, _ModelJob], list[str]]:
+        """Which model sees which series (a model asked for by several rules runs once, on all of them)."""
         jobs: dict[str, _ModelJob] = {}
         rule_names: list[str] = []
         for decision in route(study, self.rules.ruleset):
@@ -157,14 +222,113 @@ class Pipeline:
             for model_name in decision.models:
                 job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority))
                 job.series.extend(s for s in decision.series if s not in job.series)
-        if not jobs:
-            modalities = sorted({str(s.header.get("Modality", "?")) for s in study.series})
-            self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
         return jobs, rule_names
 
-    def _with_pacs_history(
-        self, study: Study, priority: PriorityDecision, priors: list[PriorFinding]
-    ) -> PriorityDecision:
+    def _run_model(self, study: Study, model_name: str, job: _ModelJob, headers: Headers,
+                   priors: Sequence[PriorFinding], revision: int, skipped: list[str]) -> ModelOutcome | None:
+        """One model on the series routed to it: gate, image selection, inference, encoding, files written."""
+        study_uid = study.study_instance_uid
+        try:
+            model = self.models.get(model_name)
+        except Exception as exc:
+            raise PipelineError(f"rule {job.rule}: model {model_name} cannot be loaded: {exc}") from exc
+        instances = self._selected(model, model_name, self._accepted(model, model_name, job, skipped), headers,
+                                   skipped)
+        if not instances:
+            return None
+        started = time.monotonic()
+        try:
+            images = tuple(model.predict(instances, heatmaps=self.settings.heatmaps))
+        except Exception as exc:
+            raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
+        info = model.info
+        findings = [f for image in images for f in image.findings]
+        decision = apply_history(decide_priority(findings, job.policy), findings, priors)
+        earlier = self.studies.current_results(study_uid, info.name)
+        encoded = encode_results(images, {i.sop_instance_uid: headers.of(i) for i in instances}, info, decision,
+                                 revision=revision,
+                                 predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent])
+        results = []
+        for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
+            path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
+            self.spool.write_dataset(dataset, path)
+            crash_point("pipeline.mid_result_write")
+            results.append(ResultFile(str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), kind, info.name,
+                                      info.version, path))
+        written = {result.sop_instance_uid for result in results}
+        log.info(
+            "study %s: rule %s -> %s %s on %d image(s) in %.2f s: %s (%s)",
+            study_uid, job.rule, info.name, info.version, len(images), time.monotonic() - started,
+            decision.level.name, "; ".join(decision.reasons),
+        )
+        return ModelOutcome(
+            model=info, rule=job.rule, decision=decision, images=images,
+            findings=tuple(FindingRow(image.source.sop_instance_uid, info.name, info.version, finding)
+                           for image in images for finding in image.findings),
+            results=tuple(results),
+            supersede={r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
+                       if r.sop_instance_uid not in written},
+        )
+
+    @staticmethod
+    def _accepted(model: LoadedModel, model_name: str, job: _ModelJob, skipped: list[str]) -> list[Series]:
+        """The routed series that the model's gate (modality, size...) takes, whatever the rules said."""
+        accepted = []
+        for series in job.series:
+            ok, why = model.accepts(series.header)
+            if ok:
+                ok, why = model.accepts_count(len(series.instances))
+            if ok:
+                accepted.append(series)
+            else:
+                skipped.append(f"{model_name} refused series {series.series_instance_uid}: {why}")
+        return accepted
+
+    @staticmethod
+    def _selected(model: LoadedModel, model_name: str, accepted: list[Series], headers: Headers,
+                  skipped: list[str]) -> list[Instance]:
+        """The images of the accepted series that the card's selection takes (e.g. only CC and MLO views)."""
+        chosen: list[Instance] = []
+        for series in accepted:
+            for instance in series.instances:
+                ok, why = model.selects(headers.of(instance)) if model.card.select else (True, "")
+                if ok:
+                    chosen.append(instance)
+                else:
+                    skipped.append(f"{model_name} left out image {instance.sop_instance_uid}: {why}")
+        return chosen
+
+    def _finish(self, study: Study, rule_names: Sequence[str], outcomes: Sequence[ModelOutcome],
+                priors: Sequence[PriorFinding], revision: int) -> None:
+        """The study's priority from all its models, its publications, and one transaction for all of it."""
+        study_uid = study.study_instance_uid
+        priority = self._with_pacs_history(study, combine([o.decision for o in outcomes]), priors)
+        published = with_override(priority, self.studies.priority_override(study_uid))
+        results = [result for outcome in outcomes for result in outcome.results]
+        publication = Publication(study_uid, study.header, published,
+                                  tuple(finding for o in outcomes for image in o.images for finding in image.findings),
+                                  tuple(o.model for o in outcomes))
+        carried, skipped_carriers = publications(publication, self.settings)
+        supersede = {old: new for outcome in outcomes for old, new in outcome.supersede.items()}
+        self.studies.save_outcome(
+            study_uid,
+            rules=rule_names,
+            models=[f"{o.model.name}@{o.model.version}" for o in outcomes],
+            findings=[row for outcome in outcomes for row in outcome.findings],
+            results=results,
+            priority=priority,
+            outbox=[*dicom.build_results(results, self.settings), *carried],
+            skipped=skipped_carriers,
+            supersede=supersede,
+            revision=revision,
+        )
+        crash_point("pipeline.after_save_outcome")
+        if supersede:
+            log.info("study %s: %d earlier result object(s) superseded by this run (the study changed since)",
+                     study_uid, len(supersede))
+
+    def _with_pacs_history(self, study: Study, priority: PriorityDecision,
+                           priors: Sequence[PriorFinding]) -> PriorityDecision:
         """Add the PACS's prior studies that no AI analysed as a reason to compare (best effort)."""
         patient_id = str(study.header.get("PatientID", "") or "")
         if self.settings.pacs is None or not patient_id:
@@ -179,117 +343,15 @@ class Pipeline:
         reasons = comparison_reasons(found, analysed={p.study_instance_uid for p in priors})
         return PriorityDecision(priority.level, priority.score, priority.reasons + reasons)
 
-    @staticmethod
-    def _selected(model: LoadedModel, model_name: str, accepted: list[Series], skipped: list[str]) -> list[Instance]:
-        """The images of the accepted series that the card's selection takes (e.g. only CC and MLO views)."""
-        chosen: list[Instance] = []
-        for series in accepted:
-            for instance in series.instances:
-                ok, why = model.selects(read_header(instance.path)) if model.card.select else (True, "")
-                if ok:
-                    chosen.append(instance)
-                else:
-                    skipped.append(f"{model_name} left out image {instance.sop_instance_uid}: {why}")
-        return chosen
 
-    def _no_results(self, study_uid: str, reason: str) -> None:
-        log.info("study %s: %s; stored without results", study_uid, reason)
-        self.store.finish_without_results(study_uid, StudyState.NO_MATCH, reason)
-
-    def _process(self, study_uid: str) -> None:
-        instances = self.store.instances_of(study_uid)
-        if not instances:  # every instance moved to other studies (see Store.record_instance)
-            self._no_results(study_uid, "no instances left: they were moved to other studies")
-            return
-        study = build_study(instances)
-        revision = self.store.study_revision(study_uid)
-        jobs, rule_names = self._jobs(study)
-        if not jobs:
-            return
-        results: list[ResultFile] = []
-        findings: list[tuple[str, str, str, Finding]] = []
-        decisions: list[PriorityDecision] = []
-        infos: list[ModelInfo] = []
-        all_findings: list[Finding] = []
-        skipped: list[str] = []
-        supersede: dict[str, str] = {}
-        priors = self.store.prior_findings(study_uid)
-        for model_name, job in jobs.items():
-            try:
-                model = self.models.get(model_name)
-            except Exception as exc:
-                raise PipelineError(f"rule {job.rule}: model {model_name} cannot be loaded: {exc}") from exc
-            accepted: list[Series] = []
-            for series in job.series:
-                ok, why = model.accepts(series.header)
-                if ok:
-                    ok, why = model.accepts_count(len(series.instances))
-                if ok:
-                    accepted.append(series)
-                else:
-                    skipped.append(f"{model_name} refused series {series.series_instance_uid}: {why}")
-            instances = self._selected(model, model_name, accepted, skipped)
-            if not instances:
-                continue
-            started = time.monotonic()
-            try:
-                image_results: list[ImageResult] = model.predict(instances, heatmaps=self.settings.heatmaps)
-            except Exception as exc:
-                raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
-            info = model.info
-            model_findings = [f for r in image_results for f in r.findings]
-            decision = apply_history(decide_priority(model_findings, job.policy), model_findings, priors)
-            sources = {i.sop_instance_uid: read_header(i.path) for i in instances}
-            earlier = self.store.current_results(study_uid, info.name)
-            encoded = encode_results(image_results, sources, info, decision, revision=revision,
-                                     predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent])
-            new_uids = set()
-            for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
-                path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
-                self.spool.write_dataset(dataset, path)
-                crash_point("pipeline.mid_result_write")
-                new_uids.add(str(dataset.SOPInstanceUID))
-                results.append(
-                    ResultFile(str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), kind, info.name,
-                               info.version, path)
-                )
-            supersede.update({r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
-                              if r.sop_instance_uid not in new_uids})
-            findings += [(r.source.sop_instance_uid, info.name, info.version, f) for r in image_results
-                         for f in r.findings]
-            all_findings += model_findings
-            decisions.append(decision)
-            infos.append(info)
-            log.info(
-                "study %s: rule %s -> %s %s on %d image(s) in %.2f s: %s (%s)",
-                study_uid, job.rule, info.name, info.version, len(image_results), time.monotonic() - started,
-                decision.level.name, "; ".join(decision.reasons),
-            )
-        for reason in skipped:
-            log.info("study %s: %s", study_uid, reason)
-        if not infos:
-            self._no_results(study_uid, "; ".join(skipped) or "no series for any model")
-            return
-        priority = self._with_pacs_history(study, combine(decisions), priors)
-        outbox: list[tuple[str, str, str, str]] = []
-        if self.settings.pacs is not None:
-            outbox += [(DICOM, r.sop_instance_uid, str(self.settings.pacs), str(r.path)) for r in results]
-        published = with_override(priority, self.store.priority_override(study_uid))
-        carried, skipped_carriers = publications(study, published, all_findings, infos, self.settings)
-        outbox += carried
-        self.store.save_outcome(
-            study_uid,
-            rules=rule_names,
-            models=[f"{i.name}@{i.version}" for i in infos],
-            findings=findings,
-            results=results,
-            priority=priority,
-            outbox=outbox,
-            skipped=skipped_carriers,
-            supersede=supersede,
-            revision=revision,
-        )
-        crash_point("pipeline.after_save_outcome")
-        if supersede:
-            log.info("study %s: %d earlier result object(s) superseded by this run (the study changed since)",
-                     study_uid, len(supersede))
+def apply_override(stores: Stores, settings: Settings, study_uid: str, override: Override) -> bool:
+    """A radiologist sets (or, with level None, removes) a study's priority: decided like the pipeline's
+    (the override outranks the AI's level), recorded with its audit event, and its carriers queued in the
+    same transaction. False when the node has no such study."""
+    ai = stores.studies.ai_priority(study_uid)
+    if ai is None:
+        return False
+    published = with_override(ai, override)
+    previous = stores.outbox.latest_payloads(study_uid)
+    return stores.studies.set_priority_override(study_uid, override,
+                                                priority_change(study_uid, published, previous, settings))

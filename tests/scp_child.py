@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dicom_ai.domain import TurnaroundTargets  # noqa: E402
 from dicom_ai.receive.scp import start_scp  # noqa: E402
-from dicom_ai.store import Spool, Store  # noqa: E402
+from dicom_ai.store import Spool, Stores  # noqa: E402
 from dicom_ai.web.worklist_page import start_web  # noqa: E402
 
 
@@ -72,10 +72,10 @@ def main() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
-    store = Store(args.root / "db.sqlite")
-    start_scp("DICOM_AI", "127.0.0.1", args.port, 131072, Spool(args.root / "spool"), store)
+    store = Stores.open(args.root / "db.sqlite")
+    start_scp("DICOM_AI", "127.0.0.1", args.port, 131072, Spool(args.root / "spool"), store.studies)
     if args.http_port:
-        start_web("127.0.0.1", args.http_port, store, TurnaroundTargets())
+        start_web("127.0.0.1", args.http_port, store.reports, TurnaroundTargets())
     print("ready", flush=True)
     while True:
         time.sleep(60)

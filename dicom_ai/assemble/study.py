@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -27,15 +27,17 @@ def read_header(path: Path) -> Dataset:
         raise StudyReadError(f"{path}: cannot read DICOM header: {exc}") from exc
 
 
-def build_study(instances: Sequence[Instance]) -> Study:
-    """Group one study's instances by series; each series' header is its first instance's."""
+def build_study(instances: Sequence[Instance], read: Callable[[Instance], Dataset] | None = None) -> Study:
+    """Group one study's instances by series; each series' header is its first instance's (read by
+    `read`, e.g. a cache the caller keeps, else from the file)."""
     if not instances:
         raise ValueError("a study needs at least one instance")
     by_series: dict[str, list[Instance]] = defaultdict(list)
     for instance in instances:
         by_series[instance.series_instance_uid].append(instance)
     series = tuple(
-        Series(series_instance_uid=uid, instances=tuple(members), header=read_header(members[0].path))
+        Series(series_instance_uid=uid, instances=tuple(members),
+               header=read(members[0]) if read is not None else read_header(members[0].path))
         for uid, members in by_series.items()
     )
     return Study(study_instance_uid=instances[0].study_instance_uid, series=series)

@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dicom_ai.domain import Priority, TurnaroundTargets
-from dicom_ai.store.database import Store, StudyRow
+from dicom_ai.domain import Override, Priority, TurnaroundTargets
+from dicom_ai.store.reports import Reports, StudyRow
 
-# Studies still arriving or being processed have no final priority yet, but are listed.
-_UNREAD_STATES = ("receiving", "complete", "processing", "done", "no_match", "failed")
+# The worklist ranks the most recently received studies (filters run in SQL first); every state is
+# listed: a study still arriving or being processed has no AI priority yet but waits to be read.
+WORKLIST_WINDOW = 5000
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,11 @@ def build_worklist(rows: Iterable[StudyRow], now: float, targets: TurnaroundTarg
     """Entries for the given studies, in reading order."""
     entries = []
     for row in rows:
-        if row.state not in _UNREAD_STATES:
-            continue
         waiting = max(0.0, (now - (row.first_received_at or row.last_received_at)) / 60)
         if row.priority_override:
             base = Priority[row.priority_override]
             reasons: tuple[str, ...] = (
-                f"set to {base.name} by {row.priority_override_by}: {row.priority_override_reason}",
+                Override(base, row.priority_override_reason or "", row.priority_override_by or "").describe(),
             )
         else:
             base = Priority[row.priority] if row.priority else Priority.ROUTINE
@@ -94,13 +93,11 @@ def local_midnight(now: float) -> float:
 
 
 def current_worklist(
-    store: Store, targets: TurnaroundTargets, today: bool = False, patient_id: str | None = None,
+    reports: Reports, targets: TurnaroundTargets, today: bool = False, patient_id: str | None = None,
     now: float | None = None,
 ) -> list[WorklistEntry]:
     """The worklist of the studies in the database (today's only, one patient's only)."""
     now = time.time() if now is None else now
-    rows = [r for r in store.studies(limit=1_000_000) if patient_id is None or r.patient_id == patient_id]
-    if today:
-        midnight = local_midnight(now)
-        rows = [r for r in rows if r.first_received_at >= midnight]
+    rows = reports.studies(limit=WORKLIST_WINDOW, patient_id=patient_id,
+                           received_since=local_midnight(now) if today else None)
     return build_worklist(rows, now, targets)

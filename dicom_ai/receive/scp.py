@@ -26,13 +26,13 @@ from dicom_ai.receive import status
 from dicom_ai.receive.incoming import IncomingFiles, attach
 from dicom_ai.receive.limits import Admission, ConnectionLimits, resolve_hosts
 from dicom_ai.receive.server import GuardedServer, serve
-from dicom_ai.store.database import ReceivedInstance
-from dicom_ai.store.spool import SpoolError, is_safe_uid
+from dicom_ai.dicom_values import is_safe_uid
+from dicom_ai.domain import ReceivedInstance
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
-    from dicom_ai.store import Spool, Store
+    from dicom_ai.store import Spool, StudyStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def read_identity(path: Path, expected_sop_uid: str, calling_aet: str, transfer_
     )
 
 
-def handle_store(event: Event, spool: Spool, store: Store, incoming: IncomingFiles) -> int:
+def handle_store(event: Event, spool: Spool, store: StudyStore, incoming: IncomingFiles) -> int:
     """EVT_C_STORE: make the instance durable, record it, then (and only then) answer Success."""
     calling_aet = event.assoc.requestor.ae_title.strip()
     sop_uid = str(event.request.AffectedSOPInstanceUID)
@@ -119,13 +119,13 @@ def handle_store(event: Event, spool: Spool, store: Store, incoming: IncomingFil
     try:
         write_error = incoming.error_for(temporary)
         if write_error is not None:
-            raise SpoolError(f"cannot write it to {spool.incoming}: {write_error.strerror or write_error}")
+            raise OSError(write_error.errno, f"cannot write it to {spool.incoming}: {write_error.strerror or write_error}")
         identity = read_identity(temporary, sop_uid, calling_aet, str(event.context.transfer_syntax))
         return keep_instance(identity, temporary, spool, store)
     except StoreRejected as exc:
         log.error("refused instance %s from %s: %s (status 0x%04X)", sop_uid, calling_aet, exc, exc.status_code)
         return exc.status_code
-    except (SpoolError, sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError) as exc:  # disk full, database locked past its timeout...
         log.error("cannot keep instance %s from %s: %s (answered 0x%04X Out of Resources; the sender should retry)",
                   sop_uid, calling_aet, getattr(exc, "strerror", None) or exc, status.OUT_OF_RESOURCES)
         return status.OUT_OF_RESOURCES
@@ -134,7 +134,7 @@ def handle_store(event: Event, spool: Spool, store: Store, incoming: IncomingFil
         spool.discard(temporary)  # refused or failed: nothing of it stays in incoming/
 
 
-def keep_instance(identity: ReceivedInstance, temporary: Path, spool: Spool, store: Store) -> int:
+def keep_instance(identity: ReceivedInstance, temporary: Path, spool: Spool, store: StudyStore) -> int:
     """File a received instance under the spool and record it; the acknowledged copy is never at risk.
 
     The new copy goes under a name no other file has; the database then switches to it in one
@@ -230,7 +230,7 @@ def handle_rejected(event: Event, allowed_calling: Sequence[str]) -> None:
     log.warning("refused an association from %s (%s:%s): %s", calling, requestor.address, requestor.port, why)
 
 
-def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: Store,
+def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: StudyStore,
               allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None, *,
               limits: ConnectionLimits | None = None, trusted_aets: Sequence[str] = (),
               known_hosts: Sequence[str] = ()) -> GuardedServer:

@@ -1,8 +1,8 @@
-"""Deliver what the outbox holds, retrying failures with exponential backoff.
+"""Deliver what the outbox holds through each item's carrier, retrying failures with exponential backoff.
 
 Results reach the outbox in the same transaction that marks their study done, so a crash never
-loses a send; a crash after a send but before it is marked repeats it with the same SOP Instance
-UID, which a PACS stores once.
+loses a send; each item is marked sent as soon as its destination acknowledged it, so a crash
+repeats at most that one item, with the same SOP Instance UID, which a PACS stores once.
 """
 
 from __future__ import annotations
@@ -12,27 +12,16 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
-from dicom_ai.config import Peer, Settings
+from dicom_ai.config import Settings
 from dicom_ai.crashpoints import crash_point
-from dicom_ai.errors import one_line
-from dicom_ai.prioritize.mwl import write_entry
-from dicom_ai.prioritize.orthanc_flags import OrthancFlags
-from dicom_ai.send.cstore import SendError, send_files
+from dicom_ai.domain import Carrier, OutboxItem
+from dicom_ai.send.carriers import CARRIERS, DeliveryContext, dicom
+from dicom_ai.send.carriers.orthanc_metadata import OrthancFlags
 from dicom_ai.send.errors import DeliveryError
-from dicom_ai.send.mllp import send_hl7
-from dicom_ai.send.webhook import post_notice, send_email
-from dicom_ai.store.database import OutboxItem, Store
+from dicom_ai.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
-
-DICOM = "dicom"
-ORTHANC_METADATA = "orthanc_metadata"
-WEBHOOK = "webhook"
-MWL = "mwl"
-HL7 = "hl7"
-EMAIL = "email"
 
 
 class Outbox:
@@ -40,25 +29,14 @@ class Outbox:
 
     def __init__(
         self,
-        store: Store,
+        outbox: OutboxStore,
         settings: Settings,
-        flags_factory: Callable[[str], OrthancFlags] | None = None,
+        orthanc_client: Callable[[str], OrthancFlags] | None = None,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.settings = settings
-        self._flags_factory = flags_factory or (
-            lambda url: OrthancFlags(url, settings.orthanc_user, settings.orthanc_password)
-        )
-        self._flags: dict[str, OrthancFlags] = {}
+        self.context = DeliveryContext(settings, orthanc_client)
         self._lock = threading.Lock()
-        # kind -> how to deliver one item; DICOM goes in batches (one association per peer) instead.
-        self._senders: dict[str, Callable[[OutboxItem], None]] = {
-            ORTHANC_METADATA: self._publish_flags,
-            WEBHOOK: lambda item: post_notice(item.destination, item.payload),
-            MWL: _write_worklist,
-            HL7: lambda item: send_hl7(item.destination, item.payload),
-            EMAIL: lambda item: send_email(item.destination, item.payload),
-        }
 
     def retry_at(self, attempts_so_far: int) -> float | None:
         """When to try again after a failure, or None to give up."""
@@ -76,26 +54,26 @@ class Outbox:
         """
         now = time.time() if now is None else now
         with self._lock:
-            items = self.store.due_outbox(now)
-            items += self.store.probe_candidates(last_attempt_before=now - self.settings.send_retry_max)
-            delivered = 0
-            dicom: dict[str, list[OutboxItem]] = defaultdict(list)
-            for item in items:
-                if item.kind == DICOM:
-                    dicom[item.destination].append(item)
+            items = self.outbox.due_outbox(now)
+            items += self.outbox.probe_candidates(last_attempt_before=now - self.settings.send_retry_max)
             answered: set[tuple[str, str]] = set()
-            for destination, batch in dicom.items():
+            delivered = 0
+            batches: dict[str, list[OutboxItem]] = defaultdict(list)
+            for item in items:
+                if item.kind == Carrier.DICOM:
+                    batches[item.destination].append(item)
+            for destination, batch in batches.items():
                 sent = self._send_dicom(destination, batch)
                 if sent:
-                    answered.add((DICOM, destination))
+                    answered.add((Carrier.DICOM, destination))
                 delivered += sent
             # The rest after the objects, so whoever is told about a study finds the SR there.
             for item in items:
-                if item.kind != DICOM and self._deliver(item):
+                if item.kind != Carrier.DICOM and self._deliver(item):
                     answered.add((item.kind, item.destination))
                     delivered += 1
             for kind, destination in answered:
-                resumed = self.store.resume_given_up(kind, destination)
+                resumed = self.outbox.resume_given_up(kind, destination)
                 if resumed:
                     log.warning("%s destination %s answers again: %d given-up send(s) queued again", kind,
                                 destination, resumed)
@@ -109,58 +87,34 @@ class Outbox:
         else:
             log.warning("%s %s to %s failed (attempt %d, retry in %.0f s): %s", item.kind, item.key,
                         item.destination, item.attempts + 1, retry_at - time.time(), error)
-        self.store.mark_failed_attempt(item, error, retry_at)
+        self.outbox.mark_failed_attempt(item, error, retry_at)
 
     def _send_dicom(self, destination: str, batch: list[OutboxItem]) -> int:
-        by_path = {Path(item.payload): item for item in batch}
-        heard: set[Path] = set()
         sent = 0
 
-        def answered(path: Path, error: str | None) -> None:  # each file as soon as the PACS answered for it
+        def answered(item: OutboxItem, error: str | None) -> None:  # each file as soon as the PACS answered
             nonlocal sent
-            heard.add(path)
             if error is None:
                 crash_point("send.after_ack")
-                self.store.mark_sent(by_path[path])
+                self.outbox.mark_sent(item)
                 sent += 1
             else:
-                self._fail(by_path[path], error)
+                self._fail(item, error)
 
-        try:
-            peer = Peer.parse(destination)
-            outcome = send_files(self.settings.ae, peer, list(by_path), self.settings.client_tls(peer.host),
-                                 on_result=answered)
-        except (SendError, OSError, ValueError) as exc:
-            outcome = {path: one_line(exc) for path in by_path}
-        for path, error in outcome.items():  # e.g. not DICOM, or the association failed before it went
-            if path not in heard:
-                self._fail(by_path[path], error or "not attempted")
+        dicom.deliver_batch(destination, batch, self.context, answered)
         if sent:
             log.info("sent %d result object(s) to %s", sent, destination)
         return sent
 
-    def _deliver(self, item: OutboxItem) -> int:
-        deliver = self._senders.get(item.kind)
+    def _deliver(self, item: OutboxItem) -> bool:
         try:
-            if deliver is None:
+            carrier = CARRIERS.get(Carrier(item.kind)) if item.kind in {c.value for c in Carrier} else None
+            if carrier is None:
                 raise DeliveryError(f"unknown outbox kind {item.kind!r} (written by a newer dicom-ai?)")
-            deliver(item)
+            carrier.deliver(item, self.context)
         except DeliveryError as exc:
             self._fail(item, str(exc))
-            return 0
-        self.store.mark_sent(item)
+            return False
+        self.outbox.mark_sent(item)
         log.info("delivered %s for study %s to %s", item.kind, item.study_instance_uid, item.destination)
-        return 1
-
-    def _publish_flags(self, item: OutboxItem) -> None:
-        flags = self._flags.get(item.destination)
-        if flags is None:
-            flags = self._flags[item.destination] = self._flags_factory(item.destination)
-        flags.publish(item.study_instance_uid, item.payload)
-
-
-def _write_worklist(item: OutboxItem) -> None:
-    try:
-        write_entry(Path(item.destination), item.study_instance_uid, item.payload)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DeliveryError(f"cannot write worklist entry in {item.destination}: {exc}") from exc
+        return True

@@ -1,6 +1,42 @@
-"""The node's shared state: the SQLite database and the spool of received files."""
+"""The node's shared state: one SQLite database in parts by job, and the spool of DICOM files.
 
-from dicom_ai.store.database import OutboxItem, ReceivedInstance, Store, StudyRow
+- studies (studies.py): a study from its first instance to its outcome;
+- outbox (outbox.py): what must still be delivered, and each attempt;
+- reports (reports.py): what people and monitors read;
+- the spool (spool.py): received instances and our results as files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_ai.store.database import Database
+from dicom_ai.store.outbox import OutboxStore
+from dicom_ai.store.reports import Reports, StudyRow
 from dicom_ai.store.spool import Spool
+from dicom_ai.store.studies import StudyStore
 
-__all__ = ["OutboxItem", "ReceivedInstance", "Spool", "Store", "StudyRow"]
+__all__ = ["Database", "OutboxStore", "Reports", "Spool", "Stores", "StudyRow", "StudyStore"]
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The parts of one database, opened together (the node, a CLI command, a test)."""
+
+    database: Database
+    studies: StudyStore
+    outbox: OutboxStore
+    reports: Reports
+
+    @classmethod
+    def open(cls, path: Path, busy_timeout: float = 30.0) -> Stores:
+        database = Database(path, busy_timeout)
+        return cls(database, StudyStore(database), OutboxStore(database), Reports(database))
+
+    @property
+    def path(self) -> Path:
+        return self.database.path
+
+    def close(self) -> None:
+        self.database.close()

@@ -1,163 +1,115 @@
-"""The database: what we received, where each study is, what we must still send.
+"""The database: one SQLite file in WAL mode, shared by the store's parts, each with its own connections.
 
 The database is the source of truth after a crash: every state change is one transaction, and a
 study's state moves only by compare-and-set, so two workers (or a restart) never process or send
 the same thing twice. Commits are durable (WAL with synchronous=FULL).
+
+Each part of the store (studies.py: receive to outcome; outbox.py: deliveries; reports.py: what
+people and monitors read) writes through a connection and lock of its own, and reads through a
+connection per thread: the SCP's threads, the scheduler and the web server never queue behind one
+lock, and a reader never waits for a writer (WAL). Every write transaction starts with BEGIN
+IMMEDIATE: it takes the write lock up front and so waits up to `busy_timeout` seconds for another
+writer (another part, a CLI command) instead of failing at once, as a deferred transaction
+upgrading from a read does.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
+import sqlite_utils
 
-from dicom_ai.domain import Finding, Instance, PriorFinding, PriorityDecision, StudyState
+from dicom_ai.domain import StudyState
 from dicom_ai.store.migrations import migrations
-
-log = logging.getLogger(__name__)
 
 # A study in one of these states waits for nothing: it may be retried, or its files purged.
 FINISHED_STATES = (StudyState.DONE, StudyState.NO_MATCH, StudyState.FAILED)
 
 
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """What the SCP learnt about an instance it has just made durable in the spool."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    modality: str
-    transfer_syntax_uid: str
-    path: Path
-    size: int
-    calling_aet: str
-    patient_id: str = ""
-    patient_name: str = ""
-    accession_number: str = ""
-    study_date: str = ""
-    study_description: str = ""
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What recording an instance changed: the SCP deletes a replaced copy once this is committed."""
-
-    is_new: bool  # a SOP Instance UID the node did not hold
-    replaced: Path | None = None  # the older copy of the same SOP Instance UID, now in the trash
-    moved_from: str | None = None  # the study the instance left (it is re-processed without it)
-
-
-@dataclass(frozen=True)
-class StoredCopy:
-    """Where the node keeps an instance now."""
-
-    study_instance_uid: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class CurrentResult:
-    """A result object of one model on a study that no later run has superseded."""
-
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    kind: str
-    sent: bool  # the PACS acknowledged it
-
-
-@dataclass(frozen=True)
-class StudyRow:
-    """A study as listed by `dicom-ai studies`."""
-
-    study_instance_uid: str
-    state: str
-    patient_id: str
-    accession_number: str
-    study_date: str
-    instance_count: int
-    last_received_at: float
-    priority: str | None
-    priority_score: float | None
-    priority_reasons: tuple[str, ...]
-    error: str | None
-    models: tuple[str, ...]
-    results: int
-    pending_sends: int
-    first_received_at: float = 0.0
-    priority_override: str | None = None
-    priority_override_reason: str | None = None
-    priority_override_by: str | None = None
-    purged_at: float | None = None  # when its files were deleted after retention_days
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    """One thing to deliver: a DICOM file to the PACS, or priority metadata to Orthanc."""
-
-    id: int
-    kind: str
-    key: str
-    study_instance_uid: str
-    destination: str
-    payload: str
-    attempts: int
-
-
-@dataclass(frozen=True)
-class ResultFile:
-    """An encoded result written to disk, to be recorded and queued for sending."""
-
-    sop_instance_uid: str
-    series_instance_uid: str
-    kind: str
-    model: str
-    model_version: str
-    path: Path
-
-
-class Store:
-    """Thread-safe access to the node's SQLite database (one connection, one lock).
-
-    Every write transaction starts with BEGIN IMMEDIATE: it takes the write lock up front and so
-    waits up to `busy_timeout` seconds for another writer (a CLI command, another thread) instead
-    of failing at once, as a deferred transaction upgrading from a read does.
-    """
+class Database:
+    """The node's SQLite file: opened (and migrated) once, then hands out connections."""
 
     def __init__(self, path: Path, busy_timeout: float = 30.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
-        self._conn = conn
-        self._db = Database(conn)
-        self._lock = threading.RLock()
-        conn.execute("PRAGMA journal_mode=WAL")
+        self.busy_timeout = busy_timeout
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
+        self._idle_readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        setup = self.connect()
+        setup.execute("PRAGMA journal_mode=WAL")  # persistent: every later connection is in WAL mode
+        migrations.apply(sqlite_utils.Database(setup))
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with the node's settings (closed by close())."""
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=self.busy_timeout,
+                               isolation_level=None)
         conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the SCP answers Success
         conn.execute("PRAGMA foreign_keys=ON")
-        migrations.apply(self._db)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def pragma(self, name: str) -> Any:
-        """A PRAGMA's value on the connection the node writes with (for checks and tests)."""
-        with self._lock:
-            return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+        with self._opened_lock:
+            self._opened.append(conn)
+        return conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[Database]:
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads, borrowed from a pool (as many as reads run at once; WAL: a reader
+        never waits for a writer). Not one per thread: the SCP starts a thread per association."""
+        try:
+            conn = self._idle_readers.get_nowait()
+        except queue.Empty:
+            conn = self.connect()
+            conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            self._idle_readers.put(conn)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.reading() as conn:
+            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+
+    def pragma(self, name: str) -> Any:
+        """A PRAGMA's value on a connection as the node opens them (for checks and tests)."""
+        with self.reading() as conn:
+            return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def close(self) -> None:
+        with self._opened_lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+        self._idle_readers = queue.SimpleQueue()
+
+
+class Reader:
+    """A part of the store that only reads (through the database's pool of read connections)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self.database.query(sql, params)
+
+
+class Part(Reader):
+    """A part of the store that writes: a write connection of its own (one lock), reads from the pool."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self._conn = database.connect()
+        self._db = sqlite_utils.Database(self._conn)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite_utils.Database]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -173,658 +125,9 @@ class Store:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._db.query(sql, params))
-
-    def _event(self, db: Database, kind: str, study_uid: str | None, **detail: Any) -> None:
+    @staticmethod
+    def _event(db: sqlite_utils.Database, kind: str, study_uid: str | None, **detail: Any) -> None:
+        """An audit event, in the transaction of the change it records."""
         db["events"].insert(
             {"at": time.time(), "kind": kind, "study_instance_uid": study_uid, "detail": json.dumps(detail)}
         )
-
-    # receive -------------------------------------------------------------------------------
-
-    def stored_copy(self, sop_instance_uid: str) -> StoredCopy | None:
-        rows = self._query("select study_instance_uid, path from instances where sop_instance_uid = ?",
-                           [sop_instance_uid])
-        return StoredCopy(rows[0]["study_instance_uid"], Path(rows[0]["path"])) if rows else None
-
-    def record_repeat(self, item: ReceivedInstance, now: float | None = None) -> None:
-        """A byte-identical copy of an instance we hold: counted, and a running quiet period restarts."""
-        now = time.time() if now is None else now
-        with self._transaction() as db:
-            db.execute("update instances set receive_count = receive_count + 1 where sop_instance_uid = ?",
-                       [item.sop_instance_uid])
-            db.execute(
-                "update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ? and state = ?",
-                [now, now, item.study_instance_uid, StudyState.RECEIVING],
-            )
-            self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
-                        calling_aet=item.calling_aet)
-
-    def record_instance(self, item: ReceivedInstance, now: float | None = None) -> Recorded:
-        """Record a durable instance file; a new or changed instance (re-)opens its study.
-
-        The newest copy of a SOP Instance UID wins: when `item.path` is another file than the one
-        held (the sender changed the instance, or moved it to another study), the row switches to
-        the new file, the old file goes to the trash (deleted once this commit is done), and the
-        study's revision is bumped so its next results get new UIDs and supersede the old ones.
-        """
-        now = time.time() if now is None else now
-        with self._transaction() as db:
-            held = list(db.query(
-                "select study_instance_uid, path, receive_count from instances where sop_instance_uid = ?",
-                [item.sop_instance_uid]))
-            self._ensure_study(db, item, now)
-            recorded = Recorded(is_new=not held)
-            if not held:
-                self._reopen(db, item.study_instance_uid, now, count_change=1)
-            else:
-                old_study, old_path = held[0]["study_instance_uid"], Path(held[0]["path"])
-                recorded = Recorded(is_new=False, replaced=old_path if old_path != item.path else None)
-                if old_study != item.study_instance_uid:
-                    recorded = Recorded(is_new=False, replaced=recorded.replaced, moved_from=old_study)
-                    self._reopen(db, old_study, now, count_change=-1, revise=True)
-                    self._reopen(db, item.study_instance_uid, now, count_change=1)
-                    self._event(db, "instance_moved", old_study, sop=item.sop_instance_uid,
-                                to_study=item.study_instance_uid, calling_aet=item.calling_aet)
-                    self._event(db, "instance_moved", item.study_instance_uid, sop=item.sop_instance_uid,
-                                from_study=old_study, calling_aet=item.calling_aet)
-                elif recorded.replaced is not None:
-                    self._reopen(db, item.study_instance_uid, now, count_change=0, revise=True)
-                    self._event(db, "instance_replaced", item.study_instance_uid, sop=item.sop_instance_uid,
-                                calling_aet=item.calling_aet, size=item.size)
-                else:  # the same file recorded again: a repeat only extends a quiet period still running
-                    db.execute("update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ?"
-                               " and state = ?", [now, now, item.study_instance_uid, StudyState.RECEIVING])
-                    self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
-                                calling_aet=item.calling_aet)
-                if recorded.replaced is not None:
-                    db.execute("insert or replace into trash (path, at) values (?, ?)", [str(old_path), now])
-            db["instances"].upsert(
-                {
-                    "sop_instance_uid": item.sop_instance_uid,
-                    "sop_class_uid": item.sop_class_uid,
-                    "series_instance_uid": item.series_instance_uid,
-                    "study_instance_uid": item.study_instance_uid,
-                    "modality": item.modality,
-                    "transfer_syntax_uid": item.transfer_syntax_uid,
-                    "path": str(item.path),
-                    "size": item.size,
-                    "calling_aet": item.calling_aet,
-                    "received_at": now,
-                    "receive_count": (held[0]["receive_count"] if held else 0) + 1,
-                },
-                pk="sop_instance_uid",
-            )
-        return recorded
-
-    def _ensure_study(self, db: Database, item: ReceivedInstance, now: float) -> None:
-        if list(db.query("select 1 from studies where study_instance_uid = ?", [item.study_instance_uid])):
-            return
-        db["studies"].insert(
-            {
-                "study_instance_uid": item.study_instance_uid,
-                "patient_id": item.patient_id,
-                "patient_name": item.patient_name,
-                "accession_number": item.accession_number,
-                "study_date": item.study_date,
-                "study_description": item.study_description,
-                "state": StudyState.RECEIVING,
-                "first_received_at": now,
-                "last_received_at": now,
-                "quiet_since": now,
-                "instance_count": 0,
-                "revision": 0,
-            }
-        )
-        self._event(db, "study_opened", item.study_instance_uid, calling_aet=item.calling_aet)
-
-    def _reopen(self, db: Database, study_uid: str, now: float, count_change: int, revise: bool = False) -> None:
-        """Back to receiving (also from processing: the running pipeline then discards its now stale
-        results, see save_outcome), with the quiet clock restarted."""
-        [row] = db.query("select state from studies where study_instance_uid = ?", [study_uid])
-        if row["state"] != StudyState.RECEIVING:
-            self._event(db, "study_reopened", study_uid, previous_state=row["state"])
-        db.execute(
-            "update studies set state = ?, last_received_at = ?, quiet_since = ?, error = null, purged_at = null,"
-            " instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
-            [StudyState.RECEIVING, now, now, count_change, int(revise), study_uid],
-        )
-
-    def trash(self) -> list[Path]:
-        """Files replaced by newer copies whose deletion a crash interrupted."""
-        return [Path(row["path"]) for row in self._query("select path from trash")]
-
-    def empty_trash(self, paths: Sequence[Path]) -> None:
-        """Forget trash entries whose files are deleted."""
-        with self._transaction() as db:
-            for path in paths:
-                db.execute("delete from trash where path = ?", [str(path)])
-
-    # assemble ------------------------------------------------------------------------------
-
-    def complete_quiet_studies(self, quiet_since: float) -> list[str]:
-        """Move studies with no instance since `quiet_since` from receiving to complete."""
-        with self._transaction() as db:
-            uids = [
-                row["study_instance_uid"]
-                for row in db.query(
-                    "select study_instance_uid from studies where state = ? and quiet_since <= ?",
-                    [StudyState.RECEIVING, quiet_since],
-                )
-            ]
-            for uid in uids:
-                db.execute(
-                    "update studies set state = ?, completed_at = ? where study_instance_uid = ?",
-                    [StudyState.COMPLETE, time.time(), uid],
-                )
-                self._event(db, "study_complete", uid)
-        return uids
-
-    def earliest_receiving_activity(self) -> float | None:
-        """When the quiet period of the quietest receiving study began (None: none is receiving)."""
-        [row] = self._query("select min(quiet_since) as t from studies where state = ?", [StudyState.RECEIVING])
-        return row["t"]
-
-    def restart_quiet_clocks(self, now: float | None = None) -> list[str]:
-        """At start-up: nothing could arrive while the node was down, so that time was not quiet.
-
-        A study cut in half by a crash would otherwise be complete at once and get results on its
-        first half; now it waits stable_after seconds for the sender to deliver the rest.
-        """
-        now = time.time() if now is None else now
-        with self._transaction() as db:
-            uids = [row["study_instance_uid"] for row in db.query(
-                "select study_instance_uid from studies where state = ?", [StudyState.RECEIVING])]
-            db.execute("update studies set quiet_since = ? where state = ?", [now, StudyState.RECEIVING])
-            for uid in uids:
-                self._event(db, "quiet_clock_restarted", uid)
-        return uids
-
-    def claim_complete_study(self) -> str | None:
-        """Take the oldest complete study for processing (complete -> processing), if any."""
-        with self._transaction() as db:
-            rows = list(
-                db.query(
-                    "select study_instance_uid from studies where state = ? order by completed_at limit 1",
-                    [StudyState.COMPLETE],
-                )
-            )
-            if not rows:
-                return None
-            uid = rows[0]["study_instance_uid"]
-            db.execute(
-                "update studies set state = ? where study_instance_uid = ?", [StudyState.PROCESSING, uid]
-            )
-            return str(uid)
-
-    def recover_interrupted(self) -> list[str]:
-        """After a crash: studies caught in processing are complete again (results are idempotent)."""
-        with self._transaction() as db:
-            uids = [
-                row["study_instance_uid"]
-                for row in db.query(
-                    "select study_instance_uid from studies where state = ?", [StudyState.PROCESSING]
-                )
-            ]
-            for uid in uids:
-                db.execute(
-                    "update studies set state = ? where study_instance_uid = ?", [StudyState.COMPLETE, uid]
-                )
-                self._event(db, "study_recovered", uid)
-        return uids
-
-    def release_processing(self, study_uid: str, reason: str) -> bool:
-        """A study the pipeline could not finish (disk full...) goes back to the queue (processing -> complete)."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "update studies set state = ?, completed_at = ? where study_instance_uid = ? and state = ?",
-                [StudyState.COMPLETE, time.time(), study_uid, StudyState.PROCESSING])
-            if cursor.rowcount:
-                self._event(db, "study_deferred", study_uid, reason=reason)
-            return cursor.rowcount == 1
-
-    def requeue(self, study_uid: str, by: str) -> bool:
-        """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                f"update studies set state = ?, completed_at = ? where study_instance_uid = ?"
-                f" and purged_at is null and state in ({', '.join('?' * len(FINISHED_STATES))})",
-                [StudyState.COMPLETE, time.time(), study_uid, *FINISHED_STATES],
-            )
-            if cursor.rowcount == 1:
-                self._event(db, "study_requeued", study_uid, by=by)
-            return cursor.rowcount == 1
-
-    # retention ------------------------------------------------------------------------------
-
-    _FINISHED_AND_QUIET = (
-        f"state in ({', '.join('?' * len(FINISHED_STATES))}) and purged_at is null"
-        " and coalesce(processed_at, last_received_at) <= ?"
-        " and not exists (select 1 from outbox o where o.study_instance_uid = studies.study_instance_uid"
-        " and o.state = 'pending')"
-    )
-
-    def purgeable_studies(self, finished_before: float, limit: int = 200) -> list[str]:
-        """Finished studies, untouched since `finished_before`, with nothing left to send."""
-        rows = self._query(
-            f"select study_instance_uid from studies where {self._FINISHED_AND_QUIET}"
-            " order by coalesce(processed_at, last_received_at) limit ?",
-            [*FINISHED_STATES, finished_before, limit],
-        )
-        return [row["study_instance_uid"] for row in rows]
-
-    def forget_files(self, study_uid: str, finished_before: float) -> list[Path] | None:
-        """Drop a purgeable study's instance rows and mark it purged; returns the files to delete.
-
-        None when the study is no longer purgeable (a late instance re-opened it, a retry queued
-        it, a result is pending). Findings, results, outbox and events stay: the audit trail.
-        """
-        with self._transaction() as db:
-            still = list(db.query(
-                f"select study_instance_uid from studies where study_instance_uid = ? and {self._FINISHED_AND_QUIET}",
-                [study_uid, *FINISHED_STATES, finished_before],
-            ))
-            if not still:
-                return None
-            paths = [Path(row["path"]) for row in db.query(
-                "select path from instances where study_instance_uid = ?"
-                " union all select path from results where study_instance_uid = ?", [study_uid, study_uid])]
-            db.execute("delete from instances where study_instance_uid = ?", [study_uid])
-            db.execute("update studies set purged_at = ? where study_instance_uid = ?", [time.time(), study_uid])
-            self._event(db, "study_purged", study_uid, files=len(paths))
-        return paths
-
-    def last_purged_study_uids(self, window: float) -> list[str]:
-        """Studies purged within `window` seconds of the latest purge: a crash can only have
-        interrupted that run, so start-up never walks the whole history."""
-        return [row["study_instance_uid"] for row in self._query(
-            "select study_instance_uid from studies where purged_at >= (select max(purged_at) from studies) - ?",
-            [window])]
-
-    def study_revision(self, study_uid: str) -> int:
-        """How many times the study's instances were replaced or moved out (0: never)."""
-        rows = self._query("select revision from studies where study_instance_uid = ?", [study_uid])
-        return int(rows[0]["revision"] or 0) if rows else 0
-
-    def current_results(self, study_uid: str, model: str) -> list[CurrentResult]:
-        """One model's results on a study that no later run superseded, and whether the PACS has them."""
-        rows = self._query(
-            "select r.sop_instance_uid, r.series_instance_uid, r.kind, exists(select 1 from outbox o where"
-            " o.kind = 'dicom' and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
-            " from results r where r.study_instance_uid = ? and r.model = ? and r.superseded_by is null"
-            " order by r.created_at, r.sop_instance_uid",
-            [study_uid, model])
-        return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
-                              bool(row["sent"])) for row in rows]
-
-    def instances_of(self, study_uid: str) -> list[Instance]:
-        rows = self._query(
-            "select * from instances where study_instance_uid = ? order by series_instance_uid, received_at",
-            [study_uid],
-        )
-        return [
-            Instance(
-                sop_instance_uid=row["sop_instance_uid"],
-                sop_class_uid=row["sop_class_uid"],
-                series_instance_uid=row["series_instance_uid"],
-                study_instance_uid=row["study_instance_uid"],
-                path=Path(row["path"]),
-            )
-            for row in rows
-        ]
-
-    # pipeline outcome ----------------------------------------------------------------------
-
-    def finish_without_results(self, study_uid: str, state: StudyState, reason: str) -> bool:
-        """processing -> no_match or failed; False when a late instance re-opened it meanwhile."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "update studies set state = ?, processed_at = ?, error = ? where study_instance_uid = ?"
-                " and state = ?",
-                [state, time.time(), reason if state == StudyState.FAILED else None, study_uid, StudyState.PROCESSING],
-            )
-            self._event(db, f"study_{state}", study_uid, reason=reason)
-            return cursor.rowcount == 1
-
-    def save_outcome(
-        self,
-        study_uid: str,
-        *,
-        rules: Sequence[str],
-        models: Sequence[str],
-        findings: Sequence[tuple[str, str, str, Finding]],
-        results: Sequence[ResultFile],
-        priority: PriorityDecision,
-        outbox: Sequence[tuple[str, str, str, str]],
-        skipped: Sequence[str] = (),
-        supersede: Mapping[str, str] | None = None,
-        revision: int = 0,
-    ) -> bool:
-        """Record findings, result files and what to send, and mark the study done, atomically.
-
-        `supersede` maps earlier result UIDs to the SR that replaces them (the study changed since):
-        they are marked, and their sends that have not gone out yet are dropped.
-
-        `skipped` names result carriers whose message could not be built: the study is done (its
-        other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
-
-        `findings` holds (source SOP UID, model, model version, finding); `outbox` holds
-        (kind, key, destination, payload). A re-run of the same study replaces rather than
-        duplicates: the outbox is unique per (kind, key, destination) and an item already sent
-        with the same payload is not sent again.
-        """
-        now = time.time()
-        with self._transaction() as db:
-            state = list(db.query("select state from studies where study_instance_uid = ?", [study_uid]))
-            if not state or state[0]["state"] != StudyState.PROCESSING:
-                log.info("study %s was re-opened while processing; its results wait for the next run", study_uid)
-                return False
-            for source_uid, model, version, finding in findings:
-                db.execute(
-                    "insert into findings (study_instance_uid, sop_instance_uid, model, model_version, label,"
-                    " code_value, code_scheme, probability, threshold, present, created_at)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " on conflict (study_instance_uid, sop_instance_uid, model, label) do update set"
-                    " model_version = excluded.model_version, probability = excluded.probability,"
-                    " threshold = excluded.threshold, present = excluded.present, created_at = excluded.created_at",
-                    [
-                        study_uid,
-                        source_uid,
-                        model,
-                        version,
-                        finding.label,
-                        finding.code.value,
-                        finding.code.scheme,
-                        finding.probability,
-                        finding.threshold,
-                        int(finding.present),
-                        now,
-                    ],
-                )
-            for result in results:
-                db["results"].upsert(
-                    {
-                        "sop_instance_uid": result.sop_instance_uid,
-                        "study_instance_uid": study_uid,
-                        "series_instance_uid": result.series_instance_uid,
-                        "kind": result.kind,
-                        "model": result.model,
-                        "model_version": result.model_version,
-                        "path": str(result.path),
-                        "created_at": now,
-                        "revision": revision,
-                        "superseded_by": None,
-                    },
-                    pk="sop_instance_uid",
-                )
-            for old_uid, new_uid in (supersede or {}).items():
-                db.execute("update results set superseded_by = ? where sop_instance_uid = ?", [new_uid, old_uid])
-                db.execute("update outbox set state = 'superseded' where kind = 'dicom' and key = ?"
-                           " and state in ('pending', 'failed')", [old_uid])
-            if supersede:
-                self._event(db, "results_superseded", study_uid, by=sorted(set(supersede.values())),
-                            superseded=sorted(supersede))
-            for kind, key, destination, payload in outbox:
-                db.execute(
-                    "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
-                    " next_attempt_at, created_at) values (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
-                    " on conflict (kind, key, destination) do update set"
-                    " state = case when outbox.state = 'sent' and outbox.payload = excluded.payload"
-                    "   then 'sent' else 'pending' end,"
-                    " attempts = case when outbox.state = 'sent' and outbox.payload = excluded.payload"
-                    "   then outbox.attempts else 0 end,"
-                    " payload = excluded.payload, next_attempt_at = excluded.next_attempt_at",
-                    [kind, key, study_uid, destination, payload, now, now],
-                )
-            for problem in skipped:
-                self._event(db, "publication_skipped", study_uid, problem=problem)
-            db.execute(
-                "update studies set state = ?, processed_at = ?, error = ?, priority = ?, priority_score = ?,"
-                " priority_reasons = ?, rules = ?, models = ? where study_instance_uid = ?",
-                [
-                    StudyState.DONE,
-                    now,
-                    ("result carrier skipped: " + "; ".join(skipped)) if skipped else None,
-                    priority.level.name,
-                    priority.score,
-                    json.dumps(list(priority.reasons)),
-                    json.dumps(list(rules)),
-                    json.dumps(list(models)),
-                    study_uid,
-                ],
-            )
-            self._event(
-                db, "study_done", study_uid, priority=priority.level.name, results=len(results), models=list(models)
-            )
-        return True
-
-    # send ----------------------------------------------------------------------------------
-
-    def due_outbox(self, now: float | None = None, limit: int = 500) -> list[OutboxItem]:
-        now = time.time() if now is None else now
-        rows = self._query(
-            "select * from outbox where state = 'pending' and next_attempt_at <= ? order by id limit ?",
-            [now, limit],
-        )
-        return [_outbox_item(row) for row in rows]
-
-    def mark_sent(self, item: OutboxItem) -> None:
-        now = time.time()
-        with self._transaction() as db:
-            db.execute(
-                "update outbox set state = 'sent', sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
-                " last_error = null where id = ? and payload = ?",
-                [now, now, item.id, item.payload],
-            )
-            self._event(db, "sent", item.study_instance_uid, what=item.kind, key=item.key, to=item.destination)
-
-    def mark_failed_attempt(self, item: OutboxItem, error: str, retry_at: float | None) -> None:
-        """Record a failed delivery; `retry_at` None gives up (state failed, kept for the admin)."""
-        with self._transaction() as db:
-            db.execute(
-                "update outbox set attempts = attempts + 1, last_error = ?, state = ?, next_attempt_at = ?,"
-                " last_attempt_at = ? where id = ? and payload = ?",
-                [error, "pending" if retry_at is not None else "failed", retry_at or 0, time.time(), item.id,
-                 item.payload],
-            )
-            self._event(
-                db, "send_failed", item.study_instance_uid, what=item.kind, key=item.key, error=error,
-                gave_up=retry_at is None,
-            )
-
-    def resume_given_up(self, kind: str, destination: str) -> int:
-        """A destination answered again: its given-up sends are queued afresh (attempts from zero)."""
-        with self._transaction() as db:
-            studies = [row["study_instance_uid"] for row in db.query(
-                "select distinct study_instance_uid from outbox where state = 'failed' and kind = ? and destination = ?",
-                [kind, destination])]
-            cursor = db.execute(
-                "update outbox set state = 'pending', attempts = 0, next_attempt_at = ? where state = 'failed'"
-                " and kind = ? and destination = ?", [time.time(), kind, destination])
-            for uid in studies:
-                self._event(db, "sends_resumed", uid, what=kind, to=destination, by="node")
-            return cursor.rowcount
-
-    def probe_candidates(self, last_attempt_before: float) -> list[OutboxItem]:
-        """One given-up send per destination that nothing else is trying, last tried before the time given:
-        trying it again tells whether the destination is back (then the rest resume)."""
-        rows = self._query(
-            "select * from outbox o where o.id in (select min(id) from outbox where state = 'failed'"
-            " group by kind, destination) and coalesce(o.last_attempt_at, 0) <= ?"
-            " and not exists (select 1 from outbox p where p.state = 'pending' and p.kind = o.kind"
-            " and p.destination = o.destination)",
-            [last_attempt_before])
-        return [_outbox_item(row) for row in rows]
-
-    def requeue_sends(self, study_uids: Sequence[str] | None, by: str, include_sent: bool = False) -> int:
-        """An admin re-queues sends without re-running the models: the given-up ones (and with
-        `include_sent`, those already delivered, e.g. after the PACS lost them); None: every study."""
-        states = ("failed", "sent") if include_sent else ("failed",)
-        marks = ", ".join("?" * len(states))
-        with self._transaction() as db:
-            if study_uids is None:
-                study_uids = [row["study_instance_uid"] for row in db.query(
-                    f"select distinct study_instance_uid from outbox where state in ({marks})", list(states))]
-            total = 0
-            for uid in study_uids:
-                cursor = db.execute(
-                    f"update outbox set state = 'pending', attempts = 0, next_attempt_at = ? where"
-                    f" study_instance_uid = ? and state in ({marks})", [time.time(), uid, *states])
-                if cursor.rowcount:
-                    self._event(db, "sends_resumed", uid, by=by, sends=cursor.rowcount, include_sent=include_sent)
-                total += cursor.rowcount
-            return total
-
-    # reporting -----------------------------------------------------------------------------
-
-    def study(self, study_uid: str) -> StudyRow | None:
-        rows = self.studies(limit=1, study_uid=study_uid)
-        return rows[0] if rows else None
-
-    def studies(self, limit: int = 50, state: str | None = None, study_uid: str | None = None) -> list[StudyRow]:
-        clauses = [(c, v) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid)) if v]
-        where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""
-        params = [v for _, v in clauses]
-        rows = self._query(
-            "select s.*,"
-            " (select count(*) from results r where r.study_instance_uid = s.study_instance_uid) as n_results,"
-            " (select count(*) from outbox o where o.study_instance_uid = s.study_instance_uid"
-            "   and o.state = 'pending') as n_pending"
-            f" from studies s {where} order by s.last_received_at desc limit ?",
-            [*params, limit],
-        )
-        return [
-            StudyRow(
-                study_instance_uid=row["study_instance_uid"],
-                state=row["state"],
-                patient_id=row["patient_id"] or "",
-                accession_number=row["accession_number"] or "",
-                study_date=row["study_date"] or "",
-                instance_count=row["instance_count"] or 0,
-                last_received_at=row["last_received_at"] or 0.0,
-                priority=row["priority"],
-                priority_score=row["priority_score"],
-                priority_reasons=tuple(json.loads(row["priority_reasons"] or "[]")),
-                error=row["error"],
-                models=tuple(json.loads(row["models"] or "[]")),
-                results=row["n_results"],
-                pending_sends=row["n_pending"],
-                first_received_at=row["first_received_at"] or 0.0,
-                priority_override=row["priority_override"],
-                priority_override_reason=row["priority_override_reason"],
-                priority_override_by=row["priority_override_by"],
-                purged_at=row["purged_at"],
-            )
-            for row in rows
-        ]
-
-    def set_priority_override(
-        self, study_uid: str, level: str | None, reason: str, by: str,
-        outbox: Sequence[tuple[str, str, str, str]] = (),
-    ) -> bool:
-        """Record (or clear, with level None) a radiologist's priority, audited; False if no such study.
-
-        `outbox` items (kind, key, destination, payload) queue the new flags for the PACS in the same
-        transaction, so the override reaches Orthanc even if the node restarts.
-        """
-        now = time.time()
-        with self._transaction() as db:
-            rows = list(db.query(
-                "select priority, priority_override from studies where study_instance_uid = ?", [study_uid]))
-            if not rows:
-                return False
-            db.execute(
-                "update studies set priority_override = ?, priority_override_reason = ?, priority_override_by = ?,"
-                " priority_override_at = ? where study_instance_uid = ?",
-                [level, reason if level else None, by if level else None, now if level else None, study_uid],
-            )
-            self._event(db, "priority_overridden", study_uid, by=by, reason=reason, ai=rows[0]["priority"],
-                        previous=rows[0]["priority_override"], new=level)
-            for kind, key, destination, payload in outbox:
-                db.execute(
-                    "insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
-                    " next_attempt_at, created_at) values (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
-                    " on conflict (kind, key, destination) do update set state = 'pending', attempts = 0,"
-                    " payload = excluded.payload, next_attempt_at = excluded.next_attempt_at",
-                    [kind, key, study_uid, destination, payload, now, now],
-                )
-        return True
-
-    def prior_findings(self, study_uid: str) -> list[PriorFinding]:
-        """AI findings on earlier studies of the same patient (same non-empty PatientID)."""
-        rows = self._query(
-            "select f.study_instance_uid, s.first_received_at as received_at, f.label,"
-            " max(f.probability) as probability, max(f.present) as present"
-            " from findings f join studies s on s.study_instance_uid = f.study_instance_uid"
-            " join studies me on me.study_instance_uid = ?"
-            " where s.patient_id = me.patient_id and me.patient_id != ''"
-            " and s.study_instance_uid != me.study_instance_uid and s.first_received_at < me.first_received_at"
-            " group by f.study_instance_uid, f.label",
-            [study_uid],
-        )
-        return [PriorFinding(r["study_instance_uid"], r["received_at"], r["label"], r["probability"], bool(r["present"]))
-                for r in rows]
-
-    def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
-        """Per model and label: the highest probability over the study's images, and on how many it is present."""
-        return self._query(
-            "select model, model_version, label, code_scheme, code_value, max(probability) as probability,"
-            " count(*) as images, sum(present) as images_present from findings where study_instance_uid = ?"
-            " group by model, model_version, label order by model, probability desc",
-            [study_uid],
-        )
-
-    def outbox_payload(self, kind: str, key: str) -> str | None:
-        rows = self._query("select payload from outbox where kind = ? and key = ? order by id desc limit 1", [kind, key])
-        return rows[0]["payload"] if rows else None
-
-    def priority_override(self, study_uid: str) -> tuple[str, str, str] | None:
-        """(level, reason, by) when a radiologist has overridden the study's priority."""
-        rows = self._query(
-            "select priority_override, priority_override_reason, priority_override_by from studies"
-            " where study_instance_uid = ?", [study_uid])
-        if not rows or not rows[0]["priority_override"]:
-            return None
-        row = rows[0]
-        return row["priority_override"], row["priority_override_reason"] or "", row["priority_override_by"] or ""
-
-    def receive_counts(self, study_uid: str) -> dict[str, int]:
-        """SOP Instance UID -> how many times it was received (1 unless a sender repeated it)."""
-        rows = self._query(
-            "select sop_instance_uid, receive_count from instances where study_instance_uid = ?", [study_uid]
-        )
-        return {row["sop_instance_uid"]: row["receive_count"] for row in rows}
-
-    def health_counts(self) -> dict[str, Any]:
-        """What an admin watches: studies by state, sends by kind and state, the oldest pending send."""
-        studies = {row["state"]: row["n"] for row in self._query("select state, count(*) as n from studies group by state")}
-        sends = self._query("select kind, state, count(*) as n from outbox group by kind, state order by kind, state")
-        oldest = self._query(
-            "select kind, destination, created_at, attempts, last_error from outbox where state = 'pending'"
-            " order by created_at limit 1")
-        times = self._query(
-            "select max(last_received_at) as last_received, max(processed_at) as last_processed,"
-            " min(case when state = ? then completed_at end) as oldest_processing from studies",
-            [StudyState.PROCESSING])[0]
-        held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
-        [partial] = self._query("select count(*) as n from studies where state = ? and error is not null",
-                                [StudyState.DONE])
-        return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
-                **times, "held_bytes": held["bytes"], "held_files": held["files"], "done_with_skips": partial["n"]}
-
-    def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
-        return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
-
-    def events(self, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if study_uid:
-            return self._query(
-                "select * from events where study_instance_uid = ? order by id desc limit ?", [study_uid, limit]
-            )
-        return self._query("select * from events order by id desc limit ?", [limit])
-
-
-def _outbox_item(row: dict[str, Any]) -> OutboxItem:
-    return OutboxItem(id=row["id"], kind=row["kind"], key=row["key"], study_instance_uid=row["study_instance_uid"],
-                      destination=row["destination"], payload=row["payload"], attempts=row["attempts"])

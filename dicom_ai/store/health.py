@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_ai.store.database import Store
+from dicom_ai.store.reports import Reports
 
 STALE_SEND_S = 600.0  # a send pending this long means the destination is down or refusing
 STUCK_PROCESSING_S = 900.0  # no model takes this long on one study
@@ -48,10 +48,10 @@ class NodeHealth:
     send_retry_window_s: float | None = None  # how long a failing send is retried before it is given up
 
 
-def node_health(store: Store, home: Path, retention_days: float | None, now: float | None = None,
+def node_health(reports: Reports, home: Path, retention_days: float | None, now: float | None = None,
                 send_retry_window_s: float | None = None) -> NodeHealth:
     now = time.time() if now is None else now
-    counts = store.health_counts()
+    counts = reports.health_counts()
     attention: list[str] = []
     failed = counts["studies"].get("failed", 0)
     if failed:

@@ -155,3 +155,9 @@ def _hardening(db: Database) -> None:
     db["results"].create_index(["study_instance_uid", "model"])
     db["outbox"].add_column("last_attempt_at", float)
     db["trash"].create({"path": str, "at": float}, pk="path")
+
+
+@migrations(name="006_studies_by_patient")
+def _studies_by_patient(db: Database) -> None:
+    """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
+    db["studies"].create_index(["patient_id"])

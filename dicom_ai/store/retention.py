@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from dicom_ai.store.database import Store
+from dicom_ai.store.studies import StudyStore
 from dicom_ai.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class PurgeReport:
     bytes_freed: int
 
 
-def purge_expired(store: Store, spool: Spool, retention_days: float, now: float | None = None,
+def purge_expired(store: StudyStore, spool: Spool, retention_days: float, now: float | None = None,
                   batch: int = 200) -> PurgeReport:
     """Delete the files of every study finished more than `retention_days` ago."""
     finished_before = (time.time() if now is None else now) - retention_days * DAY
@@ -53,7 +53,7 @@ def purge_expired(store: Store, spool: Spool, retention_days: float, now: float 
     return PurgeReport(studies, files, freed)
 
 
-def sweep_purged(store: Store, spool: Spool) -> int:
+def sweep_purged(store: StudyStore, spool: Spool) -> int:
     """At start-up, before the SCP listens: delete files a crash left behind mid-purge."""
     swept = sum(spool.remove_study_folders(uid) for uid in store.last_purged_study_uids(window=DAY))
     if swept:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import filecmp
 import logging
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -21,21 +20,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicom_ai.dicom_values import is_safe_uid
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 
 log = logging.getLogger(__name__)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LOCK_STRIPES = 64
 
 
-class SpoolError(Exception):
+class SpoolError(OSError):
     """A file could not be made durable (disk full, permissions...)."""
-
-
-def is_safe_uid(uid: str) -> bool:
-    """UIDs become path components: accept only digits and dots, at most 64 characters."""
-    return bool(_UID.match(uid)) and len(uid) <= 64
 
 
 def fsync_directory(path: Path) -> None:

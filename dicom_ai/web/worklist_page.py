@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.prioritize.worklist import WorklistEntry, current_worklist
-from dicom_ai.store import Store
+from dicom_ai.store import Reports
 from dicom_ai.store.health import NodeHealth
 from dicom_ai.web.server import IDLE_TIMEOUT, BoundedHTTPServer
 
@@ -93,9 +93,9 @@ def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
     return Handler
 
 
-def start_web(host: str, port: int, store: Store, targets: TurnaroundTargets,
+def start_web(host: str, port: int, reports: Reports, targets: TurnaroundTargets,
               status: Callable[[], NodeHealth] | None = None, idle_timeout: float = IDLE_TIMEOUT) -> BoundedHTTPServer:
-    server = BoundedHTTPServer((host, port), make_handler(lambda today: current_worklist(store, targets, today),
+    server = BoundedHTTPServer((host, port), make_handler(lambda today: current_worklist(reports, targets, today),
                                                           status, idle_timeout))
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("worklist page on http://%s:%d/", host, server.server_address[1])

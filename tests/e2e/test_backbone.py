@@ -22,7 +22,7 @@ from orthanc_api_client import OrthancApiClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from dicom_ai.store import Store
+from dicom_ai.store import Stores
 from tests.conftest import HttpReceiver, MllpListener, copy_as_new_study, sample
 from tests.e2e.conftest import STABLE_AFTER, RouterProcess, mwl_priority, wait_for
 from tests.e2e.orthanc_server import OrthancServer, storescu
@@ -104,12 +104,12 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
     time.sleep(4)
     instances = study_instances(client, study_uid)
     assert len(instances) == 2 + 1 + 2, [i["SOPClassUID"] for i in instances]  # nothing duplicated in the PACS
-    store = Store(router.home / "dicom-ai.sqlite")
+    store = Stores.open(router.home / "dicom-ai.sqlite")
     try:
-        assert store.receive_counts(study_uid) == {uid: 1 for uid in originals}  # no result came back to us
-        [row] = [r for r in store.studies() if r.study_instance_uid == study_uid]
+        assert store.reports.receive_counts(study_uid) == {uid: 1 for uid in originals}  # no result came back to us
+        [row] = [r for r in store.reports.studies() if r.study_instance_uid == study_uid]
         assert row.state == "done" and row.pending_sends == 0
-        assert [r for r in store.outbox_rows(study_uid) if r["attempts"] != 1] == []  # each result sent once
+        assert [r for r in store.reports.outbox_rows(study_uid) if r["attempts"] != 1] == []  # each result sent once
     finally:
         store.close()
     # The notice (webhook) went out once, with the priority and no patient identifiers by default.

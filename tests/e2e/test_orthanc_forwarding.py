@@ -28,7 +28,7 @@ from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_ai.prioritize import orthanc_flags
+from dicom_ai.send.carriers import orthanc_metadata
 from tests.conftest import copy_as_new_study, free_port, require_binary, sample, wait_for
 from tests.e2e.orthanc_server import (
     CONFIG_PATH,
@@ -71,8 +71,8 @@ def test_configuration_declares_metadata_router_and_loopback_defaults() -> None:
     assert all(1024 <= index <= 65535 for index in metadata.values())
     assert len(set(metadata.values())) == len(metadata), "two metadata names share an index"
     # The router writes exactly the names declared here (undeclared names are refused by Orthanc).
-    written = {value for name, value in vars(orthanc_flags).items() if name.startswith("AI_")}
-    assert written == set(STUDY_METADATA), "dicom_ai/prioritize/orthanc_flags.py and orthanc.json disagree"
+    written = {value for name, value in vars(orthanc_metadata).items() if name.startswith("AI_")}
+    assert written == set(STUDY_METADATA), "dicom_ai/send/carriers/orthanc_metadata.py and orthanc.json disagree"
     section = config["DicomAi"]
     aet, host, port = config["DicomModalities"][section["RouterModality"]]
     assert (aet, host, port) == (section["RouterAet"], "127.0.0.1", 11112)

@@ -12,7 +12,7 @@ import pytest
 from orthanc_api_client import OrthancApiClient
 from pydicom.uid import generate_uid
 
-from dicom_ai.store import Store
+from dicom_ai.store import Stores
 from tests.conftest import HttpReceiver, MllpListener, copy_as_new_study, free_port, require_binary, sample
 from tests.e2e.conftest import RouterProcess, wait_for
 from tests.e2e.orthanc_server import OrthancServer, storescu
@@ -42,17 +42,17 @@ def stack(tmp_path: Path) -> Iterator[tuple[OrthancServer, RouterProcess]]:
 
 
 def _received(router: RouterProcess, study_uid: str) -> bool:
-    store = Store(router.home / "dicom-ai.sqlite")
+    store = Stores.open(router.home / "dicom-ai.sqlite")
     try:
-        return store.study(study_uid) is not None
+        return store.reports.study(study_uid) is not None
     finally:
         store.close()
 
 
 def _sends(router: RouterProcess, study_uid: str) -> list[dict[str, object]]:
-    store = Store(router.home / "dicom-ai.sqlite")
+    store = Stores.open(router.home / "dicom-ai.sqlite")
     try:
-        return store.outbox_rows(study_uid)
+        return store.reports.outbox_rows(study_uid)
     finally:
         store.close()
 

@@ -20,7 +20,7 @@ import atheris
 INSTRUMENT = {
     "read_identity": ("pydicom", "dicom_ai.receive", "dicom_ai.store.spool"),
     "rules": ("yaml", "dicom_ai.route"),
-    "hl7": ("hl7apy", "dicom_ai.prioritize.hl7_result"),
+    "hl7": ("hl7apy", "dicom_ai.send.carriers.hl7"),
 }
 
 

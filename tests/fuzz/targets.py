@@ -57,7 +57,7 @@ def received_file(data: bytes, path: Path) -> str:
 
 def read_identity_target(data: bytes) -> None:
     from dicom_ai.receive.scp import StoreRejected, read_identity
-    from dicom_ai.store.spool import is_safe_uid
+    from dicom_ai.dicom_values import is_safe_uid
 
     path = _scratch() / "received.dcm"
     syntax = received_file(data, path)
@@ -102,7 +102,7 @@ def hl7_target(data: bytes) -> None:
     from hl7apy.parser import parse_message
 
     from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
-    from dicom_ai.prioritize.hl7_result import oru_message
+    from dicom_ai.send.carriers.hl7 import oru_message
 
     fdp = atheris.FuzzedDataProvider(data)
     header = Dataset()

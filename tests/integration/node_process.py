@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_ai.receive.scp import start_scp
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import free_port, wait_for
 
 CLI = Path(sys.executable).parent / "dicom-ai"
@@ -24,12 +24,12 @@ CLI = Path(sys.executable).parent / "dicom-ai"
 class Pacs:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        self.store = Store(root / "pacs.sqlite")
-        self.server = start_scp("PACS", "127.0.0.1", self.port, 0, Spool(root / "spool"), self.store)
+        self.store = Stores.open(root / "pacs.sqlite")
+        self.server = start_scp("PACS", "127.0.0.1", self.port, 0, Spool(root / "spool"), self.store.studies)
 
     def received(self, study_uid: str) -> dict[str, int]:
         """SOP Instance UID -> how many times the node sent it."""
-        return self.store.receive_counts(study_uid)
+        return self.store.reports.receive_counts(study_uid)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -85,8 +85,8 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def store(self) -> Store:
-        return Store(self.home / "dicom-ai.sqlite")
+    def store(self) -> Stores:
+        return Stores.open(self.home / "dicom-ai.sqlite")
 
     def wait_until(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
         return wait_for(what, check, timeout, lambda: self.log()[-4000:])
@@ -105,7 +105,7 @@ def settled(node: NodeProcess, study_uids: Sequence[str]) -> bool:
     store = node.store()
     try:
         for uid in study_uids:
-            row = store.study(uid)
+            row = store.reports.study(uid)
             if row is None or row.state != "done" or row.pending_sends:
                 return False
         return True
@@ -113,11 +113,11 @@ def settled(node: NodeProcess, study_uids: Sequence[str]) -> bool:
         store.close()
 
 
-def done_events(store: Store, study_uid: str) -> int:
-    return sum(1 for event in store.events(study_uid, limit=1000) if event["kind"] == "study_done")
+def done_events(store: Stores, study_uid: str) -> int:
+    return sum(1 for event in store.reports.events(study_uid, limit=1000) if event["kind"] == "study_done")
 
 
-def current_result_uids(store: Store, study_uid: str) -> set[str]:
-    rows = store._query("select sop_instance_uid from results where study_instance_uid = ? and superseded_by is null",
+def current_result_uids(store: Stores, study_uid: str) -> set[str]:
+    rows = store.database.query("select sop_instance_uid from results where study_instance_uid = ? and superseded_by is null",
                         [study_uid])
     return {row["sop_instance_uid"] for row in rows}

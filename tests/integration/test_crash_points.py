@@ -51,7 +51,7 @@ def test_a_crash_at_each_boundary_loses_nothing_and_sends_each_result_once(point
     try:  # acknowledged means durable: each row and file survived the crash
         for path in acknowledged:
             sop = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            held = store.stored_copy(sop)
+            held = store.studies.stored_copy(sop)
             assert held is not None and held.path.exists(), f"acknowledged {sop} was lost at {point}"
     finally:
         store.close()
@@ -63,7 +63,7 @@ def test_a_crash_at_each_boundary_loses_nothing_and_sends_each_result_once(point
                         and len(pacs.received(study_uid)) >= 4, 120)
         store = node.store()
         try:
-            assert len(store.instances_of(study_uid)) == 3
+            assert len(store.studies.instances_of(study_uid)) == 3
             assert done_events(store, study_uid) == 1
             results = current_result_uids(store, study_uid)
         finally:
@@ -99,13 +99,13 @@ def test_a_study_cut_in_half_by_a_crash_waits_for_its_rest(tmp_path: Path, pacs:
         store = node.store()
         try:
             assert done_events(store, study_uid) == 1
-            assert "quiet_clock_restarted" in {e["kind"] for e in store.events(study_uid, limit=1000)}
+            assert "quiet_clock_restarted" in {e["kind"] for e in store.reports.events(study_uid, limit=1000)}
         finally:
             store.close()
         srs = [uid for uid in pacs.received(study_uid)
-               if dcmread(pacs.store.stored_copy(uid).path, stop_before_pixels=True).Modality == "SR"]
+               if dcmread(pacs.store.studies.stored_copy(uid).path, stop_before_pixels=True).Modality == "SR"]
         assert len(srs) == 1
-        sr = dcmread(pacs.store.stored_copy(srs[0]).path)
+        sr = dcmread(pacs.store.studies.stored_copy(srs[0]).path)
         assert len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
                    .ReferencedSOPSequence) == 4  # all four images, not the first half
     finally:

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.receive.scp import start_scp
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import copy_as_new_study, free_port, sample, wait_for
 
 CLI = Path(sys.executable).parent / "dicom-ai"
@@ -29,11 +29,11 @@ CLI = Path(sys.executable).parent / "dicom-ai"
 class Pacs:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        self.store = Store(root / "pacs.sqlite")
-        self.server = start_scp("PACS", "127.0.0.1", self.port, 0, Spool(root / "spool"), self.store)
+        self.store = Stores.open(root / "pacs.sqlite")
+        self.server = start_scp("PACS", "127.0.0.1", self.port, 0, Spool(root / "spool"), self.store.studies)
 
     def received(self, study_uid: str) -> dict[str, int]:
-        return self.store.receive_counts(study_uid)
+        return self.store.reports.receive_counts(study_uid)
 
 
 @pytest.fixture
@@ -68,9 +68,9 @@ def wait_until(check: Callable[[], Any], timeout: float, log: Path) -> None:
 
 
 def pending(home: Path, study: str) -> int:
-    store = Store(home / "dicom-ai.sqlite")
+    store = Stores.open(home / "dicom-ai.sqlite")
     try:
-        rows = [r for r in store.studies() if r.study_instance_uid == study]
+        rows = [r for r in store.reports.studies() if r.study_instance_uid == study]
         return 1 if not rows or rows[0].state != "done" else rows[0].pending_sends
     finally:
         store.close()
@@ -85,8 +85,8 @@ def test_kill_after_acknowledge_then_restart_sends_results_once(tmp_path: Path, 
     send(port, files)
     node.send_signal(signal.SIGKILL)
     node.wait()
-    store = Store(home / "dicom-ai.sqlite")  # acknowledged means durable: row and file are there
-    [instance] = store.instances_of(study)
+    store = Stores.open(home / "dicom-ai.sqlite")  # acknowledged means durable: row and file are there
+    [instance] = store.studies.instances_of(study)
     assert instance.path.exists() and dcmread(instance.path).SOPInstanceUID == dcmread(files[0]).SOPInstanceUID
     store.close()
 
@@ -102,7 +102,7 @@ def test_kill_after_acknowledge_then_restart_sends_results_once(tmp_path: Path, 
         time.sleep(3)
         counts = pacs.received(study)
         assert set(counts.values()) == {1}, counts
-        kinds = {dcmread(p).Modality for p in (pacs.store.instances_of(study)[i].path for i in range(len(counts)))}
+        kinds = {dcmread(p).Modality for p in (pacs.store.studies.instances_of(study)[i].path for i in range(len(counts)))}
         assert "SR" in kinds
     finally:
         node.send_signal(signal.SIGTERM)
@@ -124,8 +124,8 @@ def test_kill_during_processing_reprocesses_without_duplicates(tmp_path: Path, p
         wait_until(lambda: len(pacs.received(study)) >= 2 and not pending(home, study), 120, log)
         time.sleep(2)
         assert set(pacs.received(study).values()) == {1}
-        store = Store(home / "dicom-ai.sqlite")
-        [row] = store.studies()
+        store = Stores.open(home / "dicom-ai.sqlite")
+        [row] = store.reports.studies()
         assert row.state == "done" and row.pending_sends == 0
         store.close()
     finally:

@@ -21,8 +21,8 @@ from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.scp import read_identity
 from dicom_ai.route.loader import RuleWatcher
-from dicom_ai.store import Spool, Store
-from dicom_ai.store.database import ReceivedInstance
+from dicom_ai.store import Spool, Stores
+from dicom_ai.domain import ReceivedInstance
 from dicom_ai.train.phantom_dicom import write_brain_mr_study
 from tests.conftest import require_binary
 
@@ -32,7 +32,7 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 @dataclass
 class Bench:
-    store: Store
+    store: Stores
     spool: Spool
     pipeline: Pipeline
     files: list[Path]
@@ -45,24 +45,24 @@ class Bench:
                                               identity.sop_instance_uid)
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, final)
-        recorded = self.store.record_instance(ReceivedInstance(**{**identity.__dict__, "path": final,
+        recorded = self.store.studies.record_instance(ReceivedInstance(**{**identity.__dict__, "path": final,
                                                                   "size": final.stat().st_size}))
         if recorded.replaced is not None:
             self.spool.remove_files([recorded.replaced])
 
     def process(self) -> str:
-        self.store.complete_quiet_studies(time.time() + 10)
+        self.store.studies.complete_quiet_studies(time.time() + 10)
         study_uid = self.pipeline.process_next()
         assert study_uid is not None
         return study_uid
 
     def state(self, study_uid: str) -> str:
-        [row] = self.store.studies(study_uid=study_uid)
+        [row] = self.store.reports.studies(study_uid=study_uid)
         return row.state
 
     def pretend_the_pacs_took_everything(self) -> None:
-        for item in self.store.due_outbox():
-            self.store.mark_sent(item)
+        for item in self.store.outbox.due_outbox():
+            self.store.outbox.mark_sent(item)
 
     def srs(self, study_uid: str) -> list[Path]:
         return sorted(p for p in (self.spool.results / study_uid).glob("*.dcm") if dcmread(p).Modality == "SR")
@@ -71,9 +71,9 @@ class Bench:
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
     settings = Settings(home=tmp_path / "home", stable_after=1.0, pacs="PACS@127.0.0.1:104", heatmaps="none")
-    store, spool = Store(settings.database_path), Spool(settings.spool_dir)
+    store, spool = Stores.open(settings.database_path), Spool(settings.spool_dir)
     registry = ModelRegistry(REPO / "models")
-    pipeline = Pipeline(store, spool, RuleWatcher(REPO / "rules", known_models=registry.names()), registry, settings)
+    pipeline = Pipeline(store.studies, spool, RuleWatcher(REPO / "rules", known_models=registry.names()), registry, settings)
     files = write_brain_mr_study(tmp_path / "mr", seed=3, finding=True, slices=3, size=(96, 96))
     yield Bench(store, spool, pipeline, files)
     store.close()
@@ -92,10 +92,10 @@ def test_a_database_that_fails_at_the_end_leaves_no_stuck_study(
         raise ValueError("cannot read slice 2")
 
     if what_fails == "saving the outcome":
-        monkeypatch.setattr(bench.store, "save_outcome", disk_full)
+        monkeypatch.setattr(bench.store.studies, "save_outcome", disk_full)
     else:
         monkeypatch.setattr(bench.pipeline.models.get("brain-mr-demo"), "predict", model_fails)
-    monkeypatch.setattr(bench.store, "finish_without_results", disk_full)  # recording a failure fails too
+    monkeypatch.setattr(bench.store.studies, "finish_without_results", disk_full)  # recording a failure fails too
     study_uid = bench.process()  # nothing escapes to the scheduler
     assert bench.state(study_uid) == StudyState.PROCESSING and study_uid in bench.pipeline.deferred
     monkeypatch.undo()  # the disk has room again
@@ -118,7 +118,7 @@ def test_a_failure_is_stored_as_one_line_and_the_traceback_goes_to_the_log(
 
     monkeypatch.setattr(model, "predict", broken)
     study_uid = bench.process()
-    [row] = bench.store.studies(study_uid=study_uid)
+    [row] = bench.store.reports.studies(study_uid=study_uid)
     assert row.state == StudyState.FAILED
     assert "\n" not in row.error and "Traceback" not in row.error and 'File "' not in row.error
     assert "reader failed on slice 2" in row.error and "unsupported bits allocated 13" in row.error
@@ -132,10 +132,10 @@ def test_a_study_emptied_by_moves_ends_without_results(bench: Bench) -> None:
     path = bench.files[0].with_name("moved.dcm")
     moved.save_as(path, enforce_file_format=True)
     bench.receive(path)
-    bench.store.complete_quiet_studies(time.time() + 10)
+    bench.store.studies.complete_quiet_studies(time.time() + 10)
     processed = {bench.pipeline.process_next(), bench.pipeline.process_next()}
     assert processed == {study_uid, moved.StudyInstanceUID}
-    [row] = bench.store.studies(study_uid=study_uid)
+    [row] = bench.store.reports.studies(study_uid=study_uid)
     assert row.state == StudyState.NO_MATCH and row.instance_count == 0
 
 
@@ -150,7 +150,7 @@ def test_results_on_a_changed_study_supersede_the_earlier_ones_and_say_so(bench:
 
     bench.receive(bench.files[2])  # the rest of the study arrives after its results went out
     bench.process()
-    current = bench.store.current_results(study_uid, "brain-mr-demo")
+    current = bench.store.studies.current_results(study_uid, "brain-mr-demo")
     [second] = [r for r in current if r.kind == "SR"]
     assert second.sop_instance_uid != first_uid
     successor = dcmread(bench.spool.result_path(study_uid, second.sop_instance_uid))
@@ -158,7 +158,7 @@ def test_results_on_a_changed_study_supersede_the_earlier_ones_and_say_so(bench:
     [series_ref] = study_ref.ReferencedSeriesSequence
     [sop_ref] = series_ref.ReferencedSOPSequence
     assert (sop_ref.ReferencedSOPInstanceUID, sop_ref.ReferencedSOPClassUID) == (first_uid, COMPREHENSIVE_3D_SR)
-    superseded = bench.store._query("select superseded_by from results where sop_instance_uid = ?", [first_uid])
+    superseded = bench.store.database.query("select superseded_by from results where sop_instance_uid = ?", [first_uid])
     assert superseded == [{"superseded_by": second.sop_instance_uid}]
     dciodvfy = require_binary("dciodvfy")
     run = subprocess.run([dciodvfy, str(bench.spool.result_path(study_uid, second.sop_instance_uid))],
@@ -172,9 +172,9 @@ def test_results_on_a_changed_study_supersede_the_earlier_ones_and_say_so(bench:
     changed.save_as(path, enforce_file_format=True)
     bench.pretend_the_pacs_took_everything()
     bench.receive(path)
-    assert bench.store.study_revision(study_uid) == 1
+    assert bench.store.studies.study_revision(study_uid) == 1
     bench.process()
-    [third] = [r for r in bench.store.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
+    [third] = [r for r in bench.store.studies.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
     assert third.sop_instance_uid not in (first_uid, second.sop_instance_uid)
     refs = dcmread(bench.spool.result_path(study_uid, third.sop_instance_uid)).PredecessorDocumentsSequence
     assert refs[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == second.sop_instance_uid
@@ -184,14 +184,14 @@ def test_superseded_results_not_yet_sent_are_not_sent(bench: Bench) -> None:
     for path in bench.files[:2]:
         bench.receive(path)
     study_uid = bench.process()
-    pending = {item.key for item in bench.store.due_outbox() if item.kind == "dicom"}
+    pending = {item.key for item in bench.store.outbox.due_outbox() if item.kind == "dicom"}
     assert pending
     bench.receive(bench.files[2])
     bench.process()
-    still = {item.key for item in bench.store.due_outbox() if item.kind == "dicom"}
+    still = {item.key for item in bench.store.outbox.due_outbox() if item.kind == "dicom"}
     assert not (pending & still)  # the first run's objects will never go: the second run's replace them
-    states = {row["key"]: row["state"] for row in bench.store.outbox_rows(study_uid) if row["kind"] == "dicom"}
+    states = {row["key"]: row["state"] for row in bench.store.reports.outbox_rows(study_uid) if row["kind"] == "dicom"}
     assert {states[key] for key in pending} == {"superseded"}
-    [current] = [r for r in bench.store.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
+    [current] = [r for r in bench.store.studies.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
     successor = dcmread(bench.spool.result_path(study_uid, current.sop_instance_uid))
     assert "PredecessorDocumentsSequence" not in successor  # the PACS never held the first one

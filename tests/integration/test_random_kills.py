@@ -80,13 +80,13 @@ def test_random_kills_under_load_lose_nothing_and_repeat_little(tmp_path: Path, 
         try:
             for files in studies:  # acknowledged means kept
                 for path in files:
-                    held = store.stored_copy(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+                    held = store.studies.stored_copy(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
                     assert held is not None and held.path.exists(), f"{path.name} was acknowledged, then lost"
             for uid in uids:
                 assert done_events(store, uid) == 1, f"study {uid} was done more than once"
                 counts = pacs.received(uid)
                 assert set(counts) == current_result_uids(store, uid), uid  # same UIDs, nothing stale or extra
-                srs = [sop for sop in counts if dcmread(pacs.store.stored_copy(sop).path,
+                srs = [sop for sop in counts if dcmread(pacs.store.studies.stored_copy(sop).path,
                                                         stop_before_pixels=True).Modality == "SR"]
                 assert len(srs) == 1, uid
                 repeats += sum(n - 1 for n in counts.values())

@@ -32,8 +32,8 @@ from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.scp import StoreRejected, read_identity
 from dicom_ai.route.loader import RuleWatcher
-from dicom_ai.store import Spool, Store
-from dicom_ai.store.database import ReceivedInstance
+from dicom_ai.store import Spool, Stores
+from dicom_ai.domain import ReceivedInstance
 from tests.conftest import copy_as_new_study, require_binary
 from tests.odd_headers import everything, stored
 
@@ -126,9 +126,9 @@ def test_every_installed_real_file_gets_a_clear_outcome(
     rules.mkdir()
     (rules / "all.yaml").write_text(CATCH_ALL)
     settings = Settings(home=tmp_path / "home", stable_after=1.0)
-    store, spool = Store(settings.database_path), Spool(settings.spool_dir)
+    store, spool = Stores.open(settings.database_path), Spool(settings.spool_dir)
     registry = ModelRegistry(REPO / "models")
-    pipeline = Pipeline(store, spool, RuleWatcher(rules, known_models=registry.names()), registry, settings)
+    pipeline = Pipeline(store.studies, spool, RuleWatcher(rules, known_models=registry.names()), registry, settings)
     outcomes: list[FileOutcome] = []
     files = installed_files()
     with caplog.at_level(logging.INFO), warnings.catch_warnings():
@@ -149,11 +149,11 @@ def test_every_installed_real_file_gets_a_clear_outcome(
             except StoreRejected as exc:  # refused at the door, with a DICOM status (tests/receive)
                 outcomes.append(FileOutcome(package, source, REFUSED, str(exc)))
                 continue
-            store.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
-            store.complete_quiet_studies(time.time() + 5)
+            store.studies.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
+            store.studies.complete_quiet_studies(time.time() + 5)
             study_uid = pipeline.process_next()
             assert study_uid is not None, f"{source}: the study was never processed"
-            [row] = store.studies(study_uid=study_uid)
+            [row] = store.reports.studies(study_uid=study_uid)
             assert row.state in FINAL, f"{source}: left {row.state}"
             if row.state == StudyState.FAILED:
                 assert str(path) in (row.error or ""), f"{source}: {row.error}"  # names the file
@@ -189,17 +189,17 @@ def test_de_identified_real_images_are_done(name: str, tmp_path: Path, caplog: p
     rules.mkdir()
     (rules / "all.yaml").write_text(CATCH_ALL)
     settings = Settings(home=tmp_path / "home", stable_after=1.0)
-    store, spool = Store(settings.database_path), Spool(settings.spool_dir)
+    store, spool = Stores.open(settings.database_path), Spool(settings.spool_dir)
     registry = ModelRegistry(REPO / "models")
-    pipeline = Pipeline(store, spool, RuleWatcher(rules, known_models=registry.names()), registry, settings)
+    pipeline = Pipeline(store.studies, spool, RuleWatcher(rules, known_models=registry.names()), registry, settings)
     path = copy_as_new_study(SOURCES["pydicom-data"] / name, tmp_path / "in")
     header = stored(everything, dcmread(path), path)
     identity = read_identity(path, str(header.SOPInstanceUID), "TEST", str(header.file_meta.TransferSyntaxUID))
-    store.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
-    store.complete_quiet_studies(time.time() + 5)
+    store.studies.record_instance(ReceivedInstance(**{**identity.__dict__, "size": path.stat().st_size}))
+    store.studies.complete_quiet_studies(time.time() + 5)
     with caplog.at_level(logging.WARNING):
         study_uid = pipeline.process_next()
-    [row] = store.studies(study_uid=study_uid)
+    [row] = store.reports.studies(study_uid=study_uid)
     assert row.state == StudyState.DONE, row.error
     assert f"{path}: (0008,0020) StudyDate" in caplog.text  # the emptied date is logged with file and tag
     results = sorted(spool.results.rglob("*.dcm"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicom_ai.domain import Code, Finding, PriorFinding, Priority, PriorityDecision
+from dicom_ai.domain import Code, Finding, FindingRow, PriorFinding, Priority, PriorityDecision
 from dicom_ai.prioritize.history import apply_history
-from dicom_ai.store.database import ReceivedInstance, Store
+from dicom_ai.domain import ReceivedInstance
+from dicom_ai.store import Stores
 
 CODE = Code("95436008", "SCT", "Lung consolidation")
 PRESENT = [Finding("Consolidation", CODE, 0.8, 0.5)]
@@ -38,26 +39,26 @@ def test_latest_prior_decides_and_absent_now_changes_nothing() -> None:
     assert unchanged == PriorityDecision(Priority.ROUTINE, 0.1, ("r",))
 
 
-def _done(store: Store, study: str, patient: str, at: float, p: float) -> None:
-    store.record_instance(
+def _done(store: Stores, study: str, patient: str, at: float, p: float) -> None:
+    store.studies.record_instance(
         ReceivedInstance(sop_instance_uid=study + ".1", sop_class_uid="1.2", series_instance_uid=study + ".0",
                          study_instance_uid=study, modality="CR", transfer_syntax_uid="1.2.840.10008.1.2.1",
                          path=Path("/x"), size=1, calling_aet="X", patient_id=patient),
         now=at,
     )
-    store.complete_quiet_studies(quiet_since=at)
-    store.claim_complete_study()
-    store.save_outcome(study, rules=["r"], models=["m@1"], results=[], outbox=[],
-                       findings=[(study + ".1", "m", "1", Finding("Consolidation", CODE, p, 0.5))],
+    store.studies.complete_quiet_studies(quiet_since=at)
+    store.studies.claim_complete_study()
+    store.studies.save_outcome(study, rules=["r"], models=["m@1"], results=[], outbox=[],
+                       findings=[FindingRow(study + ".1", "m", "1", Finding("Consolidation", CODE, p, 0.5))],
                        priority=PriorityDecision(Priority.ROUTINE, p, ()))
 
 
 def test_store_finds_earlier_results_of_the_same_patient_only(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+    store = Stores.open(tmp_path / "db.sqlite")
     _done(store, "1.1", "P1", at=10.0, p=0.2)
     _done(store, "1.2", "P2", at=11.0, p=0.9)  # another patient
     _done(store, "1.3", "P1", at=12.0, p=0.9)
     _done(store, "1.4", "", at=13.0, p=0.9)  # no PatientID: no history
-    assert store.prior_findings("1.3") == [PriorFinding("1.1", 10.0, "Consolidation", 0.2, False)]
-    assert store.prior_findings("1.1") == []
-    assert store.prior_findings("1.4") == []
+    assert store.studies.prior_findings("1.3") == [PriorFinding("1.1", 10.0, "Consolidation", 0.2, False)]
+    assert store.studies.prior_findings("1.1") == []
+    assert store.studies.prior_findings("1.4") == []

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import free_port, wait_for
 from tests.receive.peers import closed_by_peer, connect, echoscu, trickle
 
@@ -28,9 +28,9 @@ BOUND = 15.0  # seconds: the generous wait for something that the limits make ha
 class Scp:
     def __init__(self, root: Path, limits: ConnectionLimits, max_pdu: int = 16384, **kwargs: object) -> None:
         self.port = free_port()
-        self.store = Store(root / "db.sqlite")
+        self.store = Stores.open(root / "db.sqlite")
         self.server: GuardedServer = start_scp("DICOM_AI", "127.0.0.1", self.port, max_pdu, Spool(root / "spool"),
-                                               self.store, limits=limits, **kwargs)  # type: ignore[arg-type]
+                                               self.store.studies, limits=limits, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -15,16 +15,16 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_ai.receive import status
 from dicom_ai.receive.scp import start_scp
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import copy_as_new_study, free_port, require_binary, sample
 
 
 class Node:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        self.store = Store(root / "db.sqlite")
+        self.store = Stores.open(root / "db.sqlite")
         self.spool = Spool(root / "spool")
-        self.server = start_scp("DICOM_AI", "127.0.0.1", self.port, 131072, self.spool, self.store)
+        self.server = start_scp("DICOM_AI", "127.0.0.1", self.port, 131072, self.spool, self.store.studies)
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_success_means_on_disk_and_in_database(node: Node, tmp_path: Path) -> No
     copy = dcmread(stored)
     assert copy.PixelData == sent.PixelData
     assert copy.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-    [row] = node.store.studies()
+    [row] = node.store.reports.studies()
     assert (row.study_instance_uid, row.state, row.instance_count) == (sent.StudyInstanceUID, "receiving", 1)
     assert list(node.spool.incoming.iterdir()) == []  # no temporaries left behind
 
@@ -65,7 +65,7 @@ def test_repeat_is_stored_once(node: Node, tmp_path: Path) -> None:
     sent = dcmread(copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in"))
     assert _send(node.port, sent) == status.SUCCESS
     assert _send(node.port, sent) == status.SUCCESS
-    assert node.store.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 2}
+    assert node.store.reports.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 2}
 
 
 def test_missing_study_uid_is_refused_with_a_named_tag(node: Node, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -73,7 +73,7 @@ def test_missing_study_uid_is_refused_with_a_named_tag(node: Node, tmp_path: Pat
     del sent.StudyInstanceUID
     assert _send(node.port, sent) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert "(0020,000D) StudyInstanceUID is missing" in caplog.text
-    assert node.store.studies() == []
+    assert node.store.reports.studies() == []
 
 
 def test_unsafe_uid_is_refused(node: Node, tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_unwritable_spool_answers_out_of_resources(node: Node, tmp_path: Path) -
         assert _send(node.port, sent) == status.OUT_OF_RESOURCES
     finally:
         node.spool.studies.chmod(0o700)
-    assert node.store.studies() == []
+    assert node.store.reports.studies() == []
 
 
 def test_c_echo(node: Node) -> None:
@@ -116,7 +116,7 @@ def test_dcmtk_storescu_sends_uncompressed_and_jpeg2000(node: Node, tmp_path: Pa
             capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"},
         )
         assert done.returncode == 0, done.stderr
-    [row] = node.store.studies()
+    [row] = node.store.reports.studies()
     assert row.instance_count == 2
     stored = dcmread(node.spool.instance_path(study, *[dcmread(j2k).SeriesInstanceUID, dcmread(j2k).SOPInstanceUID]))
     assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # kept as received
@@ -131,8 +131,8 @@ def test_dcmtk_echoscu(node: Node) -> None:
 
 def test_only_allowed_calling_ae_titles_may_associate(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    store = Store(tmp_path / "db.sqlite")
-    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, allowed_calling=["ORTHANC"])
+    store = Stores.open(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store.studies, allowed_calling=["ORTHANC"])
     try:
         sent = dcmread(copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in"))
         for calling, accepted in (("INTRUDER", False), ("ORTHANC", True)):
@@ -144,7 +144,7 @@ def test_only_allowed_calling_ae_titles_may_associate(tmp_path: Path, caplog) ->
                 assert int(assoc.send_c_store(sent).Status) == status.SUCCESS
                 assoc.release()
         assert "refused an association from INTRUDER" in caplog.text
-        assert store.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 1}
+        assert store.reports.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 1}
     finally:
         server.shutdown()
         store.close()

@@ -16,7 +16,7 @@ from pynetdicom import AE
 
 from dicom_ai.receive import status
 from dicom_ai.receive.scp import start_scp
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from dicom_ai.store import spool as spool_module
 from tests.conftest import copy_as_new_study, free_port, sample
 
@@ -24,9 +24,9 @@ from tests.conftest import copy_as_new_study, free_port, sample
 class Node:
     def __init__(self, root: Path, busy_timeout: float = 30.0, max_pdu: int = 131072) -> None:
         self.port = free_port()
-        self.store = Store(root / "db.sqlite", busy_timeout=busy_timeout)
+        self.store = Stores.open(root / "db.sqlite", busy_timeout=busy_timeout)
         self.spool = Spool(root / "spool")
-        self.server = start_scp("DICOM_AI", "127.0.0.1", self.port, max_pdu, self.spool, self.store)
+        self.server = start_scp("DICOM_AI", "127.0.0.1", self.port, max_pdu, self.spool, self.store.studies)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -70,9 +70,9 @@ def _series_files(spool: Spool, ds: Dataset) -> list[Path]:
 
 
 def test_sqlite_runs_with_wal_and_synchronous_full(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
-    assert store.pragma("synchronous") == 2  # FULL: a commit is on disk before Success leaves
-    assert store.pragma("journal_mode") == "wal"
+    store = Stores.open(tmp_path / "db.sqlite")
+    assert store.database.pragma("synchronous") == 2  # FULL: a commit is on disk before Success leaves
+    assert store.database.pragma("journal_mode") == "wal"
     store.close()
 
 
@@ -84,7 +84,7 @@ def test_a_writer_holding_the_lock_makes_the_scp_wait_not_refuse(node: Node, tmp
     finally:
         lock.timer.cancel()
         lock.release()
-    assert node.store.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 1}
+    assert node.store.reports.receive_counts(sent.StudyInstanceUID) == {sent.SOPInstanceUID: 1}
 
 
 def test_a_failed_commit_keeps_the_acknowledged_copy_intact(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_a_failed_commit_keeps_the_acknowledged_copy_intact(tmp_path: Path) -> N
             lock.release()
         assert _series_files(node.spool, first) == [kept]  # the new copy is gone, the old one untouched
         assert kept.read_bytes() == acknowledged
-        held = node.store.stored_copy(first.SOPInstanceUID)
+        held = node.store.studies.stored_copy(first.SOPInstanceUID)
         assert held is not None and held.path == kept
         assert list(node.spool.incoming.iterdir()) == []
     finally:
@@ -115,19 +115,19 @@ def test_same_uid_with_other_content_replaces_and_reopens_with_a_new_revision(no
     first = dcmread(copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in"))
     assert _send(node.port, first) == status.SUCCESS
     assert _send(node.port, first) == status.SUCCESS  # byte-identical repeat: counted, nothing changes
-    assert node.store.study_revision(first.StudyInstanceUID) == 0
-    node.store.complete_quiet_studies(time.time() + 1)
+    assert node.store.studies.study_revision(first.StudyInstanceUID) == 0
+    node.store.studies.complete_quiet_studies(time.time() + 1)
     changed = dcmread(_series_files(node.spool, first)[0])
     changed.PixelData = bytes(len(changed.PixelData))
     assert _send(node.port, changed) == status.SUCCESS
     [kept] = _series_files(node.spool, first)  # one file: the newest copy
     assert dcmread(kept).PixelData == changed.PixelData
-    assert node.store.stored_copy(first.SOPInstanceUID).path == kept
-    assert node.store.study_revision(first.StudyInstanceUID) == 1  # results on it get new UIDs
-    [row] = node.store.studies()
+    assert node.store.studies.stored_copy(first.SOPInstanceUID).path == kept
+    assert node.store.studies.study_revision(first.StudyInstanceUID) == 1  # results on it get new UIDs
+    [row] = node.store.reports.studies()
     assert (row.state, row.instance_count) == ("receiving", 1)  # re-opened, still one instance
-    assert node.store.trash() == []
-    kinds = [e["kind"] for e in node.store.events(first.StudyInstanceUID)]
+    assert node.store.studies.trash() == []
+    kinds = [e["kind"] for e in node.store.reports.events(first.StudyInstanceUID)]
     assert "instance_replaced" in kinds and kinds.count("instance_received_again") == 1
 
 
@@ -136,18 +136,18 @@ def test_an_instance_moved_to_another_study_leaves_the_old_one_reprocessable(nod
     other = dcmread(copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in", StudyInstanceUID=first.StudyInstanceUID))
     assert _send(node.port, first) == status.SUCCESS
     assert _send(node.port, other) == status.SUCCESS
-    node.store.complete_quiet_studies(time.time() + 1)
+    node.store.studies.complete_quiet_studies(time.time() + 1)
     moved = dcmread(_series_files(node.spool, first)[0])
     moved.StudyInstanceUID = generate_uid()  # the PACS split the study: same instance, new study
     assert _send(node.port, moved) == status.SUCCESS
-    rows = {row.study_instance_uid: row for row in node.store.studies()}
+    rows = {row.study_instance_uid: row for row in node.store.reports.studies()}
     assert rows[first.StudyInstanceUID].instance_count == 1 and rows[first.StudyInstanceUID].state == "receiving"
     assert rows[moved.StudyInstanceUID].instance_count == 1
-    assert node.store.study_revision(first.StudyInstanceUID) == 1
-    held = node.store.stored_copy(first.SOPInstanceUID)
+    assert node.store.studies.study_revision(first.StudyInstanceUID) == 1
+    held = node.store.studies.stored_copy(first.SOPInstanceUID)
     assert held is not None and held.study_instance_uid == moved.StudyInstanceUID and held.path.exists()
     assert not (node.spool.studies / first.StudyInstanceUID / first.SeriesInstanceUID / f"{first.SOPInstanceUID}.dcm").exists()
-    assert [i.sop_instance_uid for i in node.store.instances_of(first.StudyInstanceUID)] == [other.SOPInstanceUID]
+    assert [i.sop_instance_uid for i in node.store.studies.instances_of(first.StudyInstanceUID)] == [other.SOPInstanceUID]
 
 
 def test_new_study_and_series_folders_are_fsynced(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,6 +183,6 @@ def test_a_transfer_cut_off_midway_leaves_no_partial_file(tmp_path: Path) -> Non
         while list(node.spool.incoming.iterdir()):
             assert time.monotonic() < deadline, f"partial upload left: {list(node.spool.incoming.iterdir())}"
             time.sleep(0.05)
-        assert node.store.studies() == []  # never acknowledged, never recorded
+        assert node.store.reports.studies() == []  # never acknowledged, never recorded
     finally:
         node.stop()

@@ -15,7 +15,7 @@ from dicom_ai.config import ConfigError, Peer, Settings, load_settings
 from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.send.cstore import SendError, echo, send_files
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import copy_as_new_study, free_port, require_binary, sample
 from tests.receive.peers import closed_by_peer, connect
 
@@ -40,8 +40,8 @@ def test_the_scp_takes_tls_with_a_client_certificate_only(tmp_path: Path, pki: d
     settings = Settings(home=tmp_path, tls_certificate=pki["node_cert"], tls_private_key=pki["node_key"],
                         tls_ca=pki["ca"], tls_receive=True)
     port = free_port()
-    store = Store(tmp_path / "db.sqlite")
-    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, tls=settings.scp_tls())
+    store = Stores.open(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store.studies, tls=settings.scp_tls())
     storescu = require_binary("storescu")
     try:
         sent = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
@@ -51,7 +51,7 @@ def test_the_scp_takes_tls_with_a_client_certificate_only(tmp_path: Path, pki: d
              "-aet", "ORTHANC", "-aec", "DICOM_AI", "127.0.0.1", str(port), str(sent)],
             capture_output=True, text=True, timeout=60, check=False)
         assert with_certificate.returncode == 0, with_certificate.stderr
-        assert store.receive_counts(header.StudyInstanceUID) == {header.SOPInstanceUID: 1}
+        assert store.reports.receive_counts(header.StudyInstanceUID) == {header.SOPInstanceUID: 1}
 
         other = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
         plain = subprocess.run([storescu, "-aec", "DICOM_AI", "127.0.0.1", str(port), str(other)],
@@ -60,7 +60,7 @@ def test_the_scp_takes_tls_with_a_client_certificate_only(tmp_path: Path, pki: d
                                    capture_output=True, text=True, timeout=60, check=False)
         for refused in (plain, anonymous):
             assert refused.returncode != 0 and "Association Request Failed" in refused.stderr
-        assert store.receive_counts(dcmread(other).StudyInstanceUID) == {}
+        assert store.reports.receive_counts(dcmread(other).StudyInstanceUID) == {}
 
         peer = Peer.parse(f"DICOM_AI@127.0.0.1:{port}")
         pacs_side = Settings(home=tmp_path, tls_certificate=pki["pacs_cert"], tls_private_key=pki["pacs_key"],
@@ -80,14 +80,14 @@ def test_without_a_ca_the_scp_takes_tls_without_client_certificates(tmp_path: Pa
     settings = Settings(home=tmp_path, tls_certificate=pki["node_cert"], tls_private_key=pki["node_key"],
                         tls_receive=True)
     port = free_port()
-    store = Store(tmp_path / "db.sqlite")
-    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, tls=settings.scp_tls())
+    store = Stores.open(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store.studies, tls=settings.scp_tls())
     try:
         sent = copy_as_new_study(sample("CT_small.dcm"), tmp_path / "in")
         anonymous = subprocess.run([require_binary("storescu"), "+tla", "-ic", "-aec", "DICOM_AI", "127.0.0.1",
                                     str(port), str(sent)], capture_output=True, text=True, timeout=60, check=False)
         assert anonymous.returncode == 0, anonymous.stderr
-        assert len(store.receive_counts(dcmread(sent).StudyInstanceUID)) == 1
+        assert len(store.reports.receive_counts(dcmread(sent).StudyInstanceUID)) == 1
     finally:
         server.shutdown()
         store.close()
@@ -113,8 +113,8 @@ def test_a_silent_peer_on_the_tls_port_holds_up_nobody(tmp_path: Path, pki: dict
     settings = Settings(home=tmp_path, tls_certificate=pki["node_cert"], tls_private_key=pki["node_key"],
                         tls_receive=True)
     port = free_port()
-    store = Store(tmp_path / "db.sqlite")
-    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store, tls=settings.scp_tls(),
+    store = Stores.open(tmp_path / "db.sqlite")
+    server = start_scp("DICOM_AI", "127.0.0.1", port, 0, Spool(tmp_path / "spool"), store.studies, tls=settings.scp_tls(),
                        limits=ConnectionLimits(negotiation_timeout=2))
     silent, opened = connect(port, source="127.0.0.2"), time.monotonic()
     try:

@@ -13,9 +13,11 @@ from aiosmtpd.handlers import Message
 
 from dicom_ai.config import Settings
 from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
-from dicom_ai.send.outbox import EMAIL, Outbox
-from dicom_ai.send.webhook import email_payload, notice_payload
-from dicom_ai.store import Store
+from dicom_ai.domain import Carrier
+from dicom_ai.send.outbox import Outbox
+from dicom_ai.send.carriers.email import email_payload
+from dicom_ai.send.carriers.webhook import notice_payload
+from dicom_ai.store import Stores
 from tests.conftest import free_port
 from tests.send.test_outbox import _done_study
 
@@ -49,9 +51,9 @@ def test_email_reaches_a_real_smtp_server_without_patient_identifiers(
     notice = notice_payload("1.2.8", PriorityDecision(Priority.STAT, 0.97, ("Consolidation 97% >= STAT threshold 90%",)),
                             [FINDING], [MODEL], None)
     mail = email_payload(notice, "dicom-ai@localhost", ["reading-room@localhost"])
-    store = Store(tmp_path / "db.sqlite")
-    _done_study(store, "1.2.8", [(EMAIL, "1.2.8", f"127.0.0.1:{port}", mail)])
-    assert Outbox(store, Settings(home=tmp_path)).deliver_due() == 1
+    store = Stores.open(tmp_path / "db.sqlite")
+    _done_study(store, "1.2.8", [(Carrier.EMAIL, "1.2.8", f"127.0.0.1:{port}", mail)])
+    assert Outbox(store.outbox, Settings(home=tmp_path)).deliver_due() == 1
     deadline = time.monotonic() + 10
     while not inbox.messages and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -65,8 +67,8 @@ def test_email_reaches_a_real_smtp_server_without_patient_identifiers(
 def test_unreachable_smtp_is_retried(tmp_path: Path) -> None:
     mail = email_payload(json.dumps({"priority": "STAT", "reasons": [], "study_instance_uid": "1.2.9", "findings": [],
                                      "models": [], "not_for_clinical_use": False}), "a@localhost", ["b@localhost"])
-    store = Store(tmp_path / "db.sqlite")
-    _done_study(store, "1.2.9", [(EMAIL, "1.2.9", f"127.0.0.1:{free_port()}", mail)])
-    assert Outbox(store, Settings(home=tmp_path)).deliver_due() == 0
-    [row] = store.outbox_rows("1.2.9")
+    store = Stores.open(tmp_path / "db.sqlite")
+    _done_study(store, "1.2.9", [(Carrier.EMAIL, "1.2.9", f"127.0.0.1:{free_port()}", mail)])
+    assert Outbox(store.outbox, Settings(home=tmp_path)).deliver_due() == 0
+    [row] = store.reports.outbox_rows("1.2.9")
     assert row["state"] == "pending" and "SMTP server 127.0.0.1" in row["last_error"]

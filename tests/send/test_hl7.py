@@ -13,9 +13,10 @@ from pydicom import dcmread
 
 from dicom_ai.config import Settings
 from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
-from dicom_ai.prioritize.hl7_result import oru_message
-from dicom_ai.send.outbox import HL7, Outbox
-from dicom_ai.store import Store
+from dicom_ai.send.carriers.hl7 import oru_message
+from dicom_ai.domain import Carrier
+from dicom_ai.send.outbox import Outbox
+from dicom_ai.store import Stores
 from tests.conftest import MllpListener, sample
 from tests.send.test_outbox import _done_study
 
@@ -76,14 +77,14 @@ def test_long_reasons_are_shortened_in_obx_and_whole_in_the_note() -> None:
 
 
 def test_oru_is_sent_over_mllp_and_retried_on_a_negative_ack(tmp_path: Path, listener: MllpListener) -> None:
-    store = Store(tmp_path / "db.sqlite")
+    store = Stores.open(tmp_path / "db.sqlite")
     header = dcmread(sample("RG1_UNCR.dcm"), stop_before_pixels=True)
     text = oru_message(header, PriorityDecision(Priority.URGENT, 0.7, ("x",)), FINDINGS, [MODEL], "RIS", "")
     destination = f"127.0.0.1:{listener.port}"
-    _done_study(store, "1.2.7", [(HL7, "1.2.7", destination, text)])
-    outbox = Outbox(store, Settings(home=tmp_path, send_retry_initial=0.05))
+    _done_study(store, "1.2.7", [(Carrier.HL7, "1.2.7", destination, text)])
+    outbox = Outbox(store.outbox, Settings(home=tmp_path, send_retry_initial=0.05))
     assert outbox.deliver_due() == 0
-    assert "answered AE" in store.outbox_rows("1.2.7")[0]["last_error"]
+    assert "answered AE" in store.reports.outbox_rows("1.2.7")[0]["last_error"]
     time.sleep(0.1)
     assert outbox.deliver_due() == 1
     [received] = listener.messages

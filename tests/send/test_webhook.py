@@ -11,9 +11,11 @@ import pytest
 
 from dicom_ai.config import Settings
 from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
-from dicom_ai.send.outbox import WEBHOOK, Outbox
-from dicom_ai.send.webhook import email_payload, notice_payload
-from dicom_ai.store import Store
+from dicom_ai.domain import Carrier
+from dicom_ai.send.outbox import Outbox
+from dicom_ai.send.carriers.email import email_payload
+from dicom_ai.send.carriers.webhook import notice_payload
+from dicom_ai.store import Stores
 from tests.conftest import HttpReceiver
 from tests.send.test_outbox import _done_study
 
@@ -55,12 +57,12 @@ def test_a_finding_on_several_images_is_one_entry_with_its_count() -> None:
 
 
 def test_notice_is_retried_until_the_receiver_accepts(tmp_path: Path, receiver: HttpReceiver) -> None:
-    store = Store(tmp_path / "db.sqlite")
+    store = Stores.open(tmp_path / "db.sqlite")
     payload = notice_payload("1.2.9", PriorityDecision(Priority.STAT, 0.97, ("x",)), [FINDING], [MODEL], None)
-    _done_study(store, "1.2.9", [(WEBHOOK, "1.2.9", receiver.url, payload)])
-    outbox = Outbox(store, Settings(home=tmp_path, send_retry_initial=0.05))
+    _done_study(store, "1.2.9", [(Carrier.WEBHOOK, "1.2.9", receiver.url, payload)])
+    outbox = Outbox(store.outbox, Settings(home=tmp_path, send_retry_initial=0.05))
     assert outbox.deliver_due() == 0  # 503
-    [row] = store.outbox_rows("1.2.9")
+    [row] = store.reports.outbox_rows("1.2.9")
     assert "HTTP 503" in row["last_error"]
     time.sleep(0.1)
     assert outbox.deliver_due() == 1

@@ -11,17 +11,17 @@ from click.testing import CliRunner
 
 from dicom_ai.cli import main
 from dicom_ai.domain import StudyState, TurnaroundTargets
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from dicom_ai.store.health import STALE_SEND_S, node_health
 from dicom_ai.web.worklist_page import start_web
 from tests.store.test_retention import _finished, _receive
 
 
 def test_a_healthy_node_is_ok(tmp_path: Path) -> None:
-    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    store, spool = Stores.open(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
     _finished(store, spool, "1.2.3")
     _receive(store, spool, "1.2.4", "1.2.4.1.1")
-    health = node_health(store, tmp_path, retention_days=14)
+    health = node_health(store.reports, tmp_path, retention_days=14)
     assert health.ok and health.attention == ()
     assert health.studies == {"done": 1, "receiving": 1}
     assert health.sends == [{"kind": "dicom", "state": "sent", "n": 1}]
@@ -33,20 +33,20 @@ def test_a_healthy_node_is_ok(tmp_path: Path) -> None:
 
 
 def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
-    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    store, spool = Stores.open(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
     _finished(store, spool, "1.2.3", sent=False)  # the PACS has not taken the SR
-    [item] = store.due_outbox(now=time.time() + 1)
-    store.mark_failed_attempt(item, "association with PACS@127.0.0.1:4242 was rejected or failed", time.time() + 60)
+    [item] = store.outbox.due_outbox(now=time.time() + 1)
+    store.outbox.mark_failed_attempt(item, "association with PACS@127.0.0.1:4242 was rejected or failed", time.time() + 60)
     _receive(store, spool, "1.2.5", "1.2.5.1.1")
-    store.complete_quiet_studies(time.time())
-    store.claim_complete_study()
-    store.finish_without_results("1.2.5", StudyState.FAILED, "model chest-xray-demo failed on the study: boom")
-    health = node_health(store, tmp_path, None, now=time.time() + STALE_SEND_S + 60)
+    store.studies.complete_quiet_studies(time.time())
+    store.studies.claim_complete_study()
+    store.studies.finish_without_results("1.2.5", StudyState.FAILED, "model chest-xray-demo failed on the study: boom")
+    health = node_health(store.reports, tmp_path, None, now=time.time() + STALE_SEND_S + 60)
     assert not health.ok
     assert any("1 failed study(ies)" in a and "dicom-ai retry" in a for a in health.attention)
     assert any("dicom send to PACS@127.0.0.1:4242 has waited" in a and "rejected or failed" in a
                for a in health.attention)
-    server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), lambda: node_health(store, tmp_path, None))
+    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), lambda: node_health(store.reports, tmp_path, None))
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         status = json.loads(urllib.request.urlopen(f"{base}/api/status", timeout=10).read())
@@ -64,16 +64,16 @@ def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
 def test_a_study_done_with_a_skipped_carrier_is_shown_and_needs_attention(tmp_path: Path) -> None:
     from dicom_ai.domain import Priority, PriorityDecision
 
-    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    store, spool = Stores.open(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
     _receive(store, spool, "1.2.6", "1.2.6.1.1")
-    store.complete_quiet_studies(time.time())
-    store.claim_complete_study()
-    assert store.save_outcome("1.2.6", rules=["r"], models=["m@1"], findings=[], results=[],
+    store.studies.complete_quiet_studies(time.time())
+    store.studies.claim_complete_study()
+    assert store.studies.save_outcome("1.2.6", rules=["r"], models=["m@1"], findings=[], results=[],
                               priority=PriorityDecision(Priority.ROUTINE, 0.1, ()), outbox=[],
                               skipped=["hl7 to 127.0.0.1:2575: ValueError: no room"])
-    [row] = store.studies()
+    [row] = store.reports.studies()
     assert row.state == StudyState.DONE and row.error == "result carrier skipped: hl7 to 127.0.0.1:2575: ValueError: no room"
-    assert "publication_skipped" in [e["kind"] for e in store.events("1.2.6")]
-    health = node_health(store, tmp_path, None)
+    assert "publication_skipped" in [e["kind"] for e in store.reports.events("1.2.6")]
+    health = node_health(store.reports, tmp_path, None)
     assert not health.ok and any("1 study(ies) done with a result carrier skipped" in a for a in health.attention)
     store.close()

@@ -8,14 +8,15 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from dicom_ai.cli import main
-from dicom_ai.store import Spool, Store
+from dicom_ai.domain import Override, Priority
+from dicom_ai.store import Spool, Stores
 from tests.store.test_retention import _finished
 
 
 def test_one_study_with_its_findings_sends_and_audit_trail(tmp_path: Path) -> None:
-    store, spool = Store(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    store, spool = Stores.open(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
     _finished(store, spool, "1.2.3")
-    store.set_priority_override("1.2.3", "STAT", "clinician called", by="dr.who")
+    store.studies.set_priority_override("1.2.3", Override(Priority.STAT, "clinician called", "dr.who"))
     store.close()
     env = {"DICOM_AI_HOME": str(tmp_path)}
     outcome = CliRunner().invoke(main, ["study", "1.2.3"], env=env)

@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
 
+from dicom_ai.domain import OutboxEntry, Carrier
 from dicom_ai.cli import main
 from dicom_ai.receive.scp import start_scp
-from dicom_ai.store import Spool, Store
+from dicom_ai.store import Spool, Stores
 from tests.conftest import copy_as_new_study, free_port, sample
 
 
@@ -73,8 +74,8 @@ def test_send_names_each_file_it_cannot_send_and_sends_the_rest(tmp_path: Path) 
     notes = tmp_path / "in" / "notes.txt"
     notes.write_text("not an image")
     port = free_port()
-    pacs = Store(tmp_path / "pacs.sqlite")
-    server = start_scp("PACS", "127.0.0.1", port, 0, Spool(tmp_path / "pacs"), pacs)
+    pacs = Stores.open(tmp_path / "pacs.sqlite")
+    server = start_scp("PACS", "127.0.0.1", port, 0, Spool(tmp_path / "pacs"), pacs.studies)
     try:
         result = CliRunner().invoke(main, ["send", f"PACS@127.0.0.1:{port}", str(tmp_path / "in")],
                                     env={"DICOM_AI_HOME": str(tmp_path / "home")})
@@ -84,7 +85,7 @@ def test_send_names_each_file_it_cannot_send_and_sends_the_rest(tmp_path: Path) 
     assert f"FAILED {notes}: not a DICOM file" in result.output
     assert "sent 1 of 2 file(s)" in result.output
     header = dcmread(good)
-    assert pacs.receive_counts(header.StudyInstanceUID) == {header.SOPInstanceUID: 1}
+    assert pacs.reports.receive_counts(header.StudyInstanceUID) == {header.SOPInstanceUID: 1}
 
 
 def test_malformed_peer_is_named() -> None:
@@ -105,18 +106,18 @@ def test_every_command_is_in_the_readme() -> None:
 
 def _given_up_send(home: Path) -> None:
     from dicom_ai.domain import Priority, PriorityDecision
-    from dicom_ai.store.database import ReceivedInstance
+    from dicom_ai.domain import ReceivedInstance
 
-    store = Store(home / "dicom-ai.sqlite")
-    store.record_instance(ReceivedInstance("1.2.9.1", "1.2", "1.2.9.0", "1.2.9", "CR", "1.2.840.10008.1.2.1",
+    store = Stores.open(home / "dicom-ai.sqlite")
+    store.studies.record_instance(ReceivedInstance("1.2.9.1", "1.2", "1.2.9.0", "1.2.9", "CR", "1.2.840.10008.1.2.1",
                                            Path("/x"), 1, "PACS"), now=1.0)
-    store.complete_quiet_studies(quiet_since=1.0)
-    store.claim_complete_study()
-    store.save_outcome("1.2.9", rules=["r"], models=["m@1"], findings=[], results=[],
+    store.studies.complete_quiet_studies(quiet_since=1.0)
+    store.studies.claim_complete_study()
+    store.studies.save_outcome("1.2.9", rules=["r"], models=["m@1"], findings=[], results=[],
                        priority=PriorityDecision(Priority.ROUTINE, 0.1, ()),
-                       outbox=[("webhook", "1.2.9", "http://127.0.0.1:9/hook", "{}")])
-    [item] = store.due_outbox()
-    store.mark_failed_attempt(item, "connection refused", retry_at=None)
+                       outbox=[OutboxEntry(Carrier.WEBHOOK, "1.2.9", "http://127.0.0.1:9/hook", "{}")])
+    [item] = store.outbox.due_outbox()
+    store.outbox.mark_failed_attempt(item, "connection refused", retry_at=None)
     store.close()
 
 
@@ -140,8 +141,8 @@ def test_resend_requeues_given_up_sends_and_says_how_many(tmp_path: Path) -> Non
     assert result.exit_code == 0 and "1 given-up send(s) queued again" in result.output
     again = CliRunner().invoke(main, ["resend", "1.2.9"], env=env)
     assert again.exit_code == 1 and "0 given-up send(s)" in again.output  # nothing left to queue
-    store = Store(tmp_path / "dicom-ai.sqlite")
-    assert [row["state"] for row in store.outbox_rows("1.2.9")] == ["pending"]
+    store = Stores.open(tmp_path / "dicom-ai.sqlite")
+    assert [row["state"] for row in store.reports.outbox_rows("1.2.9")] == ["pending"]
     store.close()
 
 
@@ -196,7 +197,7 @@ def test_serve_with_a_home_it_cannot_create_is_one_line() -> None:
 
 
 def test_status_shows_a_small_disk_in_megabytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    Store(tmp_path / "dicom-ai.sqlite").close()
+    Stores.open(tmp_path / "dicom-ai.sqlite").close()
     small = shutil._ntuple_diskusage(total=40_000_000, used=28_000_000, free=12_000_000)  # type: ignore[attr-defined]
     monkeypatch.setattr("dicom_ai.store.health.shutil.disk_usage", lambda path: small)
     result = run("status", env={"DICOM_AI_HOME": str(tmp_path)})

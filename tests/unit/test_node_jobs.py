@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dicom_ai.config import Settings
 from dicom_ai.node import ASSEMBLE_DUE, DUE_SLACK, Node
-from dicom_ai.store.database import ReceivedInstance
+from dicom_ai.domain import ReceivedInstance
 
 
 def _instance(study: str) -> ReceivedInstance:
@@ -24,34 +24,34 @@ def test_assemble_books_itself_for_when_the_next_study_turns_quiet(tmp_path: Pat
         node._assemble()
         assert node.scheduler.get_job(ASSEMBLE_DUE) is None  # nothing receiving: nothing to book
         received = time.time()
-        node.store.record_instance(_instance("1.2.3"), now=received)
-        node.store.record_instance(_instance("1.2.4"), now=received + 5)
+        node.stores.studies.record_instance(_instance("1.2.3"), now=received)
+        node.stores.studies.record_instance(_instance("1.2.4"), now=received + 5)
         node._assemble()
         job = node.scheduler.get_job(ASSEMBLE_DUE)
         expected = datetime.fromtimestamp(received + 30.0 + DUE_SLACK, node.scheduler.timezone)
         assert job is not None and abs((job.next_run_time - expected).total_seconds()) < 1e-3
-        node.store.record_instance(_instance("1.2.3"), now=received + 10)  # more of the first study: booked later
+        node.stores.studies.record_instance(_instance("1.2.3"), now=received + 10)  # more of the first study: booked later
         node._assemble()
         assert node.scheduler.get_job(ASSEMBLE_DUE).next_run_time == datetime.fromtimestamp(
             received + 5 + 30.0 + DUE_SLACK, node.scheduler.timezone)
     finally:
         node.scheduler.shutdown(wait=False)
-        node.store.close()
+        node.stores.close()
 
 
 def test_the_booked_run_completes_the_study(tmp_path: Path) -> None:
     node = Node(Settings(home=tmp_path, stable_after=0.2, http_port=0))
     node.scheduler.start(paused=True)
     try:
-        node.store.record_instance(_instance("1.2.5"), now=time.time())
+        node.stores.studies.record_instance(_instance("1.2.5"), now=time.time())
         node._assemble()
-        assert node.store.studies()[0].state == "receiving"
+        assert node.stores.reports.studies()[0].state == "receiving"
         time.sleep(0.25)
         node._assemble()  # what the booked run does when it fires
-        assert node.store.studies()[0].state == "complete"
+        assert node.stores.reports.studies()[0].state == "complete"
     finally:
         node.scheduler.shutdown(wait=False)
-        node.store.close()
+        node.stores.close()
 
 
 def test_retention_runs_only_when_configured(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dicom_ai.domain import TurnaroundTargets
-from dicom_ai.store import Store
+from dicom_ai.store import Stores
 from dicom_ai.web.server import MAX_PER_ADDRESS
 from dicom_ai.web.worklist_page import start_web
 from tests.conftest import free_port, wait_for
@@ -46,8 +46,8 @@ def child(tmp_path: Path) -> Iterator[ScpChild]:
 
 
 def test_idle_connections_are_capped_and_closed_after_the_timeout(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
-    server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), idle_timeout=1.0)
+    store = Stores.open(tmp_path / "db.sqlite")
+    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), idle_timeout=1.0)
     port = server.server_address[1]
     threads = threading.active_count()
     try:

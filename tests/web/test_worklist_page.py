@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 
 from dicom_ai.domain import Priority, TurnaroundTargets
-from dicom_ai.store import Store
+from dicom_ai.store import Stores
 from dicom_ai.store.health import node_health
 from dicom_ai.web.worklist_page import start_web
 from tests.prioritize.test_worklist import _study
 
 
 def test_page_and_api_list_studies_in_reading_order(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+    store = Stores.open(tmp_path / "db.sqlite")
     now = time.time()
     _study(store, "1.1", minutes_ago=0.02, priority=Priority.ROUTINE, now=now)
     _study(store, "1.2", minutes_ago=0.01, priority=Priority.STAT, now=now)
     _study(store, "1.3", minutes_ago=60 * 24 * 3, priority=Priority.URGENT, now=now)  # three days old
-    server = start_web("127.0.0.1", 0, store, TurnaroundTargets(), lambda: node_health(store, tmp_path, None))
+    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), lambda: node_health(store.reports, tmp_path, None))
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         entries = json.loads(urllib.request.urlopen(f"{base}/api/worklist", timeout=10).read())

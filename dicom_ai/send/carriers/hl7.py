@@ -1,4 +1,4 @@
-"""The result and its priority as an HL7 v2.5 ORU^R01, for a RIS that takes results over MLLP.
+"""Carrier HL7: the result and its priority as an HL7 v2.5 ORU^R01, sent over MLLP to a RIS.
 
 Priority goes where order systems look for it: TQ1-9 (S stat, A asap for our URGENT, R routine),
 and the findings go as numeric OBX, one per label (its highest probability over the study's images,
@@ -13,13 +13,24 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from typing import TYPE_CHECKING
+
+import hl7
+from hl7.client import MLLPClient
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
+from dicom_ai.domain import Carrier, Finding, ModelInfo, OutboxEntry, OutboxItem, PriorityDecision, summarize_findings
+from dicom_ai.send.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from dicom_ai.config import Settings
+    from dicom_ai.send.carriers import DeliveryContext, Publication
+
+CARRIER = Carrier.HL7
 
 # HL7 table 0485 (Extended Priority Codes).
 TQ1_PRIORITY = {"STAT": "S^Stat^HL70485", "URGENT": "A^ASAP^HL70485", "ROUTINE": "R^Routine^HL70485"}
@@ -126,3 +137,38 @@ def oru_message(
     note.nte_1 = "1"
     note.nte_3 = _fit(_clean(f"{why} Findings: {found}."), NTE_TEXT_MAX, demo)
     return str(message.to_er7())
+
+
+def build(publication: Publication, settings: Settings) -> OutboxEntry | None:
+    """The ORU for a study's result, when an HL7 receiver is configured (hl7_mllp)."""
+    if not settings.hl7_mllp:
+        return None
+    message = oru_message(publication.header, publication.priority, publication.findings, publication.models,
+                          settings.hl7_receiving_application, settings.hl7_receiving_facility)
+    return OutboxEntry(CARRIER, publication.study_instance_uid, settings.hl7_mllp, message)
+
+
+class MllpError(DeliveryError):
+    """The receiver was unreachable or did not accept the message; the outbox retries."""
+
+
+def deliver(item: OutboxItem, context: DeliveryContext) -> None:
+    send_hl7(item.destination, item.payload)
+
+
+def send_hl7(destination: str, message: str, timeout: float = 10.0) -> None:
+    """`destination` is host:port; the ACK's MSA-1 must be AA or CA."""
+    host, _, port = destination.rpartition(":")
+    try:
+        with MLLPClient(host, int(port)) as client:
+            client.socket.settimeout(timeout)
+            answer = client.send_message(message)
+    except (OSError, ValueError) as exc:
+        raise MllpError(f"HL7 receiver {destination} unreachable: {exc}") from exc
+    text = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+    try:
+        code = str(hl7.parse(text.strip("\x0b\x1c\r\n")).segment("MSA")[1])
+    except (KeyError, IndexError, hl7.ParseException) as exc:
+        raise MllpError(f"HL7 receiver {destination} answered without a valid MSA: {text[:200]!r}") from exc
+    if code not in ("AA", "CA"):
+        raise MllpError(f"HL7 receiver {destination} answered {code}: {text[:200]!r}")

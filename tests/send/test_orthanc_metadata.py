@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicom_ai.domain import Code, Finding
-from dicom_ai.prioritize.orthanc_flags import findings_summary
+from dicom_ai.send.carriers.orthanc_metadata import findings_summary
 
 MASS = Code("4147007", "SCT", "Mass")
 

@@ -14,9 +14,10 @@ from pydicom import Dataset, dcmread
 
 from dicom_ai.dicom_values import why_invalid
 from dicom_ai.domain import Code, Finding, ModelInfo, Priority, PriorityDecision
-from dicom_ai.prioritize.hl7_result import oru_message
-from dicom_ai.prioritize.mwl import mwl_payload, write_entry
-from dicom_ai.send.webhook import email_payload, notice_payload
+from dicom_ai.send.carriers.hl7 import oru_message
+from dicom_ai.send.carriers.mwl import mwl_payload, write_entry
+from dicom_ai.send.carriers.email import email_payload
+from dicom_ai.send.carriers.webhook import notice_payload
 from tests.conftest import sample
 from tests.odd_headers import CASES, stored
 

@@ -1,5 +1,5 @@
-"""Publish the reading priority as a Modality Worklist entry: RIS/PACS that speak MWL understand
-Requested Procedure Priority (0040,1003). Orthanc's worklist plugin serves the .wl files we write.
+"""Carrier MWL: the reading priority as a Modality Worklist entry. RIS/PACS that speak MWL understand
+Requested Procedure Priority (0040,1003); Orthanc's worklist plugin serves the .wl files we write.
 """
 
 from __future__ import annotations
@@ -8,13 +8,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_ai.dicom_values import usable_text
+from dicom_ai.domain import Carrier, OutboxEntry, OutboxItem, PriorityDecision
+from dicom_ai.send.errors import DeliveryError
 from dicom_ai.store.spool import fsync_directory
+
+if TYPE_CHECKING:
+    from dicom_ai.config import Settings
+    from dicom_ai.send.carriers import DeliveryContext, Publication
+
+CARRIER = Carrier.MWL
 
 # PS3.3 C.4.11: the Defined Terms of Requested Procedure Priority.
 MWL_PRIORITY = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
@@ -82,3 +91,27 @@ def write_entry(folder: Path, study_uid: str, payload: str) -> Path:
         Path(name).unlink(missing_ok=True)
         raise
     return final
+
+
+def build(publication: Publication, settings: Settings) -> OutboxEntry | None:
+    """The study's worklist entry, when a worklist folder is configured (mwl_dir)."""
+    if settings.mwl_dir is None:
+        return None
+    priority = publication.priority
+    payload = mwl_payload(publication.header, priority.level.name, "; ".join(priority.reasons))
+    return OutboxEntry(CARRIER, publication.study_instance_uid, str(settings.mwl_dir), payload)
+
+
+def rebuild(previous: str | None, study_uid: str, priority: PriorityDecision, settings: Settings) -> OutboxEntry | None:
+    """The entry again with a new priority (an override), if one was written for the study."""
+    if settings.mwl_dir is None or previous is None:
+        return None
+    return OutboxEntry(CARRIER, study_uid, str(settings.mwl_dir),
+                       with_priority(previous, priority.level.name, "; ".join(priority.reasons)))
+
+
+def deliver(item: OutboxItem, context: DeliveryContext) -> None:
+    try:
+        write_entry(Path(item.destination), item.study_instance_uid, item.payload)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DeliveryError(f"cannot write worklist entry in {item.destination}: {exc}") from exc

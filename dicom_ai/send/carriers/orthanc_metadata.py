@@ -1,4 +1,5 @@
-"""Write the priority onto the study in Orthanc as user metadata (names declared in orthanc/orthanc.json)."""
+"""Carrier ORTHANC_METADATA: the priority and findings on the study in Orthanc as user metadata
+(names declared in orthanc/orthanc.json; orthanc/README.md documents each)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from orthanc_api_client import OrthancApiClient
 
-from dicom_ai.domain import Finding, ModelInfo, PriorityDecision, summarize_findings
+from dicom_ai.domain import Carrier, Finding, ModelInfo, OutboxEntry, OutboxItem, PriorityDecision, summarize_findings
 from dicom_ai.send.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from dicom_ai.config import Settings
+    from dicom_ai.send.carriers import DeliveryContext, Publication
+
+CARRIER = Carrier.ORTHANC_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +59,33 @@ def flags_payload(
     return json.dumps(values, sort_keys=True)
 
 
-def override_payload(level: str | None, reason: str, by: str, ai_priority: str | None) -> str:
-    """Flags after a radiologist's override (or its removal, level None: back to the AI's)."""
-    effective = level or ai_priority or "ROUTINE"
-    why = f"set to {level} by {by}: {reason}" if level else f"override removed by {by}"
+def override_payload(priority: PriorityDecision) -> str:
+    """The flags a priority change touches (an override or its removal): level, reasons, time."""
     values = {
-        AI_PRIORITY: effective,
-        AI_REASONS: why,
+        AI_PRIORITY: priority.level.name,
+        AI_REASONS: "; ".join(priority.reasons),
         AI_UPDATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return json.dumps(values, sort_keys=True)
+
+
+def build(publication: Publication, settings: Settings) -> OutboxEntry | None:
+    """The study's flags, when Orthanc's REST API is configured (orthanc_url)."""
+    if not settings.orthanc_url:
+        return None
+    payload = flags_payload(publication.priority, publication.findings, publication.models)
+    return OutboxEntry(CARRIER, publication.study_instance_uid, settings.orthanc_url, payload)
+
+
+def rebuild(previous: str | None, study_uid: str, priority: PriorityDecision, settings: Settings) -> OutboxEntry | None:
+    """New flags for a priority change (an override), whatever was published before."""
+    if not settings.orthanc_url:
+        return None
+    return OutboxEntry(CARRIER, study_uid, settings.orthanc_url, override_payload(priority))
+
+
+def deliver(item: OutboxItem, context: DeliveryContext) -> None:
+    context.orthanc(item.destination).publish(item.study_instance_uid, item.payload)
 
 
 class OrthancFlags:

@@ -1,0 +1,134 @@
+"""What people and monitors read: study lists, one study's detail, the worklist's rows, health counts.
+
+Read-only, through the database's pool of read connections: a page or a CLI listing never waits
+for the SCP or the pipeline, and filters run in SQL, not over every study in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dicom_ai.domain import StudyState
+from dicom_ai.store.database import Reader
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """A study as listed by `dicom-ai studies` and the worklist."""
+
+    study_instance_uid: str
+    state: str
+    patient_id: str
+    accession_number: str
+    study_date: str
+    instance_count: int
+    last_received_at: float
+    priority: str | None
+    priority_score: float | None
+    priority_reasons: tuple[str, ...]
+    error: str | None
+    models: tuple[str, ...]
+    results: int
+    pending_sends: int
+    first_received_at: float = 0.0
+    priority_override: str | None = None
+    priority_override_reason: str | None = None
+    priority_override_by: str | None = None
+    purged_at: float | None = None  # when its files were deleted after retention_days
+
+
+class Reports(Reader):
+    """Queries only."""
+
+    def study(self, study_uid: str) -> StudyRow | None:
+        rows = self.studies(limit=1, study_uid=study_uid)
+        return rows[0] if rows else None
+
+    def studies(self, limit: int = 50, state: str | None = None, study_uid: str | None = None,
+                patient_id: str | None = None, received_since: float | None = None) -> list[StudyRow]:
+        """Studies newest first, filtered in SQL (indexed: state, UID, patient, arrival)."""
+        # first_received_at <= last_received_at, so the second clause lets SQLite use the arrival index
+        since = (("s.first_received_at >= ? and s.last_received_at >= ?", [received_since, received_since])
+                 if received_since is not None else None)
+        clauses = [(c, [v]) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid),
+                                         ("s.patient_id = ?", patient_id)) if v is not None]
+        clauses += [since] if since else []
+        where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""
+        params = [v for _, values in clauses for v in values]
+        rows = self._query(
+            "select s.*,"
+            " (select count(*) from results r where r.study_instance_uid = s.study_instance_uid) as n_results,"
+            " (select count(*) from outbox o where o.study_instance_uid = s.study_instance_uid"
+            "   and o.state = 'pending') as n_pending"
+            f" from studies s {where} order by s.last_received_at desc limit ?",
+            [*params, limit],
+        )
+        return [
+            StudyRow(
+                study_instance_uid=row["study_instance_uid"],
+                state=row["state"],
+                patient_id=row["patient_id"] or "",
+                accession_number=row["accession_number"] or "",
+                study_date=row["study_date"] or "",
+                instance_count=row["instance_count"] or 0,
+                last_received_at=row["last_received_at"] or 0.0,
+                priority=row["priority"],
+                priority_score=row["priority_score"],
+                priority_reasons=tuple(json.loads(row["priority_reasons"] or "[]")),
+                error=row["error"],
+                models=tuple(json.loads(row["models"] or "[]")),
+                results=row["n_results"],
+                pending_sends=row["n_pending"],
+                first_received_at=row["first_received_at"] or 0.0,
+                priority_override=row["priority_override"],
+                priority_override_reason=row["priority_override_reason"],
+                priority_override_by=row["priority_override_by"],
+                purged_at=row["purged_at"],
+            )
+            for row in rows
+        ]
+
+    def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
+        """Per model and label: the highest probability over the study's images, and on how many it is present."""
+        return self._query(
+            "select model, model_version, label, code_scheme, code_value, max(probability) as probability,"
+            " count(*) as images, sum(present) as images_present from findings where study_instance_uid = ?"
+            " group by model, model_version, label order by model, probability desc",
+            [study_uid],
+        )
+
+    def receive_counts(self, study_uid: str) -> dict[str, int]:
+        """SOP Instance UID -> how many times it was received (1 unless a sender repeated it)."""
+        rows = self._query(
+            "select sop_instance_uid, receive_count from instances where study_instance_uid = ?", [study_uid]
+        )
+        return {row["sop_instance_uid"]: row["receive_count"] for row in rows}
+
+    def health_counts(self) -> dict[str, Any]:
+        """What an admin watches: studies by state, sends by kind and state, the oldest pending send."""
+        studies = {row["state"]: row["n"] for row in self._query("select state, count(*) as n from studies group by state")}
+        sends = self._query("select kind, state, count(*) as n from outbox group by kind, state order by kind, state")
+        oldest = self._query(
+            "select kind, destination, created_at, attempts, last_error from outbox where state = 'pending'"
+            " order by created_at limit 1")
+        times = self._query(
+            "select max(last_received_at) as last_received, max(processed_at) as last_processed,"
+            " min(case when state = ? then completed_at end) as oldest_processing from studies",
+            [StudyState.PROCESSING])[0]
+        held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
+        [partial] = self._query("select count(*) as n from studies where state = ? and error is not null",
+                                [StudyState.DONE])
+        return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
+                **times, "held_bytes": held["bytes"], "held_files": held["files"], "done_with_skips": partial["n"]}
+
+    def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
+        return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
+
+    def events(self, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if study_uid:
+            return self._query(
+                "select * from events where study_instance_uid = ? order by id desc limit ?", [study_uid, limit]
+            )
+        return self._query("select * from events order by id desc limit ?", [limit])
