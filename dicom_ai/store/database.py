@@ -128,6 +128,6 @@ class Part(Reader):
     @staticmethod
     def _event(db: sqlite_utils.Database, kind: str, study_uid: str | None, **detail: Any) -> None:
         """An audit event, in the transaction of the change it records."""
-        db["events"].insert(
+        db.table("events").insert(
             {"at": time.time(), "kind": kind, "study_instance_uid": study_uid, "detail": json.dumps(detail)}
         )

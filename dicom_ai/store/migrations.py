@@ -10,7 +10,7 @@ migrations = Migrations("dicom_ai")
 
 @migrations(name="001_initial")
 def _initial(db: Database) -> None:
-    db["studies"].create(
+    db.table("studies").create(
         {
             "study_instance_uid": str,
             "patient_id": str,
@@ -34,8 +34,8 @@ def _initial(db: Database) -> None:
         pk="study_instance_uid",
         not_null={"state"},
     )
-    db["studies"].create_index(["state", "last_received_at"])
-    db["instances"].create(
+    db.table("studies").create_index(["state", "last_received_at"])
+    db.table("instances").create(
         {
             "sop_instance_uid": str,
             "sop_class_uid": str,
@@ -52,8 +52,8 @@ def _initial(db: Database) -> None:
         pk="sop_instance_uid",
         foreign_keys=[("study_instance_uid", "studies", "study_instance_uid")],
     )
-    db["instances"].create_index(["study_instance_uid", "series_instance_uid"])
-    db["results"].create(
+    db.table("instances").create_index(["study_instance_uid", "series_instance_uid"])
+    db.table("results").create(
         {
             "sop_instance_uid": str,
             "study_instance_uid": str,
@@ -66,8 +66,8 @@ def _initial(db: Database) -> None:
         },
         pk="sop_instance_uid",
     )
-    db["results"].create_index(["study_instance_uid"])
-    db["findings"].create(
+    db.table("results").create_index(["study_instance_uid"])
+    db.table("findings").create(
         {
             "id": int,
             "study_instance_uid": str,
@@ -84,8 +84,8 @@ def _initial(db: Database) -> None:
         },
         pk="id",
     )
-    db["findings"].create_index(["study_instance_uid", "sop_instance_uid", "model", "label"], unique=True)
-    db["outbox"].create(
+    db.table("findings").create_index(["study_instance_uid", "sop_instance_uid", "model", "label"], unique=True)
+    db.table("outbox").create(
         {
             "id": int,
             "kind": str,  # dicom | orthanc_metadata
@@ -103,34 +103,34 @@ def _initial(db: Database) -> None:
         pk="id",
         not_null={"state"},
     )
-    db["outbox"].create_index(["kind", "key", "destination"], unique=True)
-    db["outbox"].create_index(["state", "next_attempt_at"])
-    db["events"].create(
+    db.table("outbox").create_index(["kind", "key", "destination"], unique=True)
+    db.table("outbox").create_index(["state", "next_attempt_at"])
+    db.table("events").create(
         {"id": int, "at": float, "kind": str, "study_instance_uid": str, "detail": str},
         pk="id",
     )
-    db["events"].create_index(["study_instance_uid"])
+    db.table("events").create_index(["study_instance_uid"])
 
 
 @migrations(name="002_priority_override")
 def _priority_override(db: Database) -> None:
     """A radiologist's override of the AI priority, kept beside it (both are shown)."""
-    db["studies"].add_column("priority_override", str)
-    db["studies"].add_column("priority_override_reason", str)
-    db["studies"].add_column("priority_override_by", str)
-    db["studies"].add_column("priority_override_at", float)
+    db.table("studies").add_column("priority_override", str)
+    db.table("studies").add_column("priority_override_reason", str)
+    db.table("studies").add_column("priority_override_by", str)
+    db.table("studies").add_column("priority_override_at", float)
 
 
 @migrations(name="003_studies_by_arrival")
 def _studies_by_arrival(db: Database) -> None:
     """`dicom-ai studies` and the worklist list newest first; without this they sort every row."""
-    db["studies"].create_index(["last_received_at"])
+    db.table("studies").create_index(["last_received_at"])
 
 
 @migrations(name="004_retention")
 def _retention(db: Database) -> None:
     """When a finished study's files were deleted after `retention_days` (its records stay)."""
-    db["studies"].add_column("purged_at", float)
+    db.table("studies").add_column("purged_at", float)
 
 
 @migrations(name="005_hardening")
@@ -146,18 +146,18 @@ def _hardening(db: Database) -> None:
     - trash: files whose rows were switched to a newer copy; deleted after the commit, and at start
       after a crash in between.
     """
-    db["studies"].add_column("revision", int, not_null_default=0)
-    db["studies"].add_column("quiet_since", float)
+    db.table("studies").add_column("revision", int, not_null_default=0)
+    db.table("studies").add_column("quiet_since", float)
     db.execute("update studies set quiet_since = last_received_at")
-    db["studies"].create_index(["state", "quiet_since"])
-    db["results"].add_column("superseded_by", str)
-    db["results"].add_column("revision", int, not_null_default=0)
-    db["results"].create_index(["study_instance_uid", "model"])
-    db["outbox"].add_column("last_attempt_at", float)
-    db["trash"].create({"path": str, "at": float}, pk="path")
+    db.table("studies").create_index(["state", "quiet_since"])
+    db.table("results").add_column("superseded_by", str)
+    db.table("results").add_column("revision", int, not_null_default=0)
+    db.table("results").create_index(["study_instance_uid", "model"])
+    db.table("outbox").add_column("last_attempt_at", float)
+    db.table("trash").create({"path": str, "at": float}, pk="path")
 
 
 @migrations(name="006_studies_by_patient")
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
-    db["studies"].create_index(["patient_id"])
+    db.table("studies").create_index(["patient_id"])

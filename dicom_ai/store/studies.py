@@ -122,7 +122,7 @@ class StudyStore(Part):
                                 calling_aet=item.calling_aet)
                 if recorded.replaced is not None:
                     db.execute("insert or replace into trash (path, at) values (?, ?)", [str(old_path), now])
-            db["instances"].upsert(
+            db.table("instances").upsert(
                 {
                     "sop_instance_uid": item.sop_instance_uid,
                     "sop_class_uid": item.sop_class_uid,
@@ -143,7 +143,7 @@ class StudyStore(Part):
     def _ensure_study(self, db: Database, item: ReceivedInstance, now: float) -> None:
         if list(db.query("select 1 from studies where study_instance_uid = ?", [item.study_instance_uid])):
             return
-        db["studies"].insert(
+        db.table("studies").insert(
             {
                 "study_instance_uid": item.study_instance_uid,
                 "patient_id": item.patient_id,
@@ -416,7 +416,7 @@ class StudyStore(Part):
                     ],
                 )
             for result in results:
-                db["results"].upsert(
+                db.table("results").upsert(
                     {
                         "sop_instance_uid": result.sop_instance_uid,
                         "study_instance_uid": study_uid,
