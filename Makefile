@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-unit test-e2e test-long models clean bench
+.PHONY: install run test test-unit test-e2e test-long typecheck models clean bench
 
 $(BIN)/dicom-ai: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The type-check gate CI runs before the tests (settings in pyproject.toml, [tool.mypy]).
+typecheck: install
+	$(BIN)/python -m mypy
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not e2e"

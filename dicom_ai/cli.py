@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -622,7 +622,7 @@ def _code_option(text: str):  # type: ignore[no-untyped-def]
         raise click.BadParameter(f"{text!r}: {exc.errors()[0]['msg']} (write e.g. SCT:233604007:Pneumonia)", param_hint="--code") from None
 
 
-def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple:  # type: ignore[type-arg]
+def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple[Any, ...]:
     try:
         return tuple(kind(part) for part in text.lower().split(separator))
     except ValueError:

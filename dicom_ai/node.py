@@ -30,6 +30,7 @@ from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
+from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.web.worklist_page import start_web
@@ -63,7 +64,7 @@ class Node:
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        self._server = None
+        self._server: GuardedServer | None = None
         self._web: ThreadingHTTPServer | None = None
 
     def start(self) -> None:

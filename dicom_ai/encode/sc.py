@@ -108,7 +108,7 @@ def picture(result: ImageResult, model: ModelInfo, priority: PriorityDecision) -
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     lines = caption_lines(result.findings, model, priority)
-    rows, columns = picture_size(*result.display.shape[:2], lines)
+    rows, columns = picture_size(result.display.shape[0], result.display.shape[1], lines)
     if (rows, columns) != result.display.shape[:2]:
         log.debug("%s: drawing the heatmap at %dx%d instead of %s", where, rows, columns, result.display.shape)
     display = resize(result.display, rows, columns)
@@ -153,14 +153,14 @@ def build_secondary_capture(
             software_versions=model.version,
         )
     if orientation is None:
-        image.PatientOrientation = None
+        setattr(image, "PatientOrientation", None)  # Type 2: present and empty
     body_part = str(source.get("BodyPartExamined") or "").strip()
     if body_part:
         image.BodyPartExamined = body_part
     if "Laterality" not in image and (not body_part or body_part.upper() in PAIRED_BODY_PARTS):
         # Type 2C, required for paired body parts (and absent otherwise): when the body part is
         # paired or unknown and the source names no side, it is sent empty ("unknown").
-        image.Laterality = None
+        setattr(image, "Laterality", None)
     image.DeviceUID = model.device_uid
     image.BurnedInAnnotation = BURNED_IN_YES
     image.DerivationDescription = DERIVATION

@@ -52,7 +52,7 @@ def result_uid(kind: str, study_instance_uid: str, model: ModelInfo, source_uids
     the times the study's instances were replaced with other content under the same UIDs: results
     on the new content need new UIDs too (revision 0 derives exactly as before revisions existed).
     """
-    parts = (study_instance_uid, model.name, model.version, kind)
+    parts = [study_instance_uid, model.name, model.version, kind]
     if revision:
-        parts += (f"revision {revision}",)
+        parts.append(f"revision {revision}")
     return derive_uid(*parts, *sorted(set(source_uids)))

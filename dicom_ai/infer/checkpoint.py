@@ -137,7 +137,7 @@ def apply_key_map(state: Mapping[str, torch.Tensor], architecture: ArchitectureS
 
 
 def _load(path: Path, card: ModelCard) -> Any:
-    allowed = [*_TORCHVISION_STANDINS, *_TORCH_MODULES]
+    allowed: list[Any] = [*_TORCHVISION_STANDINS, *_TORCH_MODULES]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -48,7 +48,7 @@ class HeatmapMaker:
         # out-of-place activations give the same outputs at a little more memory.
         for module in network.modules():
             if getattr(module, "inplace", False) is True:
-                module.inplace = False
+                setattr(module, "inplace", False)
         self._cam = GradCAM(nn_module=network, target_layers=target_layer, upsampler=_keep_size, postprocessing=minmax_per_image)
 
     def feature_maps(self, batch: torch.Tensor, class_index: int) -> torch.Tensor:

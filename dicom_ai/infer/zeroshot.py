@@ -132,6 +132,7 @@ class ZeroShotHead(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, embeddings: LabelEmbeddings, card: ModelCard) -> None:
         super().__init__()
         self.encoder = encoder
+        self.labels: torch.Tensor
         self.register_buffer("labels", torch.from_numpy(embeddings.vectors))
         self.logit_scale = _spec(card).logit_scale
         self._card = card

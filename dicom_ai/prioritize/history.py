@@ -22,9 +22,9 @@ def apply_history(
             latest[prior.label] = prior
     level, reasons = decision.level, list(decision.reasons)
     for label in sorted({f.label for f in findings if f.present}):
-        prior = latest.get(label)
-        if prior is None:
+        if label not in latest:
             continue
+        prior = latest[label]
         when = time.strftime("%Y-%m-%d", time.localtime(prior.received_at))
         if not prior.present:
             if level < Priority.STAT:

@@ -60,7 +60,9 @@ def prior_studies(ae_title: str, peer: Peer, patient_id: str, exclude: str, time
                 break
             if code not in (0xFF00, 0xFF01):
                 raise PacsHistoryError(f"{peer} answered C-FIND with status 0x{code:04X}")
-            uid = str(answer.get("StudyInstanceUID", "") if answer is not None else "")
+            if answer is None:
+                continue
+            uid = str(answer.get("StudyInstanceUID", ""))
             if uid and uid != exclude and len(priors) < MAX_PRIORS:
                 value = answer.get("ModalitiesInStudy", "")
                 modalities = [value] if isinstance(value, str) else list(value)

@@ -138,4 +138,4 @@ def _factory(*args: Any, **kwargs: Any) -> Any:
 def attach(ae: Any, files: IncomingFiles) -> None:
     """Make the associations of `ae` write incoming datasets through `files`."""
     setattr(ae, _ATTRIBUTE, files)
-    dimse_messages.NamedTemporaryFile = _factory  # type: ignore[attr-defined,assignment]
+    setattr(dimse_messages, "NamedTemporaryFile", _factory)  # pynetdicom's decoder looks it up there

@@ -179,7 +179,7 @@ class PduReader:
         the connection is gone, holding its slot (200 connect/close cycles kept real senders out for 25 s).
         None is what it gets on a time-out: it then ends at once."""
         if not self.associate_received:
-            self._assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+            self._assoc.dul.to_user_queue.put(None)
 
     def _who(self) -> str:
         calling = ""

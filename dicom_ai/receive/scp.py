@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.tag import Tag
@@ -30,6 +30,7 @@ from dicom_ai.dicom_values import is_safe_uid
 from dicom_ai.domain import ReceivedInstance
 
 if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
     from dicom_ai.store import Spool, StudyStore
@@ -114,7 +115,7 @@ def read_identity(path: Path, expected_sop_uid: str, calling_aet: str, transfer_
 def handle_store(event: Event, spool: Spool, store: StudyStore, incoming: IncomingFiles) -> int:
     """EVT_C_STORE: make the instance durable, record it, then (and only then) answer Success."""
     calling_aet = event.assoc.requestor.ae_title.strip()
-    sop_uid = str(event.request.AffectedSOPInstanceUID)
+    sop_uid = str(cast("C_STORE", event.request).AffectedSOPInstanceUID)
     temporary = Path(event.dataset_path)
     try:
         write_error = incoming.error_for(temporary)

@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -97,6 +97,8 @@ class GuardedServer(ThreadedAssociationServer):
         self.bind(evt.EVT_ESTABLISHED, self._learn)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.socket is None:
+            raise OSError("the DICOM server socket is closed")
         client, address = self.socket.accept()
         if self.ssl_context:  # the handshake happens in the connection's thread (GuardedRequestHandler)
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
@@ -141,8 +143,8 @@ class GuardedServer(ThreadedAssociationServer):
 def serve(ae: AE, address: tuple[str, int], evt_handlers: list[Any], tls: ssl.SSLContext | None,
           admission: Admission, max_pdu: int) -> GuardedServer:
     """Start the guarded server in a background thread, as AE.start_server(block=False) does."""
-    server = ae.make_server(address, evt_handlers=evt_handlers, ssl_context=tls, server_class=GuardedServer,
-                            admission=admission, max_pdu=max_pdu)
+    server = cast(GuardedServer, ae.make_server(address, evt_handlers=evt_handlers, ssl_context=tls,
+                                                server_class=GuardedServer, admission=admission, max_pdu=max_pdu))
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # as start_server does: server.shutdown() removes it
     return server

@@ -52,7 +52,7 @@ class Reports(Reader):
         # first_received_at <= last_received_at, so the second clause lets SQLite use the arrival index
         since = (("s.first_received_at >= ? and s.last_received_at >= ?", [received_since, received_since])
                  if received_since is not None else None)
-        clauses = [(c, [v]) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid),
+        clauses: list[tuple[str, list[Any]]] = [(c, [v]) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid),
                                          ("s.patient_id = ?", patient_id)) if v is not None]
         clauses += [since] if since else []
         where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""

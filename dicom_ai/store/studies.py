@@ -140,7 +140,7 @@ class StudyStore(Part):
             )
         return recorded
 
-    def _ensure_study(self, db: Database, item: ReceivedInstance, now: float) -> None:
+    def _ensure_study(self, db: sqlite_utils.Database, item: ReceivedInstance, now: float) -> None:
         if list(db.query("select 1 from studies where study_instance_uid = ?", [item.study_instance_uid])):
             return
         db.table("studies").insert(
@@ -161,7 +161,7 @@ class StudyStore(Part):
         )
         self._event(db, "study_opened", item.study_instance_uid, calling_aet=item.calling_aet)
 
-    def _reopen(self, db: Database, study_uid: str, now: float, count_change: int, revise: bool = False) -> None:
+    def _reopen(self, db: sqlite_utils.Database, study_uid: str, now: float, count_change: int, revise: bool = False) -> None:
         """Back to receiving (also from processing: the running pipeline then discards its now stale
         results, see save_outcome), with the quiet clock restarted."""
         [row] = db.query("select state from studies where study_instance_uid = ?", [study_uid])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicom_ai.dicom_values import usable_text
 from dicom_ai.domain import Carrier, OutboxEntry, OutboxItem, PriorityDecision
@@ -69,7 +69,7 @@ def worklist_entry(payload: str) -> Dataset:
     step.ScheduledProcedureStepID = ds.RequestedProcedureID
     ds.ScheduledProcedureStepSequence = [step]
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MWL_SOP_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = UID(MWL_SOP_CLASS)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[values["StudyInstanceUID"]])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
