@@ -39,6 +39,7 @@ from dicom_ai.infer.networks import build_network
 from dicom_ai.infer.preprocess import preprocess
 from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.train import phantoms
+from dicom_ai.train.classifier import card_field, densenet_head
 from dicom_ai.train.evaluate import auroc, bootstrap_auroc_ci, youden_threshold
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def _fit(network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torc
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total, pct_start=0.15)
     network.train()
-    network.to(memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
+    _to_memory_format(network, torch.channels_last)  # ~15% faster convolutions on CPU
     step, running = 0, float("nan")
     while step < total:
         for batch in torch.randperm(x.shape[0], generator=generator).split(config.batch_size):
@@ -279,8 +280,15 @@ def _fit(network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torc
             running = loss.item() if running != running else 0.9 * running + 0.1 * loss.item()
             if step % 25 == 0 or step == total:
                 log.info("step %d/%d loss %.4f", step, total, running)
-    network.to(memory_format=torch.contiguous_format)
+    _to_memory_format(network, torch.contiguous_format)
     return step, running
+
+
+def _to_memory_format(network: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    """Lay out the network's 4-D parameters and buffers in `memory_format`, in place."""
+    # Module.to accepts memory_format at run time (torch._C._nn._parse_to), but torch's typed
+    # overloads of Module.to leave the keyword out.
+    network.to(memory_format=memory_format)  # type: ignore[call-overload]
 
 
 def class_activation(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,9 +298,9 @@ def class_activation(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[to
     position first and averaging afterwards gives exactly the network's own logit, plus the map
     of where that logit comes from (Zhou et al. 2016). Nothing changes in the saved network.
     """
-    features = F.relu(network.features(inputs))
-    head = network.class_layers.out
-    cam = torch.einsum("bchw,c->bhw", features, head.weight[0]) + head.bias[0]
+    body, weight, bias = densenet_head(network)
+    features = F.relu(body(inputs))
+    cam = torch.einsum("bchw,c->bhw", features, weight[0]) + bias[0]
     return cam.mean(dim=(1, 2)), cam
 
 
@@ -423,8 +431,11 @@ def _real_image_check(model: LoadedModel) -> dict[str, Any]:
 def _readme(card: ModelCard) -> str:
     m, t = card.metrics, card.training
     label = card.labels[0]
+    architecture = card_field(card.architecture, card, "architecture")
+    code = card_field(label.code, card, "labels[0].code")
+    gradcam = card_field(card.gradcam, card, "gradcam")
     counts = "; ".join(f"{k} {v['images']} ({v['with_consolidation']} with consolidation)" for k, v in t["counts"].items())
-    kwargs = ", ".join(f"{k}={v}" for k, v in card.architecture.kwargs.items())
+    kwargs = ", ".join(f"{k}={v}" for k, v in architecture.kwargs.items())
     real = m.get("real_image_check", {})
     real_line = (
         f"- Real-image smoke test: {real['image']}: probability {real['probability']} ({real['note']}).\n"
@@ -437,10 +448,10 @@ def _readme(card: ModelCard) -> str:
 ## What it is
 - Input: the displayed image (Modality LUT, VOI/window, MONOCHROME1 inverted) of a {', '.join(card.gate['Modality'])}
   image, resized to {card.input.size[0]}x{card.input.size[1]}, one channel, per-image z-score.
-- Network: `monai.networks.nets.{card.architecture.name}({kwargs})`, {t['parameters']:,} parameters.
-- Output: sigmoid probability of **{label.name}** (SNOMED CT {label.code.value} "{label.code.meaning}");
+- Network: `monai.networks.nets.{architecture.name}({kwargs})`, {t['parameters']:,} parameters.
+- Output: sigmoid probability of **{label.name}** (SNOMED CT {code.value} "{code.meaning}");
   present when >= {label.threshold} (chosen on the validation split by Youden's J).
-- Heatmap: Grad-CAM on `{card.gradcam.target_layer}` (the best of {len(GRADCAM_CANDIDATES)} layers on validation positives), min-max scaled.
+- Heatmap: Grad-CAM on `{gradcam.target_layer}` (the best of {len(GRADCAM_CANDIDATES)} layers on validation positives), min-max scaled.
 
 ## How it was made
 - Data: {t['data']}; {counts}.

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import monai
 import numpy as np
@@ -32,6 +32,7 @@ from dicom_ai.infer.card import (
     InputSpec,
     LabelSpec,
     ModelCard,
+    ModelError,
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker
@@ -279,10 +280,24 @@ def class_activation(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[to
     The head is ReLU -> global average pool -> linear, so applying the linear layer at every
     position and averaging afterwards gives the network's own logit plus where it comes from.
     """
-    features = F.relu(network.features(inputs))
-    head = network.class_layers.out
-    cam = torch.einsum("bc...,c->b...", features, head.weight[0]) + head.bias[0]
+    body, weight, bias = densenet_head(network)
+    features = F.relu(body(inputs))
+    cam = torch.einsum("bc...,c->b...", features, weight[0]) + bias[0]
     return cam.flatten(1).mean(dim=1), cam
+
+
+def densenet_head(network: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """(`features`, weight and bias of the linear `class_layers.out`) of a MONAI DenseNet.
+
+    Looked up by name (a Module attribute is typed `Tensor | Module`), and the head's type is
+    checked, so another network fails here with its name instead of deep inside an einsum.
+    """
+    features = network.get_submodule("features")
+    head = network.get_submodule("class_layers.out")
+    if not isinstance(head, torch.nn.Linear) or not isinstance(head.bias, torch.Tensor):
+        raise ModelError(f"class activation needs a MONAI DenseNet whose class_layers.out is a linear layer with a bias, "
+                         f"not {type(head).__name__}")
+    return features, head.weight, head.bias
 
 
 class CamCapture(torch.nn.Module):
@@ -346,10 +361,21 @@ def _shift_and_flip(x: torch.Tensor, mask: torch.Tensor | None, shift: int, flip
 # --- human-readable card ------------------------------------------------------------------------
 
 
+_Field = TypeVar("_Field")
+
+
+def card_field(value: _Field | None, card: ModelCard, field: str) -> _Field:
+    """A field the README describes, which the card schema leaves optional; a trained card has it."""
+    if value is None:
+        raise ModelError(f"{card.name}: the card has no {field}, which the README describes; set it in {CARD_FILENAME}")
+    return value
+
+
 def readme(card: ModelCard) -> str:
     """The model card in prose: what it is, how it was made, held-out results, limits."""
     m, t = card.metrics, card.training
     label = card.labels[0]
+    code = card_field(label.code, card, "labels[0].code")
     unit = "volumes" if card.input.dims == 3 else "images"
     counts = "; ".join(f"{k} {v['images']} ({v['positives']} with {label.name.lower()})" for k, v in t.get("counts", {}).items())
     kwargs = ", ".join(f"{k}={v}" for k, v in (card.architecture.kwargs.items() if card.architecture else []))
@@ -372,7 +398,7 @@ def readme(card: ModelCard) -> str:
 - Input: {'each series as a volume' if card.input.dims == 3 else 'each displayed image'}, resized to {'x'.join(map(str, card.input.size))},
   {card.input.channels} channel(s), {card.input.normalize} normalisation{window}.
 - Network: `monai.networks.nets.{card.architecture.name if card.architecture else '?'}({kwargs})`, {t.get('parameters', 0):,} parameters.
-- Output: sigmoid probability of **{label.name}** ({label.code.scheme} {label.code.value} "{label.code.meaning}");
+- Output: sigmoid probability of **{label.name}** ({code.scheme} {code.value} "{code.meaning}");
   present when >= {label.threshold} (chosen on the validation split by Youden's J).
 - Heatmap: Grad-CAM on `{card.gradcam.target_layer if card.gradcam else 'none'}`{', drawn on the most salient slices' if card.input.dims == 3 else ''}.
 

@@ -349,11 +349,11 @@ def _evaluate(
         network.train(was_training)
     if not labels:
         raise ValueError("the evaluation dataset is empty")
-    p, y = np.concatenate(probabilities), np.concatenate(labels)
+    p, truth = np.concatenate(probabilities), np.concatenate(labels)
     if criterion is None:
-        return p, y, {}
-    area = auroc(p, y) if task == "binary" else _macro(one_vs_rest_auroc(p, y))
-    return p, y, {"val_loss": _r(loss_sum / y.size), "val_auroc": _r(area)}
+        return p, truth, {}
+    area = auroc(p, truth) if task == "binary" else _macro(one_vs_rest_auroc(p, truth))
+    return p, truth, {"val_loss": _r(loss_sum / truth.size), "val_auroc": _r(area)}
 
 
 def _macro(areas: list[float]) -> float:

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_ai.train.phantoms.brain_mr import brain_mr_phantom
 from dicom_ai.train.phantoms.ct_volume import ct_volume_phantom
 from dicom_ai.train.phantoms.endoscopy import endoscopy_phantom
-from dicom_ai.train.phantoms.mammography import mammography_phantom
+from dicom_ai.train.phantoms.mammography import Laterality, View, mammography_phantom
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ def _base(info: StudyInfo, sop_class: str, sop_uid: str, modality: str, descript
     """Patient, study, series-independent equipment and SOP common attributes (type 1/2 filled)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = deterministic_uid("dicom-ai", "implementation")
+    ds.file_meta.ImplementationClassUID = UID(deterministic_uid("dicom-ai", "implementation"))
     ds.file_meta.ImplementationVersionName = "DICOMAI_SYNTH"
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
@@ -137,8 +137,15 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 # SNOMED CT view codes of CID 4014 (View for Mammography).
 _MG_VIEWS = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
+# The four screening views in the order they are numbered.
+_MG_SCREENING: tuple[tuple[Laterality, View], ...] = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 # Patient Orientation (PS3.3 C.8.11.7): chest wall on the image left for L, right for R.
-_MG_ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"], ("R", "MLO"): ["P", "FL"]}
+_MG_ORIENTATION: dict[tuple[Laterality, View], list[str]] = {
+    ("L", "CC"): ["A", "R"],
+    ("R", "CC"): ["P", "L"],
+    ("L", "MLO"): ["A", "FR"],
+    ("R", "MLO"): ["P", "FL"],
+}
 
 
 def write_mammography_study(
@@ -160,7 +167,7 @@ def write_mammography_study(
     rng = np.random.default_rng([seed, 1])
     sick_side = "L" if rng.random() < 0.5 else "R"
     paths = []
-    for number, (side, view) in enumerate((("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")), start=1):
+    for number, (side, view) in enumerate(_MG_SCREENING, start=1):
         phantom = mammography_phantom(
             np.random.default_rng([seed, number]), finding=finding and side == sick_side, size=size, view=view, laterality=side
         )

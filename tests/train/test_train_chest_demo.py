@@ -12,9 +12,11 @@ from pydicom import dcmread
 
 from dicom_ai.domain import Instance
 from dicom_ai.infer import ModelRegistry, load_card
+from dicom_ai.infer.card import ModelError
 from monai.networks.nets import DenseNet
 
-from dicom_ai.train.chest_demo import ARCHITECTURE, _augment, _pointing_loss, class_activation, train_chest_demo
+from dicom_ai.train import classifier
+from dicom_ai.train.chest_demo import ARCHITECTURE, _augment, _pointing_loss, _readme, class_activation, train_chest_demo
 from dicom_ai.train.evaluate import auroc, youden_threshold
 from tests.conftest import REPO, sample
 
@@ -106,6 +108,27 @@ def test_class_activation_reproduces_the_network_logit() -> None:
         logits, cam = class_activation(network, inputs)
         assert torch.allclose(logits, network(inputs)[:, 0], atol=1e-5)
     assert cam.shape == (2, 14, 14)
+
+
+def test_class_activation_names_a_head_that_is_not_linear() -> None:
+    network = DenseNet(**ARCHITECTURE).eval()
+    network.class_layers.out = torch.nn.Identity()
+    for activation in (class_activation, classifier.class_activation):
+        with pytest.raises(ModelError, match=r"class_layers\.out is a linear layer with a bias, not Identity"):
+            activation(network, torch.randn(1, 1, 224, 224))
+
+
+def test_readme_of_a_card_without_a_described_field_names_it(quick_model: tuple[Path, dict[str, Any]]) -> None:
+    card = load_card(quick_model[0] / "model.yaml")
+    general = card.model_copy(update={"training": {}, "metrics": {}})  # classifier.readme's records differ
+    assert "Grad-CAM on `" in _readme(card) and "(SCT " in classifier.readme(general)
+    uncoded = general.model_copy(update={"labels": [card.labels[0].model_copy(update={"code": None})]})
+    with pytest.raises(ModelError, match=r"chest-xray-demo: the card has no labels\[0\]\.code"):
+        _readme(card.model_copy(update={"labels": uncoded.labels}))
+    with pytest.raises(ModelError, match=r"the card has no labels\[0\]\.code"):
+        classifier.readme(uncoded)
+    with pytest.raises(ModelError, match=r"the card has no gradcam"):
+        _readme(card.model_copy(update={"gradcam": None}))
 
 
 def test_pointing_loss_rewards_maps_on_the_mask_and_ignores_negatives() -> None:

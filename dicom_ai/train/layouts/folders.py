@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_ai.train.layouts.files import IMAGE_SUFFIXES, has_files, require_folder, subfolders, walk_files
-from dicom_ai.train.layouts.samples import LabelledSet, LayoutError, Sample
+from dicom_ai.train.layouts.samples import Channels, LabelledSet, LayoutError, Sample
 
 NAME = "folders"
 DEFAULT_MODALITY = "OT"  # DICOM "other": the layout says nothing about how the images were made
@@ -39,7 +39,7 @@ def read(
     root: Path,
     *,
     modality: str = DEFAULT_MODALITY,
-    channels: int | None = None,
+    channels: Channels | None = None,
     positive: Iterable[str] | None = None,
 ) -> LabelledSet:
     """Classes are the sorted folder names (binary with `positive`); channels from content unless given."""
@@ -56,7 +56,7 @@ def read_class_folders(
     folders: list[Path],
     *,
     modality: str,
-    channels: int | None,
+    channels: Channels | None,
     positive: Iterable[str] | None = None,
     notes: tuple[str, ...] = (),
 ) -> LabelledSet:
@@ -92,7 +92,7 @@ def read_class_folders(
     )
 
 
-def guess_channels(paths: list[Path]) -> int:
+def guess_channels(paths: list[Path]) -> Channels:
     """3 if any of a few evenly spaced images has real colour, else 1."""
     from PIL import Image
 

@@ -34,7 +34,7 @@ def read(root: Path, *, positive: Iterable[str] | None = None) -> LabelledSet:
     unknown = [f.name for f in found if f.name.lower() not in CLASS_NAMES]
     if unknown or len(found) < 2:
         raise LayoutError(f"{root}: Kvasir class folders expected ({sorted(CLASS_NAMES)}), found {[f.name for f in found]}")
-    notes = ()
+    notes: tuple[str, ...] = ()
     missing = sorted(CLASS_NAMES - {f.name.lower() for f in found})
     if missing:
         notes = (f"Kvasir classes missing from this copy: {', '.join(missing)}",)

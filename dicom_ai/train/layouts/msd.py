@@ -148,7 +148,11 @@ def _contains(mask: Path, target: int) -> bool:
     import nibabel as nib
 
     try:
-        data = np.asanyarray(nib.load(str(mask)).dataobj)
+        image = nib.load(str(mask))
+        # nib.load may return any FileBasedImage; only images backed by an array have voxels.
+        data = np.asanyarray(image.dataobj) if isinstance(image, nib.dataobj_images.DataobjImage) else None
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise LayoutError(f"{mask}: cannot read the label volume: {exc}") from exc
+    if data is None:
+        raise LayoutError(f"{mask}: the label volume is a {type(image).__name__}, not an image with voxel data")
     return bool(np.any(data == target))

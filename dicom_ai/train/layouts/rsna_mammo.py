@@ -37,7 +37,7 @@ def read(root: Path, *, views: Iterable[str] | None = DEFAULT_VIEWS, csv: str | 
     csv_path = root / (csv or CSV_NAME)
     _, rows = read_rows(csv_path, REQUIRED)
     wanted = None if views is None else {view.upper() for view in views}
-    samples, missing, other_views = [], 0, Counter()
+    samples, missing, other_views = [], 0, Counter[str]()
     for row in rows:
         values = row.values
         cancer = values["cancer"]

@@ -11,6 +11,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +25,8 @@ MIN_FIXED_SHARE = 0.5
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+Channels = Literal[1, 3]  # grayscale or RGB, as InputSpec.channels
 
 
 class LayoutError(ValueError):
@@ -50,7 +53,7 @@ class LabelledSet:
     classes: tuple[str, ...]  # class names; for binary tasks ("negative-name", "positive-name")
     samples: tuple[Sample, ...]
     dims: int  # 2 or 3
-    channels: int  # 1 (grayscale) or 3 (RGB)
+    channels: Channels  # 1 (grayscale) or 3 (RGB); checked at run time too, for callers without types
     modality: str  # DICOM modality the data is: CR/DX, ES, MR/CT, MG ...
     notes: tuple[str, ...] = ()  # what was skipped/deduplicated, in words (logged and put in the model card)
     channel: int = 0  # which channel of a 4-D (multi-channel) NIfTI volume load_array returns (MSD BraTS)
@@ -122,10 +125,11 @@ def plan_splits(dataset: LabelledSet, *, val: float = 0.15, test: float = 0.15, 
             if home[name] == split:
                 home[name] = None
     for name, members in groups.items():
-        if home[name] in (None, "train"):
+        fixed = home[name]
+        if fixed is None or fixed == "train":
             pool[name] = members
         else:
-            kept[home[name]][name] = members
+            kept[fixed][name] = members
     wanted = {split: fraction * total for split, fraction in (("val", val), ("test", test))}
     pool_size = sum(len(members) for members in pool.values())
     fractions = {split: 0.0 if kept[split] or not pool_size else min(wanted[split] / pool_size, 0.45) for split in ("val", "test")}

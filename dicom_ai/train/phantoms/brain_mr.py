@@ -10,6 +10,8 @@ and on T2 the bright CSF itself, so brightness alone does not mean a lesion.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from dicom_ai.train.phantoms.common import BRAIN, Phantom, blur, ellipse, grid, ridges, smooth_noise, soft, to_uint8
@@ -91,7 +93,15 @@ def brain_mr_phantom(rng: np.random.Generator, *, finding: bool, size: tuple[int
     return Phantom(image=image, finding_mask=finding_mask, anatomy_mask=brain > 0.5, anatomy=BRAIN)
 
 
-def _at(shape_fn, u: np.ndarray, v: np.ndarray, u0: float, v0: float, ru: float, rv: float, soft_edge: float) -> np.ndarray:
+class _Shape(Protocol):
+    """A soft 2-D shape such as `ellipse`: centre, radii, edge width."""
+
+    def __call__(
+        self, xx: np.ndarray, yy: np.ndarray, x0: float, y0: float, rx: float, ry: float, soft: float = ...
+    ) -> np.ndarray: ...
+
+
+def _at(shape_fn: _Shape, u: np.ndarray, v: np.ndarray, u0: float, v0: float, ru: float, rv: float, soft_edge: float) -> np.ndarray:
     """A shape placed in head coordinates (u, v: 1 at the inner table)."""
     return shape_fn(u, v, u0, v0, ru, rv, soft=soft_edge)
 

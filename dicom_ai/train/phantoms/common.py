@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,9 @@ LUNGS = "lungs"
 BREAST = "breast"
 BRAIN = "brain"
 MUCOSA = "mucosa"
+
+# A length a phantom computes with numpy scalars (e.g. one millimetre as float32) or a Python float.
+Scalar = float | np.floating[Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +77,7 @@ class VolumePhantom:
         return bool(self.finding_mask.any())
 
 
-def soft(x: np.ndarray, width: float) -> np.ndarray:
+def soft(x: np.ndarray, width: Scalar) -> np.ndarray:
     """0 below -width/2, 1 above width/2: a soft step used for every anatomical edge."""
     return np.clip(0.5 + x / width, 0, 1)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dicom_ai.train.phantoms.common import VolumePhantom, smooth_noise_3d, soft
+from dicom_ai.train.phantoms.common import Scalar, VolumePhantom, smooth_noise_3d, soft
 
 DEFAULT_SHAPE = (32, 96, 96)
 MIN_SHAPE = (8, 48, 48)
@@ -86,7 +86,9 @@ def ct_volume_phantom(
     return VolumePhantom(volume_hu=volume, finding_mask=mask, spacing_mm=spacing)
 
 
-def _calcifications(rng: np.random.Generator, hu: np.ndarray, u, v, w, mm: float) -> np.ndarray:
+def _calcifications(
+    rng: np.random.Generator, hu: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray, mm: Scalar
+) -> np.ndarray:
     """Pineal gland (midline, behind the third ventricle) and choroid plexus (in both atria)."""
     spots = []
     if rng.random() < 0.7:
@@ -102,7 +104,16 @@ def _calcifications(rng: np.random.Generator, hu: np.ndarray, u, v, w, mm: float
 
 
 def _haemorrhage(
-    rng: np.random.Generator, hu: np.ndarray, u, v, w, rho: np.ndarray, brain: np.ndarray, inside: np.ndarray, mm: float, depth: int
+    rng: np.random.Generator,
+    hu: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    w: np.ndarray,
+    rho: np.ndarray,
+    brain: np.ndarray,
+    inside: np.ndarray,
+    mm: Scalar,
+    depth: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Acute blood: an intraparenchymal haematoma, or a subdural crescent under the inner table."""
     blood_hu = rng.uniform(48, 80)  # older or anaemic blood is barely denser than grey matter
@@ -134,7 +145,9 @@ def _haemorrhage(
     return out, mask
 
 
-def _streaks(rng: np.random.Generator, hu: np.ndarray, x, y, z, cz: float, az: float, head: np.ndarray) -> np.ndarray:
+def _streaks(
+    rng: np.random.Generator, hu: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, cz: float, az: float, head: np.ndarray
+) -> np.ndarray:
     """Beam hardening between dense bone at the skull base: dark and bright streaks, low slices only."""
     n = int(rng.integers(0, 5))
     if n == 0:

@@ -131,7 +131,13 @@ def _polyp(
 
 
 def _distractors(
-    rng: np.random.Generator, rgb: np.ndarray, specular: np.ndarray, xx, yy, mucosa: np.ndarray, shape: tuple[int, int]
+    rng: np.random.Generator,
+    rgb: np.ndarray,
+    specular: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    mucosa: np.ndarray,
+    shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bubbles (thin bright rims, clear inside), stool debris (yellow-brown patches), highlights."""
     rims = np.zeros(shape, dtype=np.float32)
