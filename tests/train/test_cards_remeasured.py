@@ -32,7 +32,6 @@ from dicom_ai.infer.preprocess import preprocess, preprocess_volume
 from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.train import phantoms
-from dicom_ai.train.chest_demo import POINTING_TOLERANCE_PX as CHEST_TOLERANCE_PX
 from dicom_ai.train.classifier import TensorSplit, mask_at, pointing_scores
 from dicom_ai.train.demos import RECIPES, render_job
 from dicom_ai.train.evaluate import auroc
