@@ -73,6 +73,28 @@ def region_box(heatmap: np.ndarray | None, *, rows: int, columns: int) -> np.nda
     return np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
 
 
+def heatmap_peak(heatmap: np.ndarray, *, rows: int, columns: int) -> np.ndarray:
+    """The centre of the heatmap's hottest pixel as one column/row POINT of a `rows` x `columns` image."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return np.array([[(column + 0.5) * columns / heatmap.shape[1], (row + 0.5) * rows / heatmap.shape[0]]],
+                    dtype=np.float32)
+
+
+def image_region(result: ImageResult, rows: int, columns: int) -> tuple[hd.sr.GraphicTypeValues, np.ndarray]:
+    """Where a group's region lies on its image (column/row pixel coordinates), for a viewer to draw.
+
+    A positive image: a box around the heatmap's hot region. A negative image with a heatmap: a
+    POINT at the heatmap's peak (OHIF draws an arrow with the label beside it, inside the image).
+    No heatmap: the whole image, as nothing says where (OHIF then puts the label right of the image).
+    """
+    heatmap = result.heatmap
+    if heatmap is not None and np.any(heatmap > 0):
+        if any(f.present for f in result.findings):
+            return hd.sr.GraphicTypeValues.POLYLINE, region_box(heatmap, rows=rows, columns=columns)
+        return hd.sr.GraphicTypeValues.POINT, heatmap_peak(heatmap, rows=rows, columns=columns)
+    return hd.sr.GraphicTypeValues.POLYLINE, region_box(None, rows=rows, columns=columns)
+
+
 def coded(code: Code) -> hd.sr.CodedConcept:
     """A domain Code as a highdicom CodedConcept."""
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
@@ -137,10 +159,9 @@ def measurement_group(
     """TID 1501 for one image, shaped so OHIF v3 draws it: a region on the image labelled with the findings.
 
     Tracking identifier and UID, finding type (the leading finding), TID 4019 algorithm, the source
-    image, one probability NUM per label (leading finding first) INFERRED FROM one SCOORD box
-    SELECTED FROM the image, the Present/Absent evaluations, and a TEXT Comment. The box surrounds
-    the heatmap's hot region when the image is positive; a negative image or one without a heatmap
-    gets the whole image, so no group is ever without a region (OHIF's viewport fails on one).
+    image, one probability NUM per label (leading finding first) INFERRED FROM one SCOORD
+    SELECTED FROM the image (see image_region), the Present/Absent evaluations, and a TEXT Comment.
+    No group is ever without a region: OHIF's viewport fails on one.
     """
     where = f"SOPInstanceUID {result.source.sop_instance_uid}"
     if not result.findings:
@@ -156,15 +177,13 @@ def measurement_group(
         parameters=[f"threshold {f.label}={f.threshold:g}" for f in result.findings],
         manufacturer=model.manufacturer,
     )
-    rows, columns = image_size(result, source)
-    positive = any(f.present for f in result.findings)
-    box = region_box(result.heatmap if positive else None, rows=rows, columns=columns)
+    graphic_type, points = image_region(result, *image_size(result, source))
     frame = analysed_frame(source)
 
     def region() -> hd.sr.CoordinatesForMeasurement:
         return hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box,
+            graphic_type=graphic_type,
+            graphic_data=points,
             source_image=hd.sr.SourceImageForRegion(
                 referenced_sop_class_uid=str(source.SOPClassUID),
                 referenced_sop_instance_uid=str(source.SOPInstanceUID),

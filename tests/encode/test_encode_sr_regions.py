@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 
 from dicom_ai.domain import Finding, ImageResult
 from dicom_ai.encode import encode_results
-from dicom_ai.encode.sr import analysed_frame, region_box
+from dicom_ai.encode.sr import analysed_frame, heatmap_peak, region_box
 from tests.conftest import require_binary
 from tests.encode.encode_support import (
     CONSOLIDATION,
@@ -130,19 +130,34 @@ def test_a_positive_finding_is_boxed_where_the_heatmap_is_hot(rg1, tmp_path: Pat
     assert (right - left) == pytest.approx(2 * 1.177 * 0.12 * columns, rel=0.05)
 
 
-def test_a_negative_image_or_one_without_heatmap_gets_the_whole_image(rg1, tmp_path: Path) -> None:
+def test_a_negative_image_points_at_the_heatmap_peak(rg1, tmp_path: Path) -> None:
+    """OHIF draws a POINT as an arrow with the label beside it, inside the image (a whole-image box would put
+    the label right of the image, where a narrow viewport cuts it off)."""
+    path, first, display = rg1
+    heat = gaussian_heatmap(display.shape, centre=(0.25, 0.75))
+    negative = result_for(path, first, display, heat, findings(consolidation=0.2, effusion=0.1))
+    _, sr = encode([negative], [first], tmp_path)
+    [group] = groups_of(sr)
+    _, points, (graphic_type, *_) = region_of(group)
+    assert graphic_type == "POINT" and points.shape == (1, 2)
+    rows, columns = int(first.Rows), int(first.Columns)
+    np.testing.assert_allclose(points[0], [0.75 * columns, 0.25 * rows], atol=1.0)
+
+
+def test_an_image_without_heatmap_gets_the_whole_image(rg1, tmp_path: Path) -> None:
+    """No heatmap (heatmaps = positive or none): nothing says where, so the region is the image itself."""
     path, first, display = rg1
     second = another_image(first, 2)
-    negative = findings(consolidation=0.2, effusion=0.1)
     results = [
-        result_for(path, first, display, gaussian_heatmap(display.shape), negative),  # heat, but nothing found
-        result_for(path, second, display, None, findings()),  # positive, heatmaps were not asked for
+        result_for(path, first, display, None, findings(consolidation=0.2, effusion=0.1)),
+        result_for(path, second, display, None, findings()),
     ]
     _, sr = encode(results, [first, second], tmp_path)
     rows, columns = int(first.Rows), int(first.Columns)
     whole = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=float)
     for group in groups_of(sr):
-        _, points, _ = region_of(group)
+        _, points, (graphic_type, *_) = region_of(group)
+        assert graphic_type == "POLYLINE"
         np.testing.assert_allclose(points, whole)
 
 
@@ -204,3 +219,9 @@ def test_region_box_scales_a_smaller_heatmap_to_the_image() -> None:
     np.testing.assert_allclose(box, [[50, 20], [90, 20], [90, 40], [50, 40], [50, 20]])
     assert region_box(None, rows=100, columns=200)[2].tolist() == [200, 100]
     assert region_box(np.zeros((10, 20), np.float32), rows=100, columns=200)[2].tolist() == [200, 100]
+
+
+def test_heatmap_peak_is_the_centre_of_the_hottest_pixel_scaled_to_the_image() -> None:
+    heat = np.zeros((10, 20), np.float32)
+    heat[7, 3] = 0.9
+    np.testing.assert_allclose(heatmap_peak(heat, rows=100, columns=200), [[35, 75]])
