@@ -242,9 +242,10 @@ class Pipeline:
             sources = {i.sop_instance_uid: read_header(i.path) for i in instances}
             earlier = self.store.current_results(study_uid, info.name)
             encoded = encode_results(image_results, sources, info, decision, revision=revision,
-                                     predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent])
+                                     predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent],
+                                     parametric_maps="pm" in self.settings.heatmap_objects)
             new_uids = set()
-            for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
+            for kind, dataset in encoded.objects():
                 path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
                 self.spool.write_dataset(dataset, path)
                 crash_point("pipeline.mid_result_write")
