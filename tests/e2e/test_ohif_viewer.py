@@ -42,6 +42,7 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 RESULTS_TIMEOUT = 180.0  # s until the node's SR is in Orthanc
 VIEW_TIMEOUT_MS = 90_000  # until OHIF shows the study's thumbnails, then the region's label
 POLL_MS = 2000
+SCREEN = {"width": 1920, "height": 1080}  # a reading-room monitor
 OPEN_ATTEMPTS = 3  # opening the study again when the region's label did not come up
 ATTEMPT_S = 30.0
 NEXT_MEASUREMENT = "[data-cy=viewport-action-arrows-right]"
@@ -187,7 +188,7 @@ def open_sr_in_ohif(browser: object, ohif: OhifServer, study_uid: str, want: str
     Returns the viewport's SVG texts, the page's visible text and the attempts it took. On a timeout the assertion carries
     the browser console, the texts seen so far and the proxy's errors.
     """
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})  # type: ignore[attr-defined]
+    page = browser.new_page(viewport=SCREEN)  # type: ignore[attr-defined]
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
@@ -299,7 +300,7 @@ def test_a_parametric_map_goes_back_to_the_pacs_with_the_other_results(
     dataset = dcmread(path)
     assert int(dataset.NumberOfFrames) == len(files)  # one frame per image of the CT series
     assert dataset.SeriesDescription.startswith("AI STAT Intracranial")
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})  # type: ignore[attr-defined]
+    page = browser.new_page(viewport=SCREEN)  # type: ignore[attr-defined]
     try:
         page.goto(ohif.viewer_url(study_uid))
         page.wait_for_selector(f"{THUMBNAIL}:has-text('PMAP')", timeout=VIEW_TIMEOUT_MS)
