@@ -33,9 +33,8 @@ from dicom_ai.encode.uids import (
 )
 
 if TYPE_CHECKING:
-    from pydicom import Dataset
-
     import highdicom as hd
+    from pydicom import Dataset
 
     from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision
 
@@ -102,9 +101,9 @@ def _parametric_maps(
     for result in with_heatmap:
         by_series.setdefault(result.source.series_instance_uid, {})[result.source.sop_instance_uid] = result
     description = series_description("PM", model, priority, findings)
-    maps = []
+    maps: list[Dataset] = []
     for series_uid, results in by_series.items():
-        series = sorted((normalised_source(source, uid_) for uid_, source in sources.items()
+        series = sorted((normalised_source(source, f"SOPInstanceUID {uid_}") for uid_, source in sources.items()
                          if str(source.get("SeriesInstanceUID")) == series_uid),
                         key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
         problem = unmappable(series)

@@ -22,6 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from tests.conftest import require_binary
 
@@ -151,7 +152,7 @@ class OhifServer:
         self.app_config = APP_CONFIG.format(root=f"{self.url}{DICOMWEB_ROOT}").encode()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ohif-server", daemon=True)
 
-    def start(self) -> OhifServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -160,7 +161,7 @@ class OhifServer:
         self.httpd.server_close()
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> OhifServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

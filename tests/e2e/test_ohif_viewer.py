@@ -23,15 +23,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 from orthanc_api_client import OrthancApiClient
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.train import phantom_dicom
-from tests.conftest import REPO, HttpReceiver, MllpListener, copy_as_new_study, free_port, require_binary, sample
+from tests.conftest import (
+    REPO,
+    HttpReceiver,
+    MllpListener,
+    copy_as_new_study,
+    free_port,
+    require_binary,
+    sample,
+)
 from tests.e2e.conftest import RouterProcess, wait_for
 from tests.e2e.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
 from tests.e2e.orthanc_server import OrthancServer, storescu
-from tests.e2e.test_backbone import SR_CLASS, by_class, study_instances, validate_with_dciodvfy
+from tests.e2e.test_backbone import (
+    SR_CLASS,
+    by_class,
+    study_instances,
+    validate_with_dciodvfy,
+)
 from tests.e2e.test_triage import phantom_study
 
 Stack = tuple[OrthancServer, RouterProcess, HttpReceiver, MllpListener]
@@ -150,8 +165,6 @@ def ohif(node_stack: Stack) -> Iterator[OhifServer]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -212,7 +225,7 @@ def open_sr_in_ohif(browser: object, ohif: OhifServer, study_uid: str, want: str
             try:
                 page.wait_for_selector(SR_THUMBNAIL, timeout=VIEW_TIMEOUT_MS)
                 page.wait_for_load_state("networkidle", timeout=VIEW_TIMEOUT_MS)
-            except Exception as exc:
+            except PlaywrightTimeout as exc:
                 raise AssertionError(failure(f"showed no SR series thumbnail for study {study_uid}: {exc}")) from None
             dismiss_overlays(page)
             page.locator(SR_THUMBNAIL).first.dblclick()

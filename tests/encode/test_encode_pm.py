@@ -20,7 +20,6 @@ from tests.encode.encode_support import (
     another_image,
     assert_valid,
     display_image,
-    findings,
     gaussian_heatmap,
     header,
     model_info,

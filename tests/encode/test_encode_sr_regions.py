@@ -110,7 +110,8 @@ def test_every_group_has_a_region_on_its_own_source_image(rg1, tmp_path: Path) -
     tracking = [g.tracking_uid for g in groups]
     assert all(tracking) and len(set(tracking)) == 2
     assert_valid(sr_path)
-    run = subprocess.run([require_binary("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([require_binary("dsrdump"), str(sr_path)], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert run.returncode == 0 and "INFERRED FROM" in run.stdout.upper(), run.stderr
 
 
@@ -182,7 +183,7 @@ def test_what_ohif_labels_the_region_with(rg1, tmp_path: Path) -> None:
         [identifier] = named(items, TRACKING_IDENTIFIER)
         assert ":" not in identifier.TextValue  # "TOOL-TAG:ToolName" would make OHIF treat it as its own tool
         numbers = [i for i in items if i.ValueType == "NUM"]
-        assert [n.ConceptNameCodeSequence[0].CodeMeaning for n in numbers][0] == "Consolidation"
+        assert numbers[0].ConceptNameCodeSequence[0].CodeMeaning == "Consolidation"
         assert {n.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue for n in numbers} == {"%"}
     assert comments[str(first.SOPInstanceUID)] == "Consolidation present - AI 93 % (demo)"
     assert comments[str(second.SOPInstanceUID)] == "Consolidation absent - AI 20 % (demo)"
