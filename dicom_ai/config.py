@@ -79,6 +79,9 @@ class Settings(BaseModel):
     models_dir: Path = Field(default=_REPO_ROOT / "models", description="model folders")
     stable_after: float = Field(default=5.0, gt=0, le=WEEK_S, description="quiet seconds before a study is complete")
     heatmaps: Literal["all", "positive", "none"] = Field(default="all", description="which images get a heatmap SC")
+    heatmap_objects: tuple[Literal["sc", "pm"], ...] = Field(
+        default=("sc",), description="objects per heatmap, comma-separated: sc (Secondary Capture), pm (also a "
+        "Parametric Map viewers overlay on the image)")
     onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
     send_retry_initial: float = Field(default=5.0, gt=0, le=WEEK_S, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, le=WEEK_S, description="longest retry delay, seconds")
@@ -209,6 +212,20 @@ class Settings(BaseModel):
     def _levels(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("heatmap_objects", mode="before")
+    @classmethod
+    def _heatmap_objects(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip().lower() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            unknown = [part for part in value if part not in ("sc", "pm")]
+            if unknown:
+                raise ValueError(f"expected sc or sc,pm, got {unknown[0]!r}")
+            if "sc" not in value:
+                raise ValueError("must include sc (the heatmap picture every viewer shows), e.g. sc or sc,pm")
+            return tuple(dict.fromkeys(["sc", *value]))
         return value
 
     @field_validator("hl7_mllp")

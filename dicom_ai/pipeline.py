@@ -247,9 +247,10 @@ class Pipeline:
         earlier = self.studies.current_results(study_uid, info.name)
         encoded = encode_results(images, {i.sop_instance_uid: headers.of(i) for i in instances}, info, decision,
                                  revision=revision,
-                                 predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent])
+                                 predecessors=[predecessor(r) for r in earlier if r.kind == "SR" and r.sent],
+                                 parametric_maps="pm" in self.settings.heatmap_objects)
         results = []
-        for kind, dataset in [("SR", encoded.sr), *(("SC", sc) for sc in encoded.secondary_captures)]:
+        for kind, dataset in encoded.objects():
             path = self.spool.result_path(study_uid, str(dataset.SOPInstanceUID))
             self.spool.write_dataset(dataset, path)
             crash_point("pipeline.mid_result_write")

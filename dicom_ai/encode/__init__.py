@@ -1,7 +1,8 @@
 """Encode a model's results on one study as DICOM objects that go back into that study.
 
-One call per model and study gives one Comprehensive 3D SR (TID 1500) for all analysed images
-and one RGB Secondary Capture per image that has a heatmap. UIDs are derived from the study,
+One call per model and study gives one Comprehensive 3D SR (TID 1500) for all analysed images,
+one RGB Secondary Capture per image that has a heatmap and, when asked for, the same heatmaps as
+Parametric Maps a viewer can lay over the images. UIDs are derived from the study,
 the model name and version and the sources, so re-running the same inputs replaces rather than
 duplicates what the PACS holds.
 """
@@ -9,22 +10,33 @@ duplicates what the PACS holds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from dicom_ai.encode.describe import series_description
 from dicom_ai.encode.equipment import check_model, contributing_equipment
+from dicom_ai.encode.pm import build_parametric_map, unmappable
 from dicom_ai.encode.sc import build_secondary_capture
 from dicom_ai.encode.source import normalised_source
 from dicom_ai.encode.sr import build_sr
-from dicom_ai.encode.uids import SC_INSTANCE, SC_SERIES, SR_INSTANCE, SR_SERIES, TRACKING, result_uid
+from dicom_ai.encode.uids import (
+    PM_INSTANCE,
+    PM_SERIES,
+    SC_INSTANCE,
+    SC_SERIES,
+    SR_INSTANCE,
+    SR_SERIES,
+    TRACKING,
+    result_uid,
+)
 
 if TYPE_CHECKING:
+    import highdicom as hd
     from pydicom import Dataset
 
-    from dicom_ai.domain import ImageResult, ModelInfo, PriorityDecision
+    from dicom_ai.domain import Finding, ImageResult, ModelInfo, PriorityDecision
 
 __all__ = ["EncodedResults", "encode_results"]
 
@@ -37,6 +49,12 @@ class EncodedResults:
 
     sr: Dataset
     secondary_captures: tuple[Dataset, ...]
+    parametric_maps: tuple[Dataset, ...] = ()
+
+    def objects(self) -> list[tuple[str, Dataset]]:
+        """Every object to store and send, with its kind ("SR", "SC", "PM"), the SR first."""
+        return [("SR", self.sr), *(("SC", sc) for sc in self.secondary_captures),
+                *(("PM", pm) for pm in self.parametric_maps)]
 
 
 def _check_sources(results: Sequence[ImageResult], sources: Mapping[str, Dataset]) -> str:
@@ -68,6 +86,42 @@ def _order_key(result: ImageResult, sources: Mapping[str, Dataset]) -> tuple[str
     return str(source.SeriesInstanceUID), int(number) if number not in (None, "") else 0, str(source.SOPInstanceUID)
 
 
+def _parametric_maps(
+    with_heatmap: Sequence[ImageResult],
+    sources: Mapping[str, Dataset],
+    model: ModelInfo,
+    priority: PriorityDecision,
+    findings: Sequence[Finding],
+    equipment: hd.ContributingEquipment,
+    uid: Callable[[str], str],
+    study_uid: str,
+) -> tuple[Dataset, ...]:
+    """One Parametric Map per source series with heatmaps, over every image of it in `sources`."""
+    by_series: dict[str, dict[str, ImageResult]] = {}
+    for result in with_heatmap:
+        by_series.setdefault(result.source.series_instance_uid, {})[result.source.sop_instance_uid] = result
+    description = series_description("PM", model, priority, findings)
+    maps: list[Dataset] = []
+    for series_uid, results in by_series.items():
+        series = sorted((normalised_source(source, f"SOPInstanceUID {uid_}") for uid_, source in sources.items()
+                         if str(source.get("SeriesInstanceUID")) == series_uid),
+                        key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
+        problem = unmappable(series)
+        if problem:
+            log.info("study %s: no Parametric Map for series %s: %s (its heatmap SCs are made)",
+                     study_uid, series_uid, problem)
+            continue
+        maps.append(build_parametric_map(
+            results, series, model,
+            series_instance_uid=uid(PM_SERIES),
+            sop_instance_uid=uid(f"{PM_INSTANCE}:{series_uid}"),
+            instance_number=len(maps) + 1,
+            series_description=description,
+            equipment=equipment,
+        ))
+    return tuple(maps)
+
+
 def encode_results(
     results: Sequence[ImageResult],
     sources: Mapping[str, Dataset],
@@ -76,8 +130,13 @@ def encode_results(
     *,
     revision: int = 0,
     predecessors: Sequence[Dataset] = (),
+    parametric_maps: bool = False,
 ) -> EncodedResults:
     """Build the SR for all `results` and a Secondary Capture for each result that has a heatmap.
+
+    With `parametric_maps`, the heatmaps of each source series also become one Parametric Map over
+    that series' images in `sources`, when they have the geometry one needs (encode/pm.py; setting
+    heatmap_objects = sc,pm).
 
     `predecessors` are earlier SRs of this model on the study that the PACS holds; the new SR names
     them in its Predecessor Documents Sequence (those with its own UID are left out: a re-run of the
@@ -91,6 +150,7 @@ def encode_results(
         raise ValueError("encode_results needs at least one image result")
     check_model(model)
     study_uid = _check_sources(results, sources)
+    given = sources
     sources = {r.source.sop_instance_uid: normalised_source(sources[r.source.sop_instance_uid], str(r.source.path))
                for r in results}
     ordered = sorted(results, key=lambda r: _order_key(r, sources))
@@ -129,8 +189,11 @@ def encode_results(
         )
         for number, result in enumerate(with_heatmap, start=1)
     )
+    maps: tuple[Dataset, ...] = ()
+    if parametric_maps:
+        maps = _parametric_maps(with_heatmap, given, model, priority, findings, equipment, uid, study_uid)
     log.info(
-        "study %s: encoded %s %s as 1 SR (%d image(s)) and %d Secondary Capture(s): %s",
-        study_uid, model.name, model.version, len(ordered), len(captures), sr.SeriesDescription,
+        "study %s: encoded %s %s as 1 SR (%d image(s)), %d Secondary Capture(s) and %d Parametric Map(s): %s",
+        study_uid, model.name, model.version, len(ordered), len(captures), len(maps), sr.SeriesDescription,
     )
-    return EncodedResults(sr=sr, secondary_captures=captures)
+    return EncodedResults(sr=sr, secondary_captures=captures, parametric_maps=maps)

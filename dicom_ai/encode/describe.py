@@ -1,7 +1,9 @@
 """Series Descriptions that put the priority where every viewer shows it: the series list.
 
 Many viewers show nothing of an SR but its Series Description, so the description carries the
-message: priority first, then the strongest positive finding, the model and a DEMO mark.
+message: priority first, then the strongest positive finding, what kind of object it is, the model
+and a DEMO mark. OHIF's series list cuts descriptions after about 22 characters, so the kind of
+object (the list shows the modality beside it anyway) comes after the finding.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ if TYPE_CHECKING:
 
 # Series Description (0008,103E) is LO: at most 64 characters, no backslash or control characters.
 LO_MAX_CHARS = 64
-PREFIXES: dict[str, str] = {"SR": "AI", "SC": "AI heatmap"}
+PREFIX = "AI"
+# What each kind of result object is called after the finding ("" for the SR, the report itself).
+KINDS: dict[str, str] = {"SR": "", "SC": "heatmap", "PM": "map"}
 DEMO_MARK = "DEMO"  # models with not_for_clinical_use
 NO_FINDING = "no finding"
-# A label is never cut shorter than this while another part can still give way.
-MIN_LABEL_CHARS = 12
 
 
 def clean_lo(text: str) -> str:
@@ -48,19 +50,19 @@ def _cut(text: str, size: int) -> str:
 
 
 def series_description(
-    kind: Literal["SR", "SC"],
+    kind: Literal["SR", "SC", "PM"],
     model: ModelInfo,
     priority: PriorityDecision,
     findings: Sequence[Finding],
 ) -> str:
-    """Return e.g. 'AI URGENT Consolidation 93% chest-xray-demo DEMO' (at most 64 characters).
+    """Return e.g. 'AI URGENT Consolidation 93% heatmap chest-xray-demo DEMO' (at most 64 characters).
 
     The priority and the DEMO mark are never cut; when the text is too long the model name gives
     way first, then the finding label.
     """
-    if kind not in PREFIXES:
-        raise ValueError(f"series_description kind must be one of {sorted(PREFIXES)}, got {kind!r}")
-    head = f"{PREFIXES[kind]} {priority.level.name}"
+    if kind not in KINDS:
+        raise ValueError(f"series_description kind must be one of {sorted(KINDS)}, got {kind!r}")
+    head = f"{PREFIX} {priority.level.name}"
     positives = strongest_findings(findings)
     if not positives and priority.level > Priority.ROUTINE and findings:
         # raised by a rule's threshold below the model's operating point: say which finding did it
@@ -75,16 +77,13 @@ def series_description(
     tail = DEMO_MARK if model.not_for_clinical_use else ""
 
     def join(label_text: str, name_text: str) -> str:
-        return " ".join(part for part in (head, label_text, score, name_text, tail) if part)
+        return " ".join(part for part in (head, label_text, score, KINDS[kind], name_text, tail) if part)
 
     text = join(label, name)
-    if len(text) > LO_MAX_CHARS:  # first shorten the label to a readable minimum
-        label = _cut(label, max(MIN_LABEL_CHARS, len(label) - (len(text) - LO_MAX_CHARS)))
-        text = join(label, name)
-    if len(text) > LO_MAX_CHARS:  # then the model name, to nothing if need be
+    if len(text) > LO_MAX_CHARS:  # the model name gives way first, to nothing if need be
         name = _cut(name, len(name) - (len(text) - LO_MAX_CHARS))
         text = join(label, name)
-    if len(text) > LO_MAX_CHARS:  # then the label again
+    if len(text) > LO_MAX_CHARS:  # then the label
         label = _cut(label, len(label) - (len(text) - LO_MAX_CHARS))
         text = join(label, name)
     return text[:LO_MAX_CHARS].rstrip()

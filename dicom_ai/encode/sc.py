@@ -98,6 +98,19 @@ def patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return row[0], column[0]
 
 
+def copy_anatomy(image: Dataset, source: Dataset) -> None:
+    """Body Part Examined from the source, and Laterality as dciodvfy wants it in a derived image's series.
+
+    Laterality is Type 2C, required for paired body parts (and absent otherwise): when the body part
+    is paired or unknown and the source names no side, it is sent empty ("unknown").
+    """
+    body_part = str(source.get("BodyPartExamined") or "").strip()
+    if body_part:
+        image.BodyPartExamined = body_part
+    if "Laterality" not in image and (not body_part or body_part.upper() in PAIRED_BODY_PARTS):
+        image.Laterality = None
+
+
 def picture(result: ImageResult, model: ModelInfo, priority: PriorityDecision) -> np.ndarray:
     """The RGB pixels of the Secondary Capture: heatmap over the display image, caption band below."""
     where = f"SOPInstanceUID {result.source.sop_instance_uid}"
@@ -154,13 +167,7 @@ def build_secondary_capture(
         )
     if orientation is None:
         setattr(image, "PatientOrientation", None)  # Type 2: present and empty
-    body_part = str(source.get("BodyPartExamined") or "").strip()
-    if body_part:
-        image.BodyPartExamined = body_part
-    if "Laterality" not in image and (not body_part or body_part.upper() in PAIRED_BODY_PARTS):
-        # Type 2C, required for paired body parts (and absent otherwise): when the body part is
-        # paired or unknown and the source names no side, it is sent empty ("unknown").
-        setattr(image, "Laterality", None)
+    copy_anatomy(image, source)
     image.DeviceUID = model.device_uid
     image.BurnedInAnnotation = BURNED_IN_YES
     image.DerivationDescription = DERIVATION

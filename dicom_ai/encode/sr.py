@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import highdicom as hd
+import numpy as np
 from highdicom._standard_utils import get_sop_class_iod_map
 from pydicom.sr.codedict import codes
 
@@ -34,6 +35,8 @@ PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
 # The probability is reported in UCUM percent, as viewers show it: "Consolidation 93 %".
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+# The one-line text OHIF shows above a region's numbers.
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 # Procedure Reported when the study carries no Procedure Code Sequence, by source Modality.
 PROCEDURE_BY_MODALITY: dict[str, hd.sr.CodedConcept] = {
     "CR": hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure"),
@@ -42,6 +45,54 @@ PROCEDURE_BY_MODALITY: dict[str, hd.sr.CodedConcept] = {
     "MR": hd.sr.CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
 }
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging")
+# The region drawn for a positive image: the heatmap above this fraction of its maximum.
+REGION_LEVEL = 0.5
+
+
+def analysed_frame(source: Dataset) -> int | None:
+    """The frame number the models analyse in a multi-frame image (its middle one, as infer/pixels.py
+    reads it), or None for a single-frame image."""
+    frames = int(source.get("NumberOfFrames") or 1)
+    return frames // 2 + 1 if frames > 1 else None
+
+
+def region_box(heatmap: np.ndarray | None, *, rows: int, columns: int) -> np.ndarray:
+    """A closed POLYLINE (5 column/row points, DICOM pixel coordinates with 0,0 the top left corner of the
+    image) around the heatmap's region above half its maximum, scaled to a `rows` x `columns` image.
+
+    Without a heatmap, or with one that is zero everywhere, the box is the whole image: the
+    probability concerns the image as a whole and there is no place to point at.
+    """
+    if heatmap is None or not np.any(heatmap > 0):
+        left, top, right, bottom = 0.0, 0.0, float(columns), float(rows)
+    else:
+        hot_rows, hot_columns = np.nonzero(heatmap >= REGION_LEVEL * float(heatmap.max()))
+        scale_row, scale_column = rows / heatmap.shape[0], columns / heatmap.shape[1]
+        top, bottom = hot_rows.min() * scale_row, (hot_rows.max() + 1) * scale_row
+        left, right = hot_columns.min() * scale_column, (hot_columns.max() + 1) * scale_column
+    return np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
+
+
+def heatmap_peak(heatmap: np.ndarray, *, rows: int, columns: int) -> np.ndarray:
+    """The centre of the heatmap's hottest pixel as one column/row POINT of a `rows` x `columns` image."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return np.array([[(column + 0.5) * columns / heatmap.shape[1], (row + 0.5) * rows / heatmap.shape[0]]],
+                    dtype=np.float32)
+
+
+def image_region(result: ImageResult, rows: int, columns: int) -> tuple[hd.sr.GraphicTypeValues, np.ndarray]:
+    """Where a group's region lies on its image (column/row pixel coordinates), for a viewer to draw.
+
+    A positive image: a box around the heatmap's hot region. A negative image with a heatmap: a
+    POINT at the heatmap's peak (OHIF draws an arrow with the label beside it, inside the image).
+    No heatmap: the whole image, as nothing says where (OHIF then puts the label right of the image).
+    """
+    heatmap = result.heatmap
+    if heatmap is not None and np.any(heatmap > 0):
+        if any(f.present for f in result.findings):
+            return hd.sr.GraphicTypeValues.POLYLINE, region_box(heatmap, rows=rows, columns=columns)
+        return hd.sr.GraphicTypeValues.POINT, heatmap_peak(heatmap, rows=rows, columns=columns)
+    return hd.sr.GraphicTypeValues.POLYLINE, region_box(None, rows=rows, columns=columns)
 
 
 def coded(code: Code) -> hd.sr.CodedConcept:
@@ -80,6 +131,23 @@ def leading_finding(findings: Sequence[Finding]) -> Finding:
     return sorted(findings, key=lambda f: (not f.present, -f.probability, f.label))[0]
 
 
+def comment(lead: Finding, model: ModelInfo) -> str:
+    """One line for the viewer's label, e.g. 'Consolidation present - AI 93 % (demo)'."""
+    state = "present" if lead.present else "absent"
+    demo = " (demo)" if model.not_for_clinical_use else ""
+    return f"{lead.label} {state} - AI {round(lead.probability * 100):d} %{demo}"
+
+
+def image_size(result: ImageResult, source: Dataset) -> tuple[int, int]:
+    """Rows and Columns of the source image, which the region's pixel coordinates refer to."""
+    rows, columns = source.get("Rows"), source.get("Columns")
+    if rows and columns:
+        return int(rows), int(columns)
+    log.warning("SOPInstanceUID %s has no Rows/Columns in its header; the region uses the analysed image's %s",
+                result.source.sop_instance_uid, result.display.shape[:2])
+    return int(result.display.shape[0]), int(result.display.shape[1])
+
+
 def measurement_group(
     result: ImageResult,
     source: Dataset,
@@ -88,7 +156,13 @@ def measurement_group(
     tracking_uid: str,
     image_number: int,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 for one image: its findings as Present/Absent plus probability, and the image itself."""
+    """TID 1501 for one image, shaped so OHIF v3 draws it: a region on the image labelled with the findings.
+
+    Tracking identifier and UID, finding type (the leading finding), TID 4019 algorithm, the source
+    image, one probability NUM per label (leading finding first) INFERRED FROM one SCOORD
+    SELECTED FROM the image (see image_region), the Present/Absent evaluations, and a TEXT Comment.
+    No group is ever without a region: OHIF's viewport fails on one.
+    """
     where = f"SOPInstanceUID {result.source.sop_instance_uid}"
     if not result.findings:
         raise ValueError(f"{where}: the model reported no findings, so there is nothing to put in the SR")
@@ -96,16 +170,31 @@ def measurement_group(
     if len(set(labels)) != len(labels):
         raise ValueError(f"{where}: a label is reported twice on one image: {labels}")
     lead = leading_finding(result.findings)
+    ordered = sorted(result.findings, key=lambda f: (f is not lead, -f.probability, f.label))
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
         parameters=[f"threshold {f.label}={f.threshold:g}" for f in result.findings],
         manufacturer=model.manufacturer,
     )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=f"{lead.label} ({model.name}, image {image_number})"
-        ),
+    graphic_type, points = image_region(result, *image_size(result, source))
+    frame = analysed_frame(source)
+
+    def region() -> hd.sr.CoordinatesForMeasurement:
+        return hd.sr.CoordinatesForMeasurement(
+            graphic_type=graphic_type,
+            graphic_data=points,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                referenced_frame_numbers=[frame] if frame else None,
+            ),
+        )
+
+    # A colon would let OHIF read "<tag>:<tool>" as one of its own editable tools.
+    identifier = f"{lead.label} ({model.name}, image {image_number})".replace(":", " ")
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
         finding_type=coded(lead.code),
         algorithm_id=algorithm,
         qualitative_evaluations=[
@@ -113,16 +202,22 @@ def measurement_group(
             for f in result.findings
         ],
         measurements=[
-            hd.sr.Measurement(name=coded(f.code), value=round(f.probability * 100.0, 2), unit=PERCENT)
-            for f in result.findings
+            hd.sr.Measurement(name=coded(f.code), value=round(f.probability * 100.0, 2), unit=PERCENT,
+                              referenced_coordinates=[region()])
+            for f in ordered
         ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
                 referenced_sop_class_uid=str(source.SOPClassUID),
                 referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                referenced_frame_numbers=[frame] if frame else None,
             )
         ],
     )
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=COMMENT, value=comment(lead, model), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    ))
+    return group
 
 
 class MeasurementReportSR(hd.sr.Comprehensive3DSR):

@@ -26,6 +26,8 @@ SR_SERIES = "SR-series"
 SR_INSTANCE = "SR-instance"
 SC_SERIES = "SC-series"
 SC_INSTANCE = "SC-instance"
+PM_SERIES = "PM-series"
+PM_INSTANCE = "PM-instance"
 TRACKING = "tracking"
 
 

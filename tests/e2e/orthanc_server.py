@@ -158,7 +158,7 @@ class OrthancServer:
             raise RuntimeError(f"Orthanc in {self.workdir} is already running (pid {self.process.pid})")
         for binary in (ORTHANC_BINARY, *self.config["Plugins"], self.config["PythonScript"]):
             if not Path(binary).exists():
-                raise OrthancStartError(f"{binary} does not exist (install Debian's orthanc and orthanc-python)")
+                raise OrthancStartError(f"{binary} does not exist (install Debian's orthanc, orthanc-python and orthanc-dicomweb)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.config = _deep_merge(self.config, {"HttpPort": self.http_port, "DicomPort": self.dicom_port})

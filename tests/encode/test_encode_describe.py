@@ -12,8 +12,16 @@ def test_priority_comes_first_then_finding_model_and_demo_mark() -> None:
     assert series_description("SR", model, priority(), findings()) == "AI URGENT Consolidation 93% chest-xray-demo DEMO"
     assert (
         series_description("SC", model, priority(), findings())
-        == "AI heatmap URGENT Consolidation 93% chest-xray-demo DEMO"
+        == "AI URGENT Consolidation 93% heatmap chest-xray-demo DEMO"
     )
+    assert series_description("PM", model, priority(), findings()) == "AI URGENT Consolidation 93% map chest-xray-demo DEMO"
+
+
+@pytest.mark.parametrize("kind", ["SR", "SC", "PM"])
+def test_the_first_characters_a_viewer_shows_carry_priority_and_finding(kind: str) -> None:
+    """OHIF's series list cuts descriptions after about 22 characters: what kind of object it is comes later."""
+    text = series_description(kind, model_info(), priority(Priority.STAT), [Finding("Consolidation", CONSOLIDATION, 0.99, 0.5)])  # type: ignore[arg-type]
+    assert text.startswith("AI STAT Consolidation 99%")
 
 
 def test_no_positive_finding_and_a_clinical_model() -> None:
@@ -33,14 +41,14 @@ def test_strongest_positive_label_over_all_images_and_a_count_of_the_others() ->
     assert text == "AI STAT Pleural effusion 97% +1 chest-xray-demo DEMO"
 
 
-@pytest.mark.parametrize("kind", ["SR", "SC"])
+@pytest.mark.parametrize("kind", ["SR", "SC", "PM"])
 def test_long_texts_are_cut_to_64_characters_keeping_priority_and_demo(kind: str) -> None:
     label = "Very long finding label that a site configured " * 2
     model = model_info(name="an-extremely-long-model-name-for-a-research-site-v2")
     finding = Finding(label, CONSOLIDATION, 0.9, 0.5)
     text = series_description(kind, model, priority(Priority.STAT), [finding])  # type: ignore[arg-type]
     assert len(text) <= LO_MAX_CHARS
-    assert text.startswith("AI STAT" if kind == "SR" else "AI heatmap STAT")
+    assert text.startswith("AI STAT Very long finding")
     assert text.endswith("DEMO")
     assert "90%" in text
 

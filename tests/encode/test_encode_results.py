@@ -187,7 +187,7 @@ def test_one_secondary_capture_per_image_with_a_heatmap(case: Case) -> None:
     assert sc.SpecificCharacterSet == "ISO_IR 192"
     assert not [keyword for keyword in GREYSCALE_ONLY if keyword in sc]
     assert max(sc.Rows, sc.Columns) <= MAX_SIDE
-    assert sc.SeriesDescription.startswith("AI heatmap URGENT")
+    assert sc.SeriesDescription == "AI URGENT Consolidation 93% +1 heatmap chest-xray-demo DEMO"
     assert len(sc.SeriesDescription) <= LO_MAX_CHARS
     pixels = sc.pixel_array
     assert pixels.shape == (sc.Rows, sc.Columns, 3)
