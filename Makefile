@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-unit test-e2e test-long typecheck models clean bench
+.PHONY: install run demo test test-unit test-e2e test-long typecheck models clean bench
 
 $(BIN)/dicom-ai: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(BIN)/dicom-ai
 
 run: install
 	$(BIN)/dicom-ai serve
+
+# A local Orthanc, the node and a handful of studies; prints where to look (Ctrl-C stops all).
+demo: install
+	$(BIN)/dicom-ai demo
 
 test: install
 	$(BIN)/python -m pytest

@@ -527,6 +527,22 @@ def send(ctx: click.Context, peer: Peer, paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path(".state/demo"),
+              show_default=True, help="Folder for the demo's Orthanc, node and studies (emptied at start).")
+@click.option("--exit-when-done", is_flag=True, help="Stop once the results are back (for scripts and tests).")
+def demo(home: Path, exit_when_done: bool) -> None:
+    """A local Orthanc (the PACS), the node and a handful of studies: prints where to look; Ctrl-C stops all."""
+    from dicom_ai.demo.orthanc import OrthancStartError
+    from dicom_ai.demo.run import DemoError, run_demo
+
+    _setup_logging("WARNING")
+    try:
+        run_demo(home, click.echo, exit_when_done=exit_when_done)
+    except (DemoError, OrthancStartError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.group()
 def train() -> None:
     """Train models: demo models from synthetic data, or a classifier from a dataset folder."""

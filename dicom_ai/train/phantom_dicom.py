@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_ai.train.phantoms.brain_mr import brain_mr_phantom
+from dicom_ai.train.phantoms.chest import chest_phantom
 from dicom_ai.train.phantoms.ct_volume import ct_volume_phantom
 from dicom_ai.train.phantoms.endoscopy import endoscopy_phantom
 from dicom_ai.train.phantoms.mammography import Laterality, View, mammography_phantom
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MANUFACTURER = "dicom-ai synthetic phantom"
 SYNTHETIC = "SYNTHETIC"
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -227,6 +229,36 @@ def _cross_sectional(ds: Dataset, index: int, thickness: float, spacing_yx: tupl
     ds.SliceLocation = ds.ImagePositionPatient[2]
     ds.InstanceNumber = index + 1
     ds.PatientPosition = "HFS"
+
+
+def write_chest_cr_study(
+    out_dir: str | Path,
+    seed: int,
+    finding: bool,
+    *,
+    patient_id: str | None = None,
+    patient_name: str | None = None,
+    study_instance_uid: str | None = None,
+    size: int = 224,
+    enlarge: int = 3,
+) -> list[Path]:
+    """Write one PA chest CR (Computed Radiography Image Storage), drawn at the model's `size` and
+    enlarged `enlarge` times (as a detector would deliver it); with `finding`, a consolidation."""
+    out = _prepare(out_dir)
+    info = _study(seed, finding, "chest", patient_id, patient_name, study_instance_uid)
+    phantom = chest_phantom(np.random.default_rng(seed), finding=finding, size=size)
+    pixels = np.kron(phantom.image.astype(np.uint16) * 16, np.ones((enlarge, enlarge), dtype=np.uint16))
+    ds = _base(info, CR_IMAGE, deterministic_uid(info.study_instance_uid, "cr", 0), "CR", "Chest PA")
+    _series(ds, info, "cr", 1, "Chest PA")
+    del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator  # a projection radiograph has none
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.InstanceNumber = 1
+    _grayscale_pixels(ds, pixels, bits=12)
+    ds.PixelSpacing = [0.43, 0.43]  # mm: a 29 cm field at 672 pixels
+    log.info("wrote a chest CR to %s (finding %s)", out, finding)
+    return [_save(ds, out, "CR_001.dcm")]
 
 
 def write_brain_mr_study(

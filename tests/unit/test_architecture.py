@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "web": FOUNDATION | {"prioritize"},  # shows the worklist
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
     "node": FOUNDATION | STAGES | {"pipeline", "web"},  # owns the scheduler that drives the pipeline
-    "cli": FOUNDATION | STAGES | {"pipeline", "node", "web", "train"},
+    "demo": FOUNDATION | STAGES | {"train"},  # runs Orthanc and the node (as processes) with phantom studies
+    "cli": FOUNDATION | STAGES | {"pipeline", "node", "web", "train", "demo"},
 }
 
 
