@@ -18,8 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.e2e import orthanc_server
-from tests.e2e.orthanc_server import OrthancServer, free_port
+from dicom_ai.demo.orthanc import OrthancServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +181,16 @@ class StorescpReceiver(Receiver):
 
 
 class OrthancReceiver(Receiver):
-    """Orthanc from orthanc/orthanc.json (tests/e2e/orthanc_server), forwarding disabled by a huge StableAge."""
+    """Orthanc from orthanc/orthanc.json (dicom_ai/demo/orthanc.py), forwarding disabled by a huge StableAge."""
 
     name = "Orthanc"
     ae = "ORTHANC"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        original = orthanc_server.nodelay_env
-        orthanc_server.nodelay_env = lambda: dcmtk_env(self.nodelay)  # type: ignore[assignment]
-        try:
-            self.server = OrthancServer(self.workdir, router_aet="NOBODY", router_port=free_port(), stable_age=86400)
-            self.server.start()
-        finally:
-            orthanc_server.nodelay_env = original  # type: ignore[assignment]
+        self.server = OrthancServer(self.workdir, router_aet="NOBODY", router_port=free_port(), stable_age=86400,
+                                    environment=dcmtk_env(self.nodelay))
+        self.server.start()
         assert self.server.process is not None
         _CHILDREN.add(self.server.process)
         self.pid = self.server.process.pid
