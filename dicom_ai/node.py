@@ -84,8 +84,9 @@ class Node:
                 self.models.get(name)
             except Exception as exc:
                 log.error("model %s cannot be loaded; studies routed to it will fail: %s", name, exc)
-        if self.settings.pacs is None:
-            log.warning("no PACS configured (DICOM_AI_PACS): results are kept in %s but not sent", self.spool.results)
+        if self.settings.pacs is None and self.settings.stow_url is None:
+            log.warning("no PACS (DICOM_AI_PACS) nor DICOMweb server (DICOM_AI_STOW_URL) configured: results are "
+                        "kept in %s but not sent", self.spool.results)
         self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
@@ -119,7 +120,7 @@ class Node:
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
-            s.stable_after, s.pacs or "nowhere",
+            s.stable_after, " and ".join(str(to) for to in (s.pacs, s.stow_url) if to) or "nowhere",
         )
 
     def stop(self) -> None:
