@@ -298,6 +298,10 @@ class StudyStore(Part):
         return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
                               bool(row["sent"])) for row in rows]
 
+    def is_result(self, sop_uid: str) -> bool:
+        """True when the SOP Instance UID is one of the result objects this node made."""
+        return bool(self._query("select 1 from results where sop_instance_uid = ?", [sop_uid]))
+
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(
             "select * from instances where study_instance_uid = ? order by series_instance_uid, received_at",
