@@ -48,6 +48,8 @@ class StoreRejected(Exception):
     def __init__(self, status_code: int, message: str) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.sop_instance_uid = ""  # what the file says, when it could be read (STOW-RS names refusals by it)
+        self.sop_class_uid = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,21 @@ def read_identity(path: Path, expected_sop_uid: str | None, calling_aet: str, tr
     except Exception as exc:  # noqa: BLE001: a peer's bytes can break the parser in any way (zlib.error,
         # struct.error, ... found by fuzzing, tests/fuzz): each is a dataset we cannot understand
         raise StoreRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _identity(header, path, expected_sop_uid, calling_aet, transfer_syntax, expected_study_uid)
+    except StoreRejected as exc:
+        for keyword in ("SOPInstanceUID", "SOPClassUID"):
+            try:
+                value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+            except Exception:  # noqa: BLE001: undecodable: the refusal already says why
+                value = ""
+            if is_safe_uid(value):
+                setattr(exc, "sop_instance_uid" if keyword == "SOPInstanceUID" else "sop_class_uid", value)
+        raise
+
+
+def _identity(header: Dataset, path: Path, expected_sop_uid: str | None, calling_aet: str, transfer_syntax: str | None,
+              expected_study_uid: str | None) -> ReceivedInstance:
     uids = {}
     for tag, keyword in (("0020,000D", "StudyInstanceUID"), ("0020,000E", "SeriesInstanceUID"),
                          ("0008,0018", "SOPInstanceUID")):
@@ -159,8 +176,9 @@ def keep_file(temporary: Path, spool: Spool, store: StudyStore, *, calling_aet: 
         return Kept(keep_instance(identity, temporary, spool, store), sop_uid, identity.sop_class_uid,
                     identity.study_instance_uid)
     except StoreRejected as exc:
+        sop_uid = sop_uid or exc.sop_instance_uid
         log.error("refused instance %s from %s: %s (status 0x%04X)", sop_uid or "?", sender, exc, exc.status_code)
-        return Kept(exc.status_code, sop_uid, error=str(exc))
+        return Kept(exc.status_code, sop_uid, exc.sop_class_uid, error=str(exc))
     except (sqlite3.Error, OSError) as exc:  # disk full, database locked past its timeout...
         reason = getattr(exc, "strerror", None) or str(exc)
         log.error("cannot keep instance %s from %s: %s (answered 0x%04X Out of Resources; the sender should retry)",
