@@ -25,6 +25,7 @@ from typing import ClassVar
 import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,20 @@ class ConnectionCaps:
             del self.open[address]
 
 
+class _Flow(FlowControl):
+    """uvicorn's flow control, telling the protocol when reading resumes: time the app was behind
+    (reading paused) is not time the peer kept us waiting."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedH11Protocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self._protocol._last_read = time.monotonic()
+        super().resume_reading()
+
+
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the caps and the idle timeout of the module docstring."""
 
@@ -79,6 +94,7 @@ class BoundedH11Protocol(H11Protocol):
             transport.close()
             return
         super().connection_made(transport)
+        self.flow = _Flow(transport, self)
         self._waiting_since = self._last_read = time.monotonic()  # for a request; for body data
         self._write_stalled_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
