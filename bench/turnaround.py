@@ -23,7 +23,8 @@ from pydicom.data import get_testdata_file
 from bench.corpus import copy_as_new_study
 from bench.procs import _CHILDREN, BenchError, spawn, terminate
 from bench.stats import median, percentile
-from tests.e2e.orthanc_server import OrthancServer, free_port, storescu
+from dicom_ai.demo.orthanc import free_port
+from tests.e2e.orthanc_server import OrthancServer, storescu
 
 log = logging.getLogger(__name__)
 
