@@ -12,7 +12,14 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_ai.config import Settings
-from dicom_ai.domain import Carrier, OutboxEntry, Priority, PriorityDecision, ReceivedInstance, ResultFile
+from dicom_ai.domain import (
+    Carrier,
+    OutboxEntry,
+    Priority,
+    PriorityDecision,
+    ReceivedInstance,
+    ResultFile,
+)
 from dicom_ai.send.carriers import stow
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.store import Stores
