@@ -19,6 +19,16 @@ def _receive(rows: list[dict[str, Any]]) -> list[str]:
                    f"{r['instances']} | {_f(r['inst_per_s'])} | {_f(r['mb_per_s'])} | {_f(r['peak_rss_mb'], 0)} | "
                    f"{'' if ratio is None else f'{ratio:.2f}×'} |")
     out += ["", "The last column is the per-round ratio peer time / dicom-ai time, medianed: above 1 we are faster.", ""]
+    stow = [r for r in rows if r.get("stow_over_cstore") is not None]
+    if stow:
+        out += ["### STOW-RS receive vs C-STORE receive (the same dicom-ai node, same durability)", "",
+                "| corpus | instances | STOW-RS inst/s | STOW-RS MB/s | peak RSS MiB | STOW-RS speed vs C-STORE |",
+                "|---|---|---|---|---|---|"]
+        for r in stow:
+            out.append(f"| {r['corpus']} | {r['instances']} | {_f(r['inst_per_s'])} | {_f(r['mb_per_s'])} | "
+                       f"{_f(r['peak_rss_mb'], 0)} | {r['stow_over_cstore']:.2f}× |")
+        out += ["", "Per-round ratio C-STORE time / STOW-RS time, medianed: above 1 STOW-RS is faster. Senders: "
+                "storescu (one association) and curl (one request per study over one connection), both C.", ""]
     return out
 
 

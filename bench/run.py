@@ -81,7 +81,9 @@ def main() -> int:
         corpora = {s.name: (s, generate(s, WORKDIR / "corpus" / s.modality)) for s in specs}
         all_receivers = ("dicom-ai", "storescp", "Orthanc")
         ct_spec, ct_files = corpora[specs[0].name]
-        cases = [(s, f, True, 1, all_receivers) for s, f in corpora.values()]
+        # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.
+        cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ()))
+                 for s, f in corpora.values()]
         cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", "storescp")))
         subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
         cases.append((ct_spec, subset, False, 1, all_receivers))

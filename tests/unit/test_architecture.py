@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"domain", "dicom_values"},
     **{stage: FOUNDATION for stage in STAGES},
     "train": FOUNDATION | {"infer"},  # makes models for infer to load
-    "web": FOUNDATION | {"prioritize"},  # shows the worklist
+    "web": FOUNDATION | {"prioritize", "receive"},  # shows the worklist; STOW-RS uploads are kept as the SCP keeps
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
     "node": FOUNDATION | STAGES | {"pipeline", "web"},  # owns the scheduler that drives the pipeline
     "demo": FOUNDATION | STAGES | {"train"},  # runs Orthanc and the node (as processes) with phantom studies
