@@ -21,10 +21,11 @@ from pathlib import Path
 from pydicom import dcmread
 
 from dicom_ai.demo.orthanc import OrthancServer, free_port
+from dicom_ai.procs.supervisor import role_pids
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 90.0  # seconds a receiver gets to listen
+READY_TIMEOUT = 180.0  # seconds a receiver gets to listen
 STOP_TIMEOUT = 30.0
 _CHILDREN: set[subprocess.Popen[bytes]] = set()
 
@@ -159,6 +160,8 @@ class OursReceiver(Receiver):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"dicom-ai serve did not start:\n{_tail(self.log_path)}")
             time.sleep(0.05)
+        # With workers (the default) the SCP runs in the receiver process: its RSS is the one to report.
+        self.pid = role_pids(self.process.pid).get("receiver", [self.process.pid])[0]
 
     def stop(self) -> None:
         terminate(self.process)

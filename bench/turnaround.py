@@ -21,7 +21,7 @@ from typing import Any
 from pydicom.data import get_testdata_file
 
 from bench.corpus import copy_as_new_study
-from bench.procs import _CHILDREN, BenchError, spawn, terminate
+from bench.procs import _CHILDREN, READY_TIMEOUT, BenchError, spawn, terminate
 from bench.stats import median, percentile
 from dicom_ai.demo.orthanc import OrthancServer, free_port
 from tests.e2e.orthanc_server import storescu
@@ -89,7 +89,7 @@ def measure(workdir: Path, cases: Sequence[Case], studies: int, settings: Mappin
     serve = spawn([str(Path(sys.executable).parent / "dicom-ai"), "serve"], env, log_path)
     timed: list[dict[str, Any]] = []
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + READY_TIMEOUT
         while b"dicom-ai ready" not in log_path.read_bytes():
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"dicom-ai serve did not start:\n{log_path.read_text()[-3000:]}")

@@ -77,10 +77,13 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the node: DICOM SCP, study assembly, routing, inference, sending."""
+    settings = _settings(ctx)
+    if settings.workers >= 1:
+        _serve_supervised(settings, ctx.obj.get("config"))
+        return
     from dicom_ai.node import Node
     from dicom_ai.route.loader import RuleSetError
 
-    settings = _settings(ctx)
     try:
         node = Node(settings)
     except RuleSetError as exc:
@@ -92,6 +95,26 @@ def serve(ctx: click.Context) -> None:
         node.run_until_signalled()
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc}") from None
+
+
+def _serve_supervised(settings: Settings, config: Path | None) -> None:
+    """The node as processes (dicom_ai/procs/): a receiver, `workers` workers and a sender."""
+    from dicom_ai.procs.supervisor import StartError, Supervisor
+    from dicom_ai.route.loader import RuleSetError, load_ruleset
+
+    try:  # a bad rule file is refused before any process starts, as in one process
+        load_ruleset(settings.rules_dir)  # the model names are checked by each worker, which loads them
+    except RuleSetError as exc:
+        raise click.ClickException(f"rules in {settings.rules_dir} are invalid:\n{exc}") from None
+    try:
+        supervisor = Supervisor(settings, config)
+    except OSError as exc:  # e.g. no permission to create the state folder
+        raise click.ClickException(f"config key 'home' ({settings.home}): cannot hold the database and spool: "
+                                   f"{exc.strerror or exc}") from None
+    try:
+        supervisor.run_until_signalled()
+    except StartError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
 
 
 @main.command("config")

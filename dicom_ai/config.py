@@ -89,6 +89,8 @@ class Settings(BaseModel):
         default=("sc",), description="objects per heatmap, comma-separated: sc (Secondary Capture), pm (also a "
         "Parametric Map viewers overlay on the image)")
     onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0, le=256,
+                         description="pipeline worker processes, each holding the models (0: the whole node in one process)")
     send_retry_initial: float = Field(default=5.0, gt=0, le=WEEK_S, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, le=WEEK_S, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, le=MAX_SEND_ATTEMPTS, description="attempts before a result is given up")

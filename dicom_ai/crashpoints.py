@@ -12,6 +12,9 @@ The points (each a boundary between two durable steps):
 - pipeline.mid_result_write: the first result file is written, the others not;
 - pipeline.after_save_outcome: results and sends are committed, nothing sent yet;
 - send.after_ack: the PACS acknowledged a C-STORE, the send is not yet marked sent.
+
+In a role process of the supervised node (dicom_ai/procs/), the point kills the supervisor first, which
+takes every other role with it (they die with it): the whole node goes down at once, as in a power cut.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import threading
 
 CRASH_ENV = "DICOM_AI_TEST_CRASH_AT"
+ROLE_ENV = "DICOM_AI_ROLE"  # set by dicom_ai/procs/supervisor.py in each role process
 POINTS = (
     "receive.mid_transfer",
     "receive.after_rename",
@@ -46,4 +50,6 @@ def crash_point(name: str) -> None:
         _hits[name] = _hits.get(name, 0) + 1
         hit = _hits[name]
     if hit >= (int(nth) if nth else 1):
+        if os.environ.get(ROLE_ENV):  # a role of the supervised node: cut the whole node's power
+            os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -129,10 +129,11 @@ class Pipeline:
     settings: Settings
 
     deferred: dict[str, Deferral] = field(default_factory=dict)
+    claimant: str | None = None  # this worker process's id, kept on the studies it claims (dicom_ai/procs/)
 
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""
-        study_uid = self.studies.claim_complete_study()
+        study_uid = self.studies.claim_complete_study(self.claimant)
         if study_uid is None:
             return None
         started = time.monotonic()

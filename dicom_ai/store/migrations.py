@@ -161,3 +161,16 @@ def _hardening(db: Database) -> None:
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
     db.table("studies").create_index(["patient_id"])
+
+
+@migrations(name="009_study_claims")
+def _study_claims(db: Database) -> None:
+    """Which worker process holds a study in processing (see dicom_ai/procs/): when that worker dies, the
+    supervisor puts exactly its studies back in the queue while the other workers keep theirs.
+
+    - studies.claimed_by: the claiming worker's id (`worker-N:<boot token>`, new at each start of a worker);
+    - studies.claimed_at: when it claimed the study.
+    """
+    db.table("studies").add_column("claimed_by", str)
+    db.table("studies").add_column("claimed_at", float)
+    db.table("studies").create_index(["claimed_by"])

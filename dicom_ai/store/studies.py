@@ -225,8 +225,15 @@ class StudyStore(Part):
                 self._event(db, "quiet_clock_restarted", uid)
         return uids
 
-    def claim_complete_study(self) -> str | None:
-        """Take the oldest complete study for processing (complete -> processing), if any."""
+    def has_complete_study(self) -> bool:
+        """Whether a study waits for processing: a read, so idle workers polling never take the write lock."""
+        return bool(self._query("select 1 from studies where state = ? limit 1", [StudyState.COMPLETE]))
+
+    def claim_complete_study(self, claimant: str | None = None) -> str | None:
+        """Take the oldest complete study for processing (complete -> processing), if any.
+
+        `claimant` names the worker process that holds it, so `release_claims` can give exactly that
+        worker's studies back when it dies (the claim is one write transaction: never two claimants)."""
         with self._transaction() as db:
             rows = list(
                 db.query(
@@ -238,9 +245,25 @@ class StudyStore(Part):
                 return None
             uid = rows[0]["study_instance_uid"]
             db.execute(
-                "update studies set state = ? where study_instance_uid = ?", [StudyState.PROCESSING, uid]
+                "update studies set state = ?, claimed_by = ?, claimed_at = ? where study_instance_uid = ?",
+                [StudyState.PROCESSING, claimant, time.time(), uid],
             )
             return str(uid)
+
+    def release_claims(self, claimant: str) -> list[str]:
+        """A worker died: the studies it held in processing are complete again, for another worker.
+
+        Results are deterministic (same UIDs) and the outbox keys sends by SOP Instance UID, so the
+        second run writes and sends the same objects, never new ones."""
+        with self._transaction() as db:
+            uids = [row["study_instance_uid"] for row in db.query(
+                "select study_instance_uid from studies where state = ? and claimed_by = ?",
+                [StudyState.PROCESSING, claimant])]
+            for uid in uids:
+                db.execute("update studies set state = ?, claimed_by = null where study_instance_uid = ? and state = ?",
+                           [StudyState.COMPLETE, uid, StudyState.PROCESSING])
+                self._event(db, "study_released", uid, worker=claimant)
+        return uids
 
     def recover_interrupted(self) -> list[str]:
         """After a crash: studies caught in processing are complete again (results are idempotent)."""

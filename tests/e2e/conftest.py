@@ -50,7 +50,7 @@ class RouterProcess:
         cli = Path(sys.executable).parent / "dicom-ai"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([str(cli), "serve"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the workers load every model first (dicom_ai/procs/)
         while b"dicom-ai ready" not in self.log_path.read_bytes():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dicom-ai serve did not start:\n{self.log()}")

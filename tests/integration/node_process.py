@@ -62,7 +62,7 @@ class NodeProcess:
                 raise AssertionError(f"the node exited at start:\n{self.log()[-3000:]}")
             return b"dicom-ai ready" in self.log_path.read_bytes()[offset:]
 
-        wait_for("the node to start", ready, 60, lambda: self.log()[-3000:])
+        wait_for("the node to start", ready, 180, lambda: self.log()[-3000:])
         return self
 
     def kill(self) -> None:

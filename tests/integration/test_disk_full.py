@@ -37,7 +37,7 @@ class SmallDiskNode:
             [require_binary("unshare"), "--user", "--map-root-user", "--mount", "sh", "-c", script],
             env=env, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for("the node on a small disk", lambda: b"dicom-ai ready" in self.log_path.read_bytes()
-                 or self.process.poll() is not None, 60, self.log)
+                 or self.process.poll() is not None, 180, self.log)
         assert self.process.poll() is None, f"could not start the node on a tmpfs:\n{self.log()}"
 
     def log(self) -> str:

@@ -23,8 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "web": FOUNDATION | {"prioritize", "receive"},  # shows the worklist; STOW-RS uploads are kept as the SCP keeps
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
     "node": FOUNDATION | STAGES | {"pipeline", "web"},  # owns the scheduler that drives the pipeline
+    "procs": FOUNDATION | STAGES | {"pipeline", "web"},  # the node as processes: receiver, workers, sender
     "demo": FOUNDATION | STAGES | {"train"},  # runs Orthanc and the node (as processes) with phantom studies
-    "cli": FOUNDATION | STAGES | {"pipeline", "node", "web", "train", "demo"},
+    "cli": FOUNDATION | STAGES | {"pipeline", "node", "procs", "web", "train", "demo"},
 }
 
 

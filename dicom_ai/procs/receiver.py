@@ -1,0 +1,95 @@
+"""The receiving process: the SCP, the web server and assembly, and nothing that imports torch.
+
+Keeping the models out of this process keeps it small (its RSS does not grow with them) and keeps the
+SCP's threads from waiting for the interpreter lock behind a model, so receive runs at the same pace
+while studies are processed. Assembly lives here because it only reads the receive timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_ai.config import Settings
+from dicom_ai.receive.limits import ConnectionLimits
+from dicom_ai.receive.scp import start_scp
+from dicom_ai.receive.server import GuardedServer
+from dicom_ai.store import Spool, Stores
+from dicom_ai.store.health import node_health
+from dicom_ai.web.app import start_web
+from dicom_ai.web.server import WebServer
+from dicom_ai.web.stow import StowReceive
+
+log = logging.getLogger(__name__)
+
+ASSEMBLE_DUE = "assemble-due"  # the one-shot assemble run booked for when the next study turns quiet
+DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - stable_after` holds
+
+
+class Receiver:
+    """SCP + web + assembly; `start()` then `stop()`."""
+
+    def __init__(self, settings: Settings, tick: float = 0.5) -> None:
+        self.settings = settings
+        self.tick = tick
+        self.stores = Stores.open(settings.database_path)
+        self.spool = Spool(settings.spool_dir)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._server: GuardedServer | None = None
+        self._web: WebServer | None = None
+
+    def start(self) -> None:
+        strays = self.spool.sweep_incoming()  # the only process that writes incoming/
+        if strays:
+            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
+        waiting = self.stores.studies.restart_quiet_clocks()
+        if waiting:
+            log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
+                        "for the rest of its instances", len(waiting))
+        self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
+        self.scheduler.start()
+        s = self.settings
+        try:
+            self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.stores.studies,
+                                     s.allowed_calling_aets, s.scp_tls(), limits=ConnectionLimits.from_settings(s),
+                                     trusted_aets=[s.pacs.aet] if s.pacs else [],
+                                     known_hosts=[s.pacs.host] if s.pacs else [])
+        except OSError as exc:
+            raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
+        if s.http_port:
+            try:
+                stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
+                                   s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
+                self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
+                                      lambda: node_health(self.stores.reports, s.home, s.retention_days,
+                                                          send_retry_window_s=s.send_retry_window),
+                                      stow_receive=stow)
+            except OSError as exc:
+                raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
+                              f"{exc.strerror or exc}") from exc
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._web is not None:
+            self._web.stop()
+            self._web = None
+        self.scheduler.shutdown(wait=True)
+        self.stores.close()
+
+    def _assemble(self) -> None:
+        completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
+        for uid in completed:
+            log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
+        last = self.stores.studies.earliest_receiving_activity()
+        if last is not None and self.scheduler.running:
+            due = datetime.fromtimestamp(last + self.settings.stable_after + DUE_SLACK, self.scheduler.timezone)
+            self.scheduler.add_job(self._assemble, "date", run_date=due, id=ASSEMBLE_DUE, replace_existing=True)
