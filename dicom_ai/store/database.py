@@ -20,10 +20,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
@@ -99,6 +99,24 @@ class Reader:
         return self.database.query(sql, params)
 
 
+T = TypeVar("T")
+
+
+class _Ticket(Generic[T]):
+    """One thread's work in a group commit, and what came of it once the group was committed."""
+
+    def __init__(self, work: Callable[[sqlite_utils.Database], T]) -> None:
+        self.work = work
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
 class Part(Reader):
     """A part of the store that writes: a write connection of its own (one lock), reads from the pool."""
 
@@ -107,6 +125,8 @@ class Part(Reader):
         self._conn = database.connect()
         self._db = sqlite_utils.Database(self._conn)
         self._lock = threading.RLock()
+        self._pending: list[_Ticket[Any]] = []  # works waiting for a group commit (see _grouped)
+        self._pending_lock = threading.Lock()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite_utils.Database]:
@@ -124,6 +144,49 @@ class Part(Reader):
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    def _grouped(self, work: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `work` in a write transaction that may be shared with other threads' (group commit).
+
+        Each commit with synchronous=FULL waits for the disk (an fsync); with several associations
+        storing at once, the threads that queue while one commits are committed together by the next
+        one to get the lock: one fsync for all, each caller still returning only once its own work is
+        committed. Each work runs in a savepoint of its own, so one that fails (its exception is raised
+        to its caller) leaves the others in; a failed COMMIT fails every work of the group.
+        """
+        ticket = _Ticket(work)
+        with self._pending_lock:
+            self._pending.append(ticket)
+        with self._lock:
+            if not ticket.done:
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
+                self._commit_group(group)
+        return ticket.outcome()
+
+    def _commit_group(self, group: list[_Ticket[Any]]) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for ticket in group:
+                self._conn.execute("SAVEPOINT one")
+                try:
+                    ticket.result = ticket.work(self._db)
+                except Exception as exc:
+                    self._conn.execute("ROLLBACK TO one")
+                    ticket.error = exc
+                self._conn.execute("RELEASE one")
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            for ticket in group:
+                if ticket.error is None:
+                    ticket.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for ticket in group:
+                ticket.done = True
 
     @staticmethod
     def _event(db: sqlite_utils.Database, kind: str, study_uid: str | None, **detail: Any) -> None:

@@ -94,52 +94,54 @@ class StudyStore(Part):
         study's revision is bumped so its next results get new UIDs and supersede the old ones.
         """
         now = time.time() if now is None else now
-        with self._transaction() as db:
-            held = list(db.query(
-                "select study_instance_uid, path, receive_count from instances where sop_instance_uid = ?",
-                [item.sop_instance_uid]))
-            self._ensure_study(db, item, now)
-            recorded = Recorded(is_new=not held)
-            if not held:
+        return self._grouped(lambda db: self._record(db, item, now))  # concurrent receives share one commit
+
+    def _record(self, db: sqlite_utils.Database, item: ReceivedInstance, now: float) -> Recorded:
+        held = list(db.query(
+            "select study_instance_uid, path, receive_count from instances where sop_instance_uid = ?",
+            [item.sop_instance_uid]))
+        self._ensure_study(db, item, now)
+        recorded = Recorded(is_new=not held)
+        if not held:
+            self._reopen(db, item.study_instance_uid, now, count_change=1)
+        else:
+            old_study, old_path = held[0]["study_instance_uid"], Path(held[0]["path"])
+            recorded = Recorded(is_new=False, replaced=old_path if old_path != item.path else None)
+            if old_study != item.study_instance_uid:
+                recorded = Recorded(is_new=False, replaced=recorded.replaced, moved_from=old_study)
+                self._reopen(db, old_study, now, count_change=-1, revise=True)
                 self._reopen(db, item.study_instance_uid, now, count_change=1)
-            else:
-                old_study, old_path = held[0]["study_instance_uid"], Path(held[0]["path"])
-                recorded = Recorded(is_new=False, replaced=old_path if old_path != item.path else None)
-                if old_study != item.study_instance_uid:
-                    recorded = Recorded(is_new=False, replaced=recorded.replaced, moved_from=old_study)
-                    self._reopen(db, old_study, now, count_change=-1, revise=True)
-                    self._reopen(db, item.study_instance_uid, now, count_change=1)
-                    self._event(db, "instance_moved", old_study, sop=item.sop_instance_uid,
-                                to_study=item.study_instance_uid, calling_aet=item.calling_aet)
-                    self._event(db, "instance_moved", item.study_instance_uid, sop=item.sop_instance_uid,
-                                from_study=old_study, calling_aet=item.calling_aet)
-                elif recorded.replaced is not None:
-                    self._reopen(db, item.study_instance_uid, now, count_change=0, revise=True)
-                    self._event(db, "instance_replaced", item.study_instance_uid, sop=item.sop_instance_uid,
-                                calling_aet=item.calling_aet, size=item.size)
-                else:  # the same file recorded again: a repeat only extends a quiet period still running
-                    db.execute("update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ?"
-                               " and state = ?", [now, now, item.study_instance_uid, StudyState.RECEIVING])
-                    self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
-                                calling_aet=item.calling_aet)
-                if recorded.replaced is not None:
-                    db.execute("insert or replace into trash (path, at) values (?, ?)", [str(old_path), now])
-            db.table("instances").upsert(
-                {
-                    "sop_instance_uid": item.sop_instance_uid,
-                    "sop_class_uid": item.sop_class_uid,
-                    "series_instance_uid": item.series_instance_uid,
-                    "study_instance_uid": item.study_instance_uid,
-                    "modality": item.modality,
-                    "transfer_syntax_uid": item.transfer_syntax_uid,
-                    "path": str(item.path),
-                    "size": item.size,
-                    "calling_aet": item.calling_aet,
-                    "received_at": now,
-                    "receive_count": (held[0]["receive_count"] if held else 0) + 1,
-                },
-                pk="sop_instance_uid",
-            )
+                self._event(db, "instance_moved", old_study, sop=item.sop_instance_uid,
+                            to_study=item.study_instance_uid, calling_aet=item.calling_aet)
+                self._event(db, "instance_moved", item.study_instance_uid, sop=item.sop_instance_uid,
+                            from_study=old_study, calling_aet=item.calling_aet)
+            elif recorded.replaced is not None:
+                self._reopen(db, item.study_instance_uid, now, count_change=0, revise=True)
+                self._event(db, "instance_replaced", item.study_instance_uid, sop=item.sop_instance_uid,
+                            calling_aet=item.calling_aet, size=item.size)
+            else:  # the same file recorded again: a repeat only extends a quiet period still running
+                db.execute("update studies set last_received_at = ?, quiet_since = ? where study_instance_uid = ?"
+                           " and state = ?", [now, now, item.study_instance_uid, StudyState.RECEIVING])
+                self._event(db, "instance_received_again", item.study_instance_uid, sop=item.sop_instance_uid,
+                            calling_aet=item.calling_aet)
+            if recorded.replaced is not None:
+                db.execute("insert or replace into trash (path, at) values (?, ?)", [str(old_path), now])
+        db.table("instances").upsert(
+            {
+                "sop_instance_uid": item.sop_instance_uid,
+                "sop_class_uid": item.sop_class_uid,
+                "series_instance_uid": item.series_instance_uid,
+                "study_instance_uid": item.study_instance_uid,
+                "modality": item.modality,
+                "transfer_syntax_uid": item.transfer_syntax_uid,
+                "path": str(item.path),
+                "size": item.size,
+                "calling_aet": item.calling_aet,
+                "received_at": now,
+                "receive_count": (held[0]["receive_count"] if held else 0) + 1,
+            },
+            pk="sop_instance_uid",
+        )
         return recorded
 
     def _ensure_study(self, db: sqlite_utils.Database, item: ReceivedInstance, now: float) -> None:
