@@ -170,6 +170,16 @@ class OursReceiver(Receiver):
         return sum(1 for _ in (self.workdir / "home" / "spool" / "studies").rglob("*.dcm"))
 
 
+class OursOneProcessReceiver(OursReceiver):
+    """The same node as one process (`workers = 0`, the design before dicom_ai/procs/): the SCP shares its
+    interpreter with the models; beside the default to show what the process split changes."""
+
+    name = "dicom-ai one process"
+
+    def settings(self) -> dict[str, str]:
+        return {"DICOM_AI_WORKERS": "0"}
+
+
 class OursStowReceiver(OursReceiver):
     """The same `dicom-ai serve`, taking the same files by DICOMweb STOW-RS instead (stow_receive): same
     durability (each part fsynced, renamed, committed before the answer). The sender is curl, C like
@@ -271,8 +281,8 @@ class OrthancReceiver(Receiver):
         return int(self.server.get_json("/statistics")["CountInstances"])
 
 
-RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursStowReceiver, StorescpReceiver,
-                                                              OrthancReceiver)}
+RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursOneProcessReceiver, OursStowReceiver,
+                                                              StorescpReceiver, OrthancReceiver)}
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """The node as processes (dicom_ai/procs/): receive beside the peers with 1 and 4 associations, receive while
 the workers run the CT model, and studies/s with 1 and 2 workers.
 
-    .venv/bin/python -m bench.scaling   # about 5 minutes at BENCH_SCALE=0.2; not part of `make bench` yet
+    BENCH_SCALE=0.4 .venv/bin/python -m bench.scaling [--receive]   # --receive: only the receive comparison
 
 - receive: bench/receive.run_matrix on the CT corpus, dicom-ai (default workers) / storescp / Orthanc, x1 and x4;
 - receive_busy: one node (stable_after 1 s); the CT corpus received idle, then again while the workers
@@ -118,6 +118,23 @@ def studies_per_second(workdir: Path, kind: str, count: int, workers: int) -> di
             "studies_per_s": count / (last - first), "states": dict(states)}
 
 
+def receive_only(workdir: Path, factor: float) -> dict[str, Any]:
+    """Only the receive comparison (CT, x1 and x4, every receiver): the quick check while tuning receive."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        ct = FULL_SPECS[0]
+        count = max(50, round(ct.count * factor))
+        spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
+        files = generate(spec, workdir / "corpus")
+        receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
+        cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
+        raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
+        return {"receive": receive.summarise(raw), "receive_raw": raw}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(workdir: Path, factor: float) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -126,8 +143,8 @@ def run(workdir: Path, factor: float) -> dict[str, Any]:
         count = max(50, round(ct.count * factor))
         spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
         files = generate(spec, workdir / "corpus")
-        cases = [(spec, files, True, 1, ("dicom-ai", "storescp", "Orthanc")),
-                 (spec, files, True, 4, ("dicom-ai", "storescp", "Orthanc"))]
+        receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
+        cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
         raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
         results: dict[str, Any] = {"receive": receive.summarise(raw), "receive_raw": raw}
         results["receive_busy"] = receive_busy(workdir / "busy", files, max(6, round(30 * factor)))
@@ -146,7 +163,7 @@ def run(workdir: Path, factor: float) -> dict[str, Any]:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     factor = bench_scale()
-    results = run(WORKDIR, factor)
+    results = receive_only(WORKDIR, factor) if "--receive" in sys.argv else run(WORKDIR, factor)
     print(json.dumps({k: v for k, v in results.items() if k != "receive_raw"}, indent=2))
     for row in results["receive"]:
         log.info("%s x%d %s: %.0f inst/s, rss %.0f MB, ours/peer %s", row["corpus"], row["associations"],

@@ -91,6 +91,8 @@ class Settings(BaseModel):
     onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0, le=256,
                          description="pipeline worker processes, each holding the models (0: the whole node in one process)")
+    receivers: int = Field(default=1, ge=1, le=64, description="C-STORE SCP processes sharing the DICOM port "
+                           "(SO_REUSEPORT; with workers >= 1)")
     send_retry_initial: float = Field(default=5.0, gt=0, le=WEEK_S, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, le=WEEK_S, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, le=MAX_SEND_ATTEMPTS, description="attempts before a result is given up")

@@ -1,4 +1,4 @@
-"""One role of the node in its own process: `python -m dicom_ai.procs.child ROLE [WORKER_ID]`.
+"""One role of the node in its own process: `python -m dicom_ai.procs.child ROLE [NAME]`.
 
 Started by the supervisor (supervisor.py) with the same environment (settings come from it, the TOML
 file through DICOM_AI_CONFIG). It dies with the supervisor (PR_SET_PDEATHSIG: a killed supervisor leaves
@@ -50,7 +50,7 @@ def build(role: str, worker_id: str) -> Role:
     if role == "receiver":
         from dicom_ai.procs.receiver import Receiver
 
-        return Receiver(settings)
+        return Receiver(settings, primary=worker_id in ("", "receiver-1"))
     if role == "sender":
         from dicom_ai.procs.sender import Sender
 
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    label = worker_id.split(":")[0] if role == "worker" else role
+    label = worker_id.split(":")[0] if worker_id else role
     _setup_logging(level, label)
     stop = threading.Event()
 
@@ -105,9 +105,10 @@ def main(argv: list[str]) -> int:
         running = build(role, worker_id)
         go_fd = os.environ.get(GO_FD_ENV)
         if go_fd:  # built (imports done) while the others start; start only when the supervisor says so
-            with os.fdopen(int(go_fd), "rb") as go:
-                if go.readline().strip() != b"go":
-                    return 1  # the supervisor gave up on starting
+            go = os.read(int(go_fd), 3)  # unbuffered: several receivers share the pipe, one "go\n" each
+            os.close(int(go_fd))
+            if go != b"go\n":
+                return 1  # the supervisor gave up on starting
         running.start()
     except Exception as exc:  # the supervisor reports it (or, on a restart, this log line): no traceback
         if not ready_fd:

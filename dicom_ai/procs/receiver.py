@@ -31,11 +31,16 @@ DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - 
 
 
 class Receiver:
-    """SCP + web + assembly; `start()` then `stop()`."""
+    """SCP + web + assembly; `start()` then `stop()`.
 
-    def __init__(self, settings: Settings, tick: float = 0.5) -> None:
+    With `receivers` > 1 several receiver processes listen on the DICOM port (SO_REUSEPORT); only the
+    primary one also runs the web server and assembly.
+    """
+
+    def __init__(self, settings: Settings, tick: float = 0.5, primary: bool = True) -> None:
         self.settings = settings
         self.tick = tick
+        self.primary = primary
         self.stores = Stores.open(settings.database_path)
         self.spool = Spool(settings.spool_dir)
         self.scheduler = BackgroundScheduler(
@@ -46,24 +51,22 @@ class Receiver:
         self._web: WebServer | None = None
 
     def start(self) -> None:
-        strays = self.spool.sweep_incoming()  # the only process that writes incoming/
-        if strays:
-            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
-        waiting = self.stores.studies.restart_quiet_clocks()
-        if waiting:
-            log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after again "
-                        "for the rest of its instances", len(waiting))
-        self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
-        self.scheduler.start()
+        if self.primary:
+            waiting = self.stores.studies.restart_quiet_clocks()
+            if waiting:
+                log.warning("%d study(ies) were still receiving when the node stopped: each waits stable_after "
+                            "again for the rest of its instances", len(waiting))
+            self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
+            self.scheduler.start()
         s = self.settings
         try:
             self._server = start_scp(s.ae, s.host, s.port, s.max_pdu, self.spool, self.stores.studies,
                                      s.allowed_calling_aets, s.scp_tls(), limits=ConnectionLimits.from_settings(s),
                                      trusted_aets=[s.pacs.aet] if s.pacs else [],
-                                     known_hosts=[s.pacs.host] if s.pacs else [])
+                                     known_hosts=[s.pacs.host] if s.pacs else [], shared_port=s.receivers > 1)
         except OSError as exc:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
-        if s.http_port:
+        if s.http_port and self.primary:
             try:
                 stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
                                    s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
@@ -82,7 +85,8 @@ class Receiver:
         if self._web is not None:
             self._web.stop()
             self._web = None
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         self.stores.close()
 
     def _assemble(self) -> None:

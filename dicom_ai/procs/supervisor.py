@@ -67,14 +67,21 @@ class Supervisor:
         self.config = config
         self.stores = Stores.open(settings.database_path)  # migrations run here, once, before any role opens it
         self.spool = Spool(settings.spool_dir)
-        self.slots = [Slot("receiver", "receiver"), *(Slot("worker", f"worker-{n}") for n in
-                                                      range(1, settings.workers + 1)), Slot("sender", "sender")]
+        receivers = [Slot("receiver", "receiver")] if settings.receivers == 1 else \
+            [Slot("receiver", f"receiver-{n}") for n in range(1, settings.receivers + 1)]
+        self.slots = [*receivers, *(Slot("worker", f"worker-{n}") for n in range(1, settings.workers + 1)),
+                      Slot("sender", "sender")]
         self._stopping = threading.Event()
 
     # start ----------------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """What a crash (of the whole node) left: purges half done, replaced copies, studies in processing."""
+        """What a crash (of the whole node) left: partial uploads, purges half done, replaced copies, studies
+        in processing. Here, before any receiver runs: a receiver started again later must not remove the
+        uploads the others are writing."""
+        strays = self.spool.sweep_incoming()
+        if strays:
+            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
         sweep_purged(self.stores.studies, self.spool)
         trash = self.stores.studies.trash()
         if trash:  # older copies replaced just before a crash: the newer ones are recorded
@@ -93,19 +100,22 @@ class Supervisor:
                         "kept in %s but not sent", self.spool.results)
         # The receiver starts listening last (its imports overlap the workers' model loading): once it
         # listens, studies complete and their quiet clocks run, as they did in one process.
-        receiver = [slot for slot in self.slots if slot.role == "receiver"]
+        receivers = [slot for slot in self.slots if slot.role == "receiver"]
         others = [slot for slot in self.slots if slot.role != "receiver"]
         go_read, go_write = os.pipe()
         try:
             for slot in others:
                 self._launch(slot, wait_ready=True)
-            self._launch(receiver[0], wait_ready=True, go_fd=go_read)
+            for slot in receivers:
+                self._launch(slot, wait_ready=True, go_fd=go_read)
             os.close(go_read)
             go_read = -1
             self._wait_ready(others)
-            os.write(go_write, b"go\n")
-            self._wait_ready(receiver)
+            os.write(go_write, b"go\n" * len(receivers))
+            self._wait_ready(receivers)
         except BaseException:
+            os.close(go_write)  # a receiver still waiting for "go" reads the end and exits
+            go_write = -1
             self.stop()
             raise
         finally:
@@ -136,7 +146,8 @@ class Supervisor:
         if go_fd is not None:
             env[GO_FD_ENV] = str(go_fd)
             pass_fds += (go_fd,)
-        command = [sys.executable, "-m", "dicom_ai.procs.child", slot.role, *([slot.claimant] if slot.claimant else [])]
+        name = slot.claimant or (slot.name if slot.name != slot.role else "")
+        command = [sys.executable, "-m", "dicom_ai.procs.child", slot.role, *([name] if name else [])]
         try:
             slot.process = subprocess.Popen(command, env=env, pass_fds=pass_fds)
         finally:
@@ -212,7 +223,8 @@ class Supervisor:
             if slot.process is None and slot.restart_at is not None and now >= slot.restart_at \
                     and not self._stopping.is_set():
                 self._launch(slot, wait_ready=False)
-                log.info("started the %s process again (pid %d)", slot.name, slot.process.pid)  # type: ignore[union-attr]
+                assert slot.process is not None
+                log.info("started the %s process again (pid %d)", slot.name, slot.process.pid)
 
     def _release(self, claimant: str) -> None:
         try:

@@ -98,11 +98,12 @@ def handle_rejected(event: Event, allowed_calling: Sequence[str]) -> None:
 def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, store: StudyStore,
               allowed_calling: Sequence[str] = (), tls: ssl.SSLContext | None = None, *,
               limits: ConnectionLimits | None = None, trusted_aets: Sequence[str] = (),
-              known_hosts: Sequence[str] = ()) -> GuardedServer:
+              known_hosts: Sequence[str] = (), shared_port: bool = False) -> GuardedServer:
     """Start listening in background threads; returns the server (call .shutdown() to stop).
 
     Calling AE titles in `allowed_calling` and `trusted_aets` teach the admission their addresses, and
     `known_hosts` (the PACS) are known from the start: those get the reserved slots (receive/limits.py).
+    With `shared_port`, other processes may listen on the same port (SO_REUSEPORT; receive/server.py).
     """
     limits = limits or ConnectionLimits()
     ae = build_ae(ae_title, max_pdu, allowed_calling, limits)
@@ -117,6 +118,6 @@ def start_scp(ae_title: str, host: str, port: int, max_pdu: int, spool: Spool, s
         (evt.EVT_REJECTED, handle_rejected, [list(allowed_calling)]),
     ]
     admission = Admission(limits, [*allowed_calling, *trusted_aets], resolve_hosts(known_hosts))
-    server = serve(ae, (host, port), handlers, tls, admission, max_pdu)
+    server = serve(ae, (host, port), handlers, tls, admission, max_pdu, shared_port)
     log.info("DICOM SCP %s listening on %s:%d%s", ae_title, host, port, " (TLS only)" if tls else "")
     return server

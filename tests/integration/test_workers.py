@@ -60,8 +60,9 @@ def test_two_workers_share_the_studies_and_none_is_processed_twice(tmp_path: Pat
                 assert done_events(store, uid) == 1, uid
                 assert set(pacs.received(uid)) == current_result_uids(store, uid)
                 assert set(pacs.received(uid).values()) == {1}, pacs.received(uid)  # each result sent once
+            marks = ", ".join("?" * len(uids))
             claimants = {row["claimed_by"].split(":")[0] for row in store.database.query(
-                "select claimed_by from studies where study_instance_uid in (%s)" % ", ".join("?" * len(uids)), uids)}
+                f"select claimed_by from studies where study_instance_uid in ({marks})", uids)}
         finally:
             store.close()
         assert claimants == {"worker-1", "worker-2"}  # both took studies
