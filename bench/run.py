@@ -79,6 +79,7 @@ def main() -> int:
     try:
         specs = scaled(FULL_SPECS, factor)
         corpora = {s.name: (s, generate(s, WORKDIR / "corpus" / s.modality)) for s in specs}
+        os.sync()  # the corpora's dirty pages must not be flushed inside a timed send (our fsyncs would wait for them)
         all_receivers = ("dicom-ai", "storescp", "Orthanc")
         ct_spec, ct_files = corpora[specs[0].name]
         # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import sys
@@ -89,6 +90,7 @@ def _studies(kind: str, folder: Path, count: int) -> tuple[list[Path], list[str]
 def receive_busy(workdir: Path, ct_files: list[Path], backlog: int) -> dict[str, Any]:
     """CT receive idle, then while the workers process `backlog` head CT studies; the busy/idle ratio."""
     stream, uids = _studies("head CT", workdir / "stream", backlog)
+    os.sync()  # written just now: flushing them must not fall into the timed sends (an fsync of ours waits for it)
     node = ConfiguredNode(workdir / "node", {"DICOM_AI_STABLE_AFTER": "1", "DICOM_AI_HTTP_PORT": "0"})
     with running(node):
         idle = send([ct_files], node.port, node.ae, nodelay=True)
@@ -104,6 +106,7 @@ def receive_busy(workdir: Path, ct_files: list[Path], backlog: int) -> dict[str,
 
 def studies_per_second(workdir: Path, kind: str, count: int, workers: int) -> dict[str, Any]:
     files, uids = _studies(kind, workdir / f"{kind}-{workers}", count)
+    os.sync()
     node = ConfiguredNode(workdir / f"node-{kind}-{workers}",
                           {"DICOM_AI_STABLE_AFTER": "3", "DICOM_AI_HTTP_PORT": "0", "DICOM_AI_WORKERS": str(workers)})
     with running(node):
@@ -127,6 +130,7 @@ def receive_only(workdir: Path, factor: float) -> dict[str, Any]:
         count = max(50, round(ct.count * factor))
         spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
         files = generate(spec, workdir / "corpus")
+        os.sync()
         receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
         cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
         raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
@@ -143,11 +147,12 @@ def run(workdir: Path, factor: float) -> dict[str, Any]:
         count = max(50, round(ct.count * factor))
         spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
         files = generate(spec, workdir / "corpus")
+        os.sync()
         receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
         cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
         raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
         results: dict[str, Any] = {"receive": receive.summarise(raw), "receive_raw": raw}
-        results["receive_busy"] = receive_busy(workdir / "busy", files, max(6, round(30 * factor)))
+        results["receive_busy"] = receive_busy(workdir / "busy", files, max(20, round(60 * factor)))
         per = max(6, round(20 * factor))
         rows = [studies_per_second(workdir / "workers", kind, per, w)
                 for kind in ("chest CR", "head CT") for w in (1, 2)]
