@@ -35,7 +35,7 @@ from dicom_ai.train import phantom_dicom
 log = logging.getLogger(__name__)
 
 NODE_AET = "DICOM_AI"
-START_TIMEOUT = 90.0  # seconds for the node to load its models and listen
+START_TIMEOUT = 180.0  # seconds for the node to load its models (in every worker) and listen
 RESULTS_TIMEOUT = 300.0  # seconds for every study's results to be back in Orthanc
 STABLE_S = 2  # Orthanc's StableAge and the node's stable_after: short, for a demo
 
