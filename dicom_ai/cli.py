@@ -433,6 +433,35 @@ def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str,
     click.echo(f"{study_uid}: priority {override.describe()}")
 
 
+@main.command()
+@click.argument("study_uid")
+@click.option("--model", required=True, help="The model whose result is judged (as `dicom-ai study` lists it).")
+@click.option("--finding", required=True, help="The finding (label) judged, e.g. Consolidation.")
+@click.option("--truth", type=click.Choice(["present", "absent", "uncertain"]), required=True,
+              help="The finding as you read the study (agreement with the AI follows from it).")
+@click.option("--comment", default="", help="Why, or what else (kept in the audit trail and the assessment SR).")
+@click.option("--by", "by", default=None, help="Who (default: the login name).")
+@click.pass_context
+def feedback(ctx: click.Context, study_uid: str, model: str, finding: str, truth: str, comment: str,
+             by: str | None) -> None:
+    """A radiologist's judgement of one AI finding (revisable, audited); an assessment SR goes to the PACS."""
+    import getpass
+
+    from dicom_ai.domain import Judgement, Truth, TruthSource
+    from dicom_ai.validation import FeedbackError, record_feedback
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings)
+    judgement = Judgement(study_uid, model, finding, Truth(truth), TruthSource.RADIOLOGIST, by or getpass.getuser(),
+                          comment.strip())
+    try:
+        assessment = record_feedback(stores, settings, judgement)
+    except FeedbackError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = f"; assessment SR {assessment} queued for the PACS" if assessment else ""
+    click.echo(f"{study_uid}: {model} {finding} judged {truth} by {judgement.by}{where}")
+
+
 def _open_stores(settings: Settings) -> Stores:
     from dicom_ai.store import Stores
 

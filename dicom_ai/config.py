@@ -90,6 +90,8 @@ class Settings(BaseModel):
     hl7_mllp: str | None = Field(default=None, description="send an HL7 v2.5 ORU^R01 per result to this host:port (MLLP)")
     hl7_receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 of those messages")
     hl7_receiving_facility: str = Field(default="", max_length=20, description="MSH-6 of those messages")
+    hl7_listen: str | None = Field(
+        default=None, description="receive final reports (HL7 ORU^R01 over MLLP) on this host:port, e.g. 127.0.0.1:2575")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")
@@ -228,7 +230,7 @@ class Settings(BaseModel):
             return tuple(dict.fromkeys(["sc", *value]))
         return value
 
-    @field_validator("hl7_mllp")
+    @field_validator("hl7_mllp", "hl7_listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -257,6 +259,14 @@ class Settings(BaseModel):
         """Seconds from a send's first failure until it is given up (send_max_attempts attempts,
         the delay doubling from send_retry_initial up to send_retry_max)."""
         return sum(min(self.send_retry_initial * 2**n, self.send_retry_max) for n in range(self.send_max_attempts - 1))
+
+    @property
+    def hl7_listen_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HL7 listener, or None when it is off."""
+        if not self.hl7_listen:
+            return None
+        host, _, port = self.hl7_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def database_path(self) -> Path:

@@ -9,7 +9,12 @@ Jobs (apscheduler, each never overlapping itself):
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline); given-up
   sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
-- retention: hourly, with retention_days set, deletes the files of studies finished that long ago.
+- retention: hourly, with retention_days set, deletes the files of studies finished that long ago;
+- reports: with hl7_listen set, every few seconds, final reports kept for studies that had not
+  arrived (or been processed) are matched again (validation.match_pending_reports).
+
+With hl7_listen set, an MLLP listener (feedback/listener.py, a thread of its own) takes final
+reports and answers each with an ACK (validation.receive_report).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dicom_ai import validation
 from dicom_ai.config import Settings
+from dicom_ai.domain import ReportRule
+from dicom_ai.feedback.listener import Hl7Listener
 from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.limits import ConnectionLimits
@@ -44,6 +52,7 @@ ASSEMBLE_DUE = "assemble-due"  # the one-shot assemble run booked for when the n
 RETENTION_INTERVAL = 3600.0  # seconds between retention runs (when retention_days is set)
 RETENTION_FIRST_RUN = 60.0  # seconds after start: let the node settle first
 DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - stable_after` holds
+REPORT_MATCH_INTERVAL = 2.0  # seconds between attempts to match kept reports to studies
 
 
 class Node:
@@ -66,7 +75,11 @@ class Node:
         )
         self._server: GuardedServer | None = None
         self._web: ThreadingHTTPServer | None = None
+        self._hl7: Hl7Listener | None = None
 
+    def report_rules(self) -> dict[str, list[ReportRule]]:
+        """Model -> the report_terms of its labels, from the cards read at start."""
+        return {name: card.report_rules for name, card in self.models.cards().items()}
     def start(self) -> None:
         strays = self.spool.sweep_incoming()
         if strays:
@@ -90,6 +103,8 @@ class Node:
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
         self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
+        if self.settings.hl7_listen:
+            self.scheduler.add_job(self._match_reports, "interval", seconds=REPORT_MATCH_INTERVAL, id="reports")
         if self.settings.retention_days is not None:
             first = datetime.now(self.scheduler.timezone) + timedelta(seconds=RETENTION_FIRST_RUN)
             self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
@@ -116,6 +131,15 @@ class Node:
             except OSError as exc:
                 raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
+        listen = s.hl7_listen_address
+        if listen is not None:
+            self._hl7 = Hl7Listener(*listen, lambda text: validation.receive_report(
+                self.stores, s, self.report_rules(), text))
+            try:
+                self._hl7.start()
+            except OSError as exc:
+                self._hl7 = None
+                raise OSError(f"HL7 listener {s.hl7_listen} (DICOM_AI_HL7_LISTEN): {exc.strerror or exc}") from exc
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
@@ -123,6 +147,9 @@ class Node:
         )
 
     def stop(self) -> None:
+        if self._hl7 is not None:
+            self._hl7.stop()
+            self._hl7 = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -153,6 +180,9 @@ class Node:
     def _purge(self) -> None:
         if self.settings.retention_days is not None:
             purge_expired(self.stores.studies, self.spool, self.settings.retention_days)
+
+    def _match_reports(self) -> None:
+        validation.match_pending_reports(self.stores, self.settings, self.report_rules())
 
     def _process(self) -> None:
         self.pipeline.release_deferred()

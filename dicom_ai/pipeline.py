@@ -26,6 +26,7 @@ from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.crashpoints import crash_point
 from dicom_ai.domain import (
     FindingRow,
+    ImageProperties,
     ImageResult,
     Instance,
     ModelInfo,
@@ -39,6 +40,7 @@ from dicom_ai.domain import (
 )
 from dicom_ai.encode import encode_results
 from dicom_ai.errors import one_line, out_of_resources
+from dicom_ai.infer.properties import image_properties
 from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
@@ -96,6 +98,7 @@ class ModelOutcome:
     findings: tuple[FindingRow, ...]
     results: tuple[ResultFile, ...]
     supersede: Mapping[str, str]  # earlier result UID -> the SR that replaces it
+    properties: tuple[ImageProperties, ...] = ()  # what the model saw of each analysed image (drift, subgroups)
 
 
 class Headers:
@@ -269,6 +272,8 @@ class Pipeline:
             results=tuple(results),
             supersede={r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
                        if r.sop_instance_uid not in written},
+            properties=tuple(image_properties(headers.of(image.source), image.source.sop_instance_uid, info.name)
+                             for image in images),
         )
 
     @staticmethod
@@ -322,6 +327,7 @@ class Pipeline:
             skipped=skipped_carriers,
             supersede=supersede,
             revision=revision,
+            images=[image for outcome in outcomes for image in outcome.properties],
         )
         crash_point("pipeline.after_save_outcome")
         if supersede:

@@ -161,3 +161,91 @@ def _hardening(db: Database) -> None:
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
     db.table("studies").create_index(["patient_id"])
+
+
+@migrations(name="007_validation")
+def _validation(db: Database) -> None:
+    """The clinical validation loop: judgements, inbound reports, what each model saw, drift checks.
+
+    - feedback: every judgement of a model's label on a study, never updated (the latest of a
+      source counts; a radiologist's outranks one derived from a report);
+    - hl7_reports: final reports received over MLLP, matched to a study or waiting for it;
+    - analysed_images: the input properties of each image a model analysed (drift, subgroups);
+    - drift_checks: the latest PSI and KS test per model, ISO week and variable.
+    """
+    db.table("feedback").create(
+        {
+            "id": int,
+            "study_instance_uid": str,
+            "model": str,
+            "label": str,
+            "truth": str,  # present | absent | uncertain
+            "source": str,  # radiologist | report
+            "by": str,
+            "comment": str,
+            "report_id": int,
+            "at": float,
+        },
+        pk="id",
+        not_null={"study_instance_uid", "model", "label", "truth", "source"},
+    )
+    db.table("feedback").create_index(["model", "study_instance_uid", "label"])
+    db.table("hl7_reports").create(
+        {
+            "id": int,
+            "received_at": float,
+            "control_id": str,
+            "sender": str,
+            "accession_number": str,
+            "patient_id": str,
+            "study_date": str,
+            "status": str,  # pending | matched
+            "study_instance_uid": str,
+            "matched_at": float,
+            "message": str,  # the ER7 text as received
+            "outcome": str,  # what was derived, in words
+        },
+        pk="id",
+        not_null={"status"},
+    )
+    db.table("hl7_reports").create_index(["status"])
+    db.table("analysed_images").create(
+        {
+            "sop_instance_uid": str,
+            "model": str,
+            "study_instance_uid": str,
+            "calling_aet": str,
+            "manufacturer": str,
+            "station_name": str,
+            "body_part": str,
+            "modality": str,
+            "photometric": str,
+            "rows": int,
+            "columns": int,
+            "pixel_spacing": float,
+            "kvp": float,
+            "field_strength": float,
+            "patient_sex": str,
+            "patient_age": float,
+            "analysed_at": float,
+        },
+        pk=("sop_instance_uid", "model"),
+    )
+    db.table("analysed_images").create_index(["model", "analysed_at"])
+    db.table("analysed_images").create_index(["study_instance_uid"])
+    db.table("drift_checks").create(
+        {
+            "model": str,
+            "week": str,  # ISO week, e.g. 2026-W48
+            "variable": str,  # score:<label> or a property (rows, manufacturer...)
+            "cases": int,
+            "psi": float,
+            "ks_p": float,  # None for categorical variables
+            "flagged": int,
+            "checked_at": float,
+        },
+        pk=("model", "week", "variable"),
+    )
+    db.table("findings").create_index(["model", "study_instance_uid"])
+    db.table("studies").create_index(["accession_number"])
+    db.table("studies").create_index(["processed_at"])

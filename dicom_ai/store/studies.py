@@ -17,6 +17,7 @@ import sqlite_utils
 
 from dicom_ai.domain import (
     FindingRow,
+    ImageProperties,
     Instance,
     OutboxEntry,
     Override,
@@ -286,12 +287,13 @@ class StudyStore(Part):
         return int(rows[0]["revision"] or 0) if rows else 0
 
     def current_results(self, study_uid: str, model: str) -> list[CurrentResult]:
-        """One model's results on a study that no later run superseded, and whether the PACS has them."""
+        """One model's results on a study that no later run superseded, and whether the PACS has them
+        (not the assessments of them: a re-run does not undo a radiologist's judgement)."""
         rows = self._query(
             "select r.sop_instance_uid, r.series_instance_uid, r.kind, exists(select 1 from outbox o where"
             " o.kind = 'dicom' and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
             " from results r where r.study_instance_uid = ? and r.model = ? and r.superseded_by is null"
-            " order by r.created_at, r.sop_instance_uid",
+            " and r.kind != 'AS' order by r.created_at, r.sop_instance_uid",
             [study_uid, model])
         return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
                               bool(row["sent"])) for row in rows]
@@ -374,11 +376,15 @@ class StudyStore(Part):
         skipped: Sequence[str] = (),
         supersede: Mapping[str, str] | None = None,
         revision: int = 0,
+        images: Sequence[ImageProperties] = (),
     ) -> bool:
         """Record findings, result files and what to send, and mark the study done, atomically.
 
         `supersede` maps earlier result UIDs to the SR that replaces them (the study changed since):
         they are marked, and their sends that have not gone out yet are dropped.
+
+        `images` are the input properties of each analysed image (drift and subgroups of the validation
+        loop), kept with the calling AE title the image came from.
 
         `skipped` names result carriers whose message could not be built: the study is done (its
         other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
@@ -415,6 +421,8 @@ class StudyStore(Part):
                         now,
                     ],
                 )
+            for image in images:
+                save_image_properties(db, study_uid, image, now)
             for result in results:
                 db.table("results").upsert(
                     {
@@ -530,6 +538,18 @@ class StudyStore(Part):
         return [row["study_instance_uid"] for row in self._query(
             "select study_instance_uid from studies where purged_at >= (select max(purged_at) from studies) - ?",
             [window])]
+
+
+def save_image_properties(db: sqlite_utils.Database, study_uid: str, image: ImageProperties, now: float) -> None:
+    """One analysed image's properties, in the caller's transaction (the calling AE from its instance row)."""
+    db.execute(
+        "insert or replace into analysed_images (sop_instance_uid, model, study_instance_uid, calling_aet,"
+        " manufacturer, station_name, body_part, modality, photometric, rows, columns, pixel_spacing, kvp,"
+        " field_strength, patient_sex, patient_age, analysed_at) values (?, ?, ?, coalesce((select calling_aet from"
+        " instances where sop_instance_uid = ?), ''), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [image.sop_instance_uid, image.model, study_uid, image.sop_instance_uid, image.manufacturer,
+         image.station_name, image.body_part, image.modality, image.photometric, image.rows, image.columns,
+         image.pixel_spacing, image.kvp, image.field_strength, image.patient_sex, image.patient_age, now])
 
 
 def insert_outbox(db: sqlite_utils.Database, study_uid: str, entries: Sequence[OutboxEntry], now: float,

@@ -33,6 +33,7 @@ from dicom_ai.infer.card import (
     LabelSpec,
     ModelCard,
     ModelError,
+    ReportTermsSpec,
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker
@@ -70,6 +71,7 @@ class ClassifierPlan:
     flip: bool = True  # random left-right flips
     manufacturer: str = "dicom-ai"
     not_for_clinical_use: bool = True
+    report_terms: ReportTermsSpec | None = None  # how a final report states the label (the validation loop)
 
 
 @dataclass
@@ -171,7 +173,7 @@ def train_classifier(
         select=plan.select,
         input=plan.input,
         output="sigmoid",
-        labels=[LabelSpec(name=plan.label, code=plan.code, threshold=threshold)],
+        labels=[LabelSpec(name=plan.label, code=plan.code, threshold=threshold, report_terms=plan.report_terms)],
         gradcam=GradCamSpec(target_layer=layer, slices=plan.gradcam_slices) if layer else None,
         intended_use=plan.intended_use,
         not_for_clinical_use=plan.not_for_clinical_use,

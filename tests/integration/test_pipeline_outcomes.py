@@ -195,3 +195,21 @@ def test_superseded_results_not_yet_sent_are_not_sent(bench: Bench) -> None:
     [current] = [r for r in bench.store.studies.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
     successor = dcmread(bench.spool.result_path(study_uid, current.sop_instance_uid))
     assert "PredecessorDocumentsSequence" not in successor  # the PACS never held the first one
+
+
+def test_what_each_model_saw_of_each_image_is_kept_for_drift_and_subgroups(bench: Bench) -> None:
+    for path in bench.files:
+        bench.receive(path)
+    study_uid = bench.process()
+    rows = bench.store.database.query("select * from analysed_images where study_instance_uid = ? order by sop_instance_uid",
+                                      [study_uid])
+    headers = {str(dcmread(p).SOPInstanceUID): dcmread(p, stop_before_pixels=True) for p in bench.files}
+    assert {row["sop_instance_uid"] for row in rows} == set(headers)  # every analysed image, once
+    for row in rows:
+        header = headers[row["sop_instance_uid"]]
+        assert row["model"] == "brain-mr-demo" and row["calling_aet"] == "TEST"
+        assert (row["manufacturer"], row["modality"], row["photometric"], row["body_part"]) == (
+            header.Manufacturer, "MR", "MONOCHROME2", "HEAD")
+        assert (row["rows"], row["columns"], row["field_strength"]) == (96, 96, 1.5)
+        assert row["pixel_spacing"] == pytest.approx(float(header.PixelSpacing[0]))
+        assert row["patient_sex"] == header.PatientSex and row["patient_age"] == pytest.approx(54.04, abs=0.01)
