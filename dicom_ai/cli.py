@@ -597,6 +597,34 @@ def train_demo(ctx: click.Context, name: str, out: Path | None, seed: int, quick
         click.echo(json.dumps(report, indent=2, default=str))
 
 
+@train.command("reference")
+@click.argument("name", type=click.Choice(["all", *DEMO_NAMES]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose card gets the reference (default: models_dir/<model name>; with 'all', "
+                   "the parent folder).")
+@click.option("--cases", type=click.IntRange(10, 100_000), default=None,
+              help="Phantom studies to score (default per demo: 80-200).")
+@click.option("--seed", default=900_000, show_default=True, help="First phantom seed (held out of training).")
+@click.pass_context
+def train_reference(ctx: click.Context, name: str, out: Path | None, cases: int | None, seed: int) -> None:
+    """Store a demo model's drift reference in its card: phantom studies through the node's inference path."""
+    from dicom_ai.infer.card import ModelError
+    from dicom_ai.train.reference import demo_reference
+
+    _setup_logging("INFO")
+    names = DEMO_NAMES if name == "all" else (name,)
+    parent = out if (out is not None and name == "all") else _settings(ctx).models_dir
+    for demo in names:
+        target = out if (out is not None and name != "all") else parent / DEMO_FOLDERS[demo]
+        try:
+            card = demo_reference(demo, target, cases=cases, seed=seed)
+        except (ModelError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        reference = card.reference
+        shown = ", ".join(sorted((reference.scores if reference else {}) | (reference.properties if reference else {})))
+        click.echo(f"{target}: reference of {shown}")
+
+
 @train.command("dataset")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")

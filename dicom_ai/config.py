@@ -92,6 +92,11 @@ class Settings(BaseModel):
     hl7_receiving_facility: str = Field(default="", max_length=20, description="MSH-6 of those messages")
     hl7_listen: str | None = Field(
         default=None, description="receive final reports (HL7 ORU^R01 over MLLP) on this host:port, e.g. 127.0.0.1:2575")
+    drift_psi: float = Field(
+        default=0.25, gt=0, le=100, description="flag a model whose week of scores or input properties reaches this "
+        "population stability index against its card's reference (numeric ones also need KS p < 0.01)")
+    drift_min_cases: int = Field(default=50, ge=1, le=1_000_000, description="values a week needs before it is checked for drift")
+    drift_interval: float = Field(default=3600.0, gt=0, le=WEEK_S, description="seconds between drift checks of the running node")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")

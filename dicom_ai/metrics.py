@@ -167,7 +167,7 @@ def calibration(predicted: np.ndarray, outcomes: np.ndarray, bins: int = CALIBRA
 # --- drift: a distribution now against the one at validation ------------------------------------
 
 
-def numeric_reference(values: np.ndarray, bins: int = REFERENCE_BINS,
+def numeric_reference(values: Sequence[float] | np.ndarray, bins: int = REFERENCE_BINS,
                       quantiles: int = REFERENCE_QUANTILES) -> dict[str, Any]:
     """A numeric variable's reference: bin edges at its deciles (ties merged), each bin's share, and
     evenly spaced quantiles; what a model card keeps instead of the values themselves."""

@@ -10,6 +10,8 @@ Jobs (apscheduler, each never overlapping itself):
   sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
 - retention: hourly, with retention_days set, deletes the files of studies finished that long ago;
+- drift: every drift_interval seconds, each model with a reference in its card is checked week by
+  week (scores and input properties, PSI and KS); a flag is logged and shown by `dicom-ai status`;
 - reports: with hl7_listen set, every few seconds, final reports kept for studies that had not
   arrived (or been processed) are matched again (validation.match_pending_reports).
 
@@ -103,6 +105,7 @@ class Node:
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
         self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
+        self.scheduler.add_job(self._check_drift, "interval", seconds=self.settings.drift_interval, id="drift")
         if self.settings.hl7_listen:
             self.scheduler.add_job(self._match_reports, "interval", seconds=REPORT_MATCH_INTERVAL, id="reports")
         if self.settings.retention_days is not None:
@@ -180,6 +183,11 @@ class Node:
     def _purge(self) -> None:
         if self.settings.retention_days is not None:
             purge_expired(self.stores.studies, self.spool, self.settings.retention_days)
+
+    def _check_drift(self) -> None:
+        references = {name: card.reference.references() for name, card in self.models.cards().items()
+                      if card.reference is not None}
+        validation.check_drift(self.stores, self.settings, references, since=time.time() - validation.DRIFT_WINDOW_S)
 
     def _match_reports(self) -> None:
         validation.match_pending_reports(self.stores, self.settings, self.report_rules())

@@ -21,12 +21,13 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_ai.domain import Code, Judgement, ReportRule, ResultFile, TruthSource
+from dicom_ai.domain import Code, DriftCheck, Judgement, Reference, ReportRule, ResultFile, TruthSource
 from dicom_ai.encode.assessment import LabelAssessment, assessment_reference, build_assessment_sr
 from dicom_ai.encode.uids import derive_uid
 from dicom_ai.errors import one_line
 from dicom_ai.feedback.derive import derive_truths
 from dicom_ai.feedback.hl7_report import ACCEPT, ERROR, REJECT, MalformedMessage, ParsedReport, ack, control_id_of, parse_report
+from dicom_ai.monitor.drift import weekly_drift
 from dicom_ai.send.carriers import dicom
 from dicom_ai.store import Spool
 from dicom_ai.store.feedback import ASSESSMENT, FeedbackError
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 Rules = Mapping[str, Sequence[ReportRule]]  # model name -> its labels' report rules
 
-__all__ = ["FeedbackError", "MatchOutcome", "match_pending_reports", "queue_assessment", "receive_report",
+__all__ = ["FeedbackError", "MatchOutcome", "check_drift", "match_pending_reports", "queue_assessment", "receive_report",
            "record_feedback"]
 
 
@@ -206,3 +207,29 @@ def match_pending_reports(stores: Stores, settings: Settings, rules: Rules) -> i
             log.info("HL7 report %s kept since %s now matched: %s", pending.control_id, pending.received_at,
                      outcome.text)
     return matched
+
+
+# --- drift ------------------------------------------------------------------------------------
+
+DRIFT_WINDOW_S = 8 * 7 * 86400.0  # the running node re-checks the last eight weeks
+
+
+def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Mapping[str, Reference]],
+                since: float | None = None) -> list[DriftCheck]:
+    """Check each model that has a reference in its card, keep the outcomes (flags become audit events
+    and `dicom-ai status` problems), and log what drifted. Returns every check made."""
+    checks: list[DriftCheck] = []
+    for model, reference in sorted(references.items()):
+        if not reference:
+            continue
+        found = weekly_drift(model, stores.performance.predictions(model, since=since),
+                             stores.performance.images(model, since=since), reference,
+                             psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
+        stores.performance.save_drift(found)
+        checks.extend(found)
+        for check in found:
+            if check.flagged:
+                log.warning("model %s drifted in %s: %s PSI %.2f%s over %d case(s) against its card's reference",
+                            model, check.week, check.variable, check.psi,
+                            f", KS p {check.ks_p:.1g}" if check.ks_p is not None else "", check.cases)
+    return checks

@@ -123,6 +123,12 @@ class Reports(Reader):
         return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
                 **times, "held_bytes": held["bytes"], "held_files": held["files"], "done_with_skips": partial["n"]}
 
+    def drift_flags(self) -> list[dict[str, Any]]:
+        """Flagged drift checks in each model's latest checked week (an earlier week's flags are history)."""
+        return self._query(
+            "select d.* from drift_checks d where d.flagged = 1 and d.week = (select max(week) from drift_checks e"
+            " where e.model = d.model) order by d.model, d.psi desc")
+
     def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
         return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
 

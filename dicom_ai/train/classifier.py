@@ -37,6 +37,7 @@ from dicom_ai.infer.card import (
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker
+from dicom_ai.infer.reference import build_reference
 from dicom_ai.train.engine import FitConfig, FitResult, fit, predict_probabilities
 from dicom_ai.train.evaluate import binary_report, pointing_game, youden_threshold
 
@@ -161,6 +162,11 @@ def train_classifier(
         **binary_report(test_p, test_y, threshold, seed=config.seed),
     }
     layer = _explain(plan, network, splits, metrics)
+    unit = "volumes" if plan.input.dims == 3 else "images"
+    reference = build_reference({plan.label: [float(p) for p in test_p]}, [],
+                                source=f"test split scores ({test_y.size} {unit}), preprocessed tensors: no input "
+                                       "properties (`dicom-ai evaluate MODEL --dataset ROOT --set-reference` adds them)",
+                                command=str(record.get("command", "dicom-ai train")))
     card = ModelCard(
         name=plan.name,
         version=plan.version,
@@ -179,6 +185,7 @@ def train_classifier(
         not_for_clinical_use=plan.not_for_clinical_use,
         training=_training_record(plan, splits, config, result, record, parameters, fit_s, time.perf_counter() - started),
         metrics=metrics,
+        reference=reference,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out_dir / WEIGHTS_FILE)

@@ -124,7 +124,7 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
         from dicom_ai.train.chest_demo import train_chest_demo
 
         report = train_chest_demo(out_dir, seed=seed, quick=quick)
-        return report | {"onnx": _export(out_dir)}
+        return report | {"onnx": _export(out_dir), "reference": _reference(name, out_dir, quick)}
     if name not in RECIPES:
         raise ValueError(f"no demo recipe {name!r}; choose chest-xray, {', '.join(RECIPES)}")
     recipe = RECIPES[name]
@@ -152,7 +152,18 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
     }
     plan = recipe.plan if not quick else replace(recipe.plan, version=recipe.plan.version + "+quick")
     card = train_classifier(plan, splits, out_dir, config, record)
-    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics, "onnx": _export(out_dir)}
+    onnx = _export(out_dir)
+    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics, "onnx": onnx,
+            "reference": _reference(name, out_dir, quick)}
+
+
+def _reference(name: str, out_dir: Path, quick: bool) -> str:
+    """The drift reference the node compares arriving studies with: phantom DICOM studies as the node
+    receives them, through its inference path (`dicom-ai train reference` does the same alone)."""
+    from dicom_ai.train.reference import demo_reference
+
+    card = demo_reference(name, out_dir, cases=10 if quick else None)
+    return card.reference.source if card.reference else ""
 
 
 def _export(out_dir: Path) -> dict[str, Any]:
