@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -460,6 +461,115 @@ def feedback(ctx: click.Context, study_uid: str, model: str, finding: str, truth
         raise click.ClickException(str(exc)) from None
     where = f"; assessment SR {assessment} queued for the PACS" if assessment else ""
     click.echo(f"{study_uid}: {model} {finding} judged {truth} by {judgement.by}{where}")
+
+
+def _date(value: str | None, option: str) -> float | None:
+    """YYYY-MM-DD as the epoch of that local midnight."""
+    if value is None:
+        return None
+    try:
+        return time.mktime(time.strptime(value, "%Y-%m-%d"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date written YYYY-MM-DD", param_hint=option) from None
+
+
+def _reference(settings: Settings, model: str) -> dict[str, Any] | None:
+    """The drift reference in the model's card, when the model is in models_dir and has one."""
+    from dicom_ai.infer.registry import ModelRegistry
+
+    card = ModelRegistry(settings.models_dir).cards().get(model)
+    return card.reference.references() if card is not None and card.reference is not None else None
+
+
+@main.command()
+@click.argument("model")
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="Only studies processed from this day on.")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Only studies processed before this day.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder (default: HOME/reports/MODEL-<date and time>).")
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Evaluate on a labelled dataset folder instead of the node's studies.")
+@click.option("--layout", default="auto", show_default=True, help="The dataset's layout (as `train dataset` reads).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Layout option (repeatable).")
+@click.option("--finding", default=None, help="The model label the dataset's positive class is (multi-label models).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the dataset's first N samples.")
+@click.option("--set-reference", is_flag=True, help="With --dataset: store the run as the drift reference in the card.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of the table.")
+@click.pass_context
+def evaluate(ctx: click.Context, model: str, since: str | None, until: str | None, out: Path | None,
+             dataset: Path | None, layout: str, options: tuple[str, ...], finding: str | None, limit: int | None,
+             set_reference: bool, as_json: bool) -> None:
+    """How MODEL does: on the judged studies the node processed, or on a labelled dataset (same inference path);
+    prints the table and writes a report folder (ROC, calibration, scores over time, subgroups, index.html)."""
+    from dicom_ai import validation
+    from dicom_ai.monitor.report import summary_table
+
+    settings = _settings(ctx)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if dataset is not None:
+        evaluated, title, notes = _evaluate_dataset(ctx, settings, model, dataset, layout, options, finding, limit,
+                                                    set_reference)
+    else:
+        if set_reference:
+            raise click.UsageError("--set-reference needs --dataset (the reference is validation data, not live)")
+        stores = _open_stores(settings)
+        evaluated = validation.evaluate_model(stores, settings, model, _reference(settings, model),
+                                              since=_date(since, "--since"), until=_date(until, "--until"))
+        if not evaluated.predictions:
+            known = ", ".join(stores.performance.models()) or "none"
+            raise click.ClickException(f"no predictions of model {model!r} in the period on this node "
+                                       f"(models with predictions: {known})")
+        period = f"from {since or 'the start'} to {until or 'now'}"
+        title = f"{model}: live evaluation, studies processed {period}"
+        notes = []
+    folder = out or settings.home / "reports" / f"{model}-{stamp}"
+    files = validation.report_evaluation(evaluated, folder, title, settings, notes)
+    if as_json:
+        click.echo(files.metrics.read_text(encoding="utf-8"))
+        return
+    click.echo(title)
+    click.echo(summary_table(evaluated.labels))
+    flagged = [c for c in evaluated.drift if c.flagged]
+    if evaluated.drift:
+        click.echo(f"drift: {len(flagged)} of {len(evaluated.drift)} weekly check(s) flagged"
+                   + "".join(f"\n  {c.week} {c.variable}: PSI {c.psi:.2f}" + (f", KS p {c.ks_p:.1g}" if c.ks_p is not None
+                                                                             else "") for c in flagged))
+    click.echo(f"report: {files.html}")
+    for path in files.figures.values():
+        click.echo(f"  {path}")
+
+
+def _evaluate_dataset(ctx: click.Context, settings: Settings, model: str, root: Path, layout: str,
+                      options: tuple[str, ...], finding: str | None, limit: int | None,
+                      set_reference: bool) -> tuple[Any, str, list[str]]:
+    """A labelled dataset through the model's own inference path (train/dataset_eval.py)."""
+    from dicom_ai import validation
+    from dicom_ai.infer.card import CARD_FILENAME, ModelError, ReferenceSpec, load_card, set_card_reference
+    from dicom_ai.infer.runner import LoadedModel
+    from dicom_ai.train.dataset_eval import DatasetEvaluationError, evaluate_dataset
+    from dicom_ai.train.layouts import LayoutError
+    from dicom_ai.train.reference import reference_from_studies
+
+    folder = _model_folder(ctx, model)
+    try:
+        card = load_card(folder / CARD_FILENAME)
+        loaded = LoadedModel.load(folder, card, fast_path=settings.onnx_fast_path)
+        run = evaluate_dataset(loaded, root, layout, tuple(_layout_option(o) for o in options), finding, limit)
+    except (ModelError, LayoutError, DatasetEvaluationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    notes = [f"{len(run.predictions)} sample(s) of the {run.dataset.layout} dataset at {root}: "
+             f"{run.dataset.classes[1]} as {run.label}"]
+    if set_reference:
+        command = shlex.join(["dicom-ai", "evaluate", card.name, "--dataset", str(root), "--layout", run.dataset.layout,
+                              *[f"--option={o}" for o in options], "--set-reference"])
+        source = (f"{len(run.studies)} sample(s) of the {run.dataset.layout} dataset at {root}, through "
+                  f"LoadedModel.predict ({loaded.backend})")
+        set_card_reference(folder / CARD_FILENAME, ReferenceSpec.model_validate(
+            reference_from_studies(run.studies, source=source, command=command)))
+        notes.append(f"the drift reference in {folder / CARD_FILENAME} was replaced by this run")
+    reference = card.reference.references() if card.reference is not None else None
+    evaluated = validation.evaluate_predictions(card.name, run.predictions, settings, reference)
+    return evaluated, f"{card.name}: evaluation on the {run.dataset.layout} dataset at {root}", notes
 
 
 def _open_stores(settings: Settings) -> Stores:

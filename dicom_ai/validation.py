@@ -15,19 +15,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_ai.domain import Code, DriftCheck, Judgement, Reference, ReportRule, ResultFile, TruthSource
+from dicom_ai.domain import Code, DriftCheck, Judgement, Prediction, Reference, ReportRule, ResultFile, TruthSource
 from dicom_ai.encode.assessment import LabelAssessment, assessment_reference, build_assessment_sr
 from dicom_ai.encode.uids import derive_uid
 from dicom_ai.errors import one_line
 from dicom_ai.feedback.derive import derive_truths
 from dicom_ai.feedback.hl7_report import ACCEPT, ERROR, REJECT, MalformedMessage, ParsedReport, ack, control_id_of, parse_report
 from dicom_ai.monitor.drift import weekly_drift
+from dicom_ai.monitor.performance import LabelEvaluation, evaluate
+from dicom_ai.monitor.report import ReportFiles, write_report
 from dicom_ai.send.carriers import dicom
 from dicom_ai.store import Spool
 from dicom_ai.store.feedback import ASSESSMENT, FeedbackError
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 Rules = Mapping[str, Sequence[ReportRule]]  # model name -> its labels' report rules
 
-__all__ = ["FeedbackError", "MatchOutcome", "check_drift", "match_pending_reports", "queue_assessment", "receive_report",
+__all__ = ["Evaluated", "FeedbackError", "MatchOutcome", "check_drift", "evaluate_model", "evaluate_predictions",
+           "report_evaluation", "match_pending_reports", "queue_assessment", "receive_report",
            "record_feedback"]
 
 
@@ -233,3 +237,46 @@ def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Map
                             model, check.week, check.variable, check.psi,
                             f", KS p {check.ks_p:.1g}" if check.ks_p is not None else "", check.cases)
     return checks
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A model's predictions over a period (or a dataset), their evaluation per label, and the drift checks."""
+
+    model: str
+    predictions: tuple[Prediction, ...]
+    labels: dict[str, LabelEvaluation]
+    drift: tuple[DriftCheck, ...]
+
+
+def evaluate_model(stores: Stores, settings: Settings, model: str, reference: Mapping[str, Reference] | None,
+                   since: float | None = None, until: float | None = None) -> Evaluated:
+    """The live evaluation the CLI prints and the console's model page shows: predictions processed in
+    [since, until), evaluated per label, and each week's drift against the card's reference (if any)."""
+    predictions = stores.performance.predictions(model, since=since, until=until)
+    drift: list[DriftCheck] = []
+    if reference:
+        drift = weekly_drift(model, predictions, stores.performance.images(model, since=since, until=until), reference,
+                             psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
+    return Evaluated(model, tuple(predictions), evaluate(predictions), tuple(drift))
+
+
+def evaluate_predictions(model: str, predictions: Sequence[Prediction], settings: Settings,
+                         reference: Mapping[str, Reference] | None = None) -> Evaluated:
+    """The same evaluation for predictions made elsewhere (a labelled dataset run through the model)."""
+    drift: list[DriftCheck] = []
+    if reference:
+        drift = weekly_drift(model, predictions, [], reference, psi_threshold=settings.drift_psi,
+                             min_cases=settings.drift_min_cases)
+    return Evaluated(model, tuple(predictions), evaluate(predictions), tuple(drift))
+
+
+def report_evaluation(evaluated: Evaluated, folder: Path, title: str, settings: Settings,
+                      notes: Sequence[str] = ()) -> ReportFiles:
+    """Write the report folder (PNG figures, index.html, metrics.json) of an evaluation."""
+    return write_report(folder, model=evaluated.model, title=title, predictions=evaluated.predictions,
+                        evaluations=evaluated.labels, drift=evaluated.drift, psi_threshold=settings.drift_psi,
+                        notes=notes)
