@@ -572,6 +572,40 @@ def _evaluate_dataset(ctx: click.Context, settings: Settings, model: str, root: 
     return evaluated, f"{card.name}: evaluation on the {run.dataset.layout} dataset at {root}", notes
 
 
+@main.group("export")
+def export_group() -> None:
+    """Export what the node knows for other tools."""
+
+
+@export_group.command("seismometer")
+@click.argument("model")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="Only studies processed from this day on.")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Only studies processed before this day.")
+@click.option("--finding", default=None, help="The primary target of a multi-label model (default: the first label).")
+@click.pass_context
+def export_seismometer(ctx: click.Context, model: str, out: Path, since: str | None, until: str | None,
+                       finding: str | None) -> None:
+    """MODEL's judged studies as seismometer 0.5 loads them (pseudonymised; open with run_startup from OUT)."""
+    from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.validation import ExportError, export_for_seismometer
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings)
+    card = ModelRegistry(settings.models_dir).cards().get(model)
+    thresholds = {label.name: label.threshold for label in card.labels if isinstance(label.threshold, float)} if card else None
+    try:
+        written = export_for_seismometer(stores, settings, model, out, thresholds, since=_date(since, "--since"),
+                                         until=_date(until, "--until"), primary=finding)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {written.rows} judged study(ies) of {model} to {written.folder} "
+               f"({written.left_out} left out: not judged present or absent for every label)")
+    for path in written.files:
+        click.echo(f"  {path}")
+    click.echo(f"open it: cd {written.folder} && python -c \"import seismometer; seismometer.run_startup(config_path='.')\"")
+
+
 def _open_stores(settings: Settings) -> Stores:
     from dicom_ai.store import Stores
 

@@ -31,9 +31,11 @@ from dicom_ai.feedback.hl7_report import ACCEPT, ERROR, REJECT, MalformedMessage
 from dicom_ai.monitor.drift import weekly_drift
 from dicom_ai.monitor.performance import LabelEvaluation, evaluate
 from dicom_ai.monitor.report import ReportFiles, write_report
+from dicom_ai.monitor.seismometer import ExportError, SeismometerExport, export_seismometer
 from dicom_ai.send.carriers import dicom
 from dicom_ai.store import Spool
 from dicom_ai.store.feedback import ASSESSMENT, FeedbackError
+from dicom_ai.store.secret import node_secret
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 Rules = Mapping[str, Sequence[ReportRule]]  # model name -> its labels' report rules
 
-__all__ = ["Evaluated", "FeedbackError", "MatchOutcome", "check_drift", "evaluate_model", "evaluate_predictions",
+__all__ = ["Evaluated", "ExportError", "FeedbackError", "export_for_seismometer", "MatchOutcome", "check_drift", "evaluate_model", "evaluate_predictions",
            "report_evaluation", "match_pending_reports", "queue_assessment", "receive_report",
            "record_feedback"]
 
@@ -280,3 +282,18 @@ def report_evaluation(evaluated: Evaluated, folder: Path, title: str, settings: 
     return write_report(folder, model=evaluated.model, title=title, predictions=evaluated.predictions,
                         evaluations=evaluated.labels, drift=evaluated.drift, psi_threshold=settings.drift_psi,
                         notes=notes)
+
+
+def export_for_seismometer(stores: Stores, settings: Settings, model: str, folder: Path,
+                           thresholds: Mapping[str, float] | None = None, since: float | None = None,
+                           until: float | None = None, primary: str | None = None) -> SeismometerExport:
+    """The seismometer folder of a model's judged studies processed in [since, until): pseudonyms keyed by
+    the node's secret (home/pseudonym.key), thresholds from the card (else those the predictions used)."""
+    predictions = stores.performance.predictions(model, since=since, until=until)
+    if not predictions:
+        known = ", ".join(stores.performance.models()) or "none"
+        raise ExportError(f"no predictions of model {model!r} in the period on this node (models with predictions: "
+                          f"{known})")
+    used = {p.label: p.threshold for p in predictions}
+    return export_seismometer(folder, model, predictions, secret=node_secret(settings.home),
+                              thresholds={**used, **(thresholds or {})}, primary=primary)

@@ -124,3 +124,26 @@ def test_evaluate_on_a_dataset_runs_the_node_inference_path(tmp_path: Path) -> N
     # The scores themselves: the picture wrapped as DICOM and read back is the picture the model saw directly.
     assert overall["brier"] == round(float(np.mean((direct - np.array(labels)) ** 2)), 4)
     assert (out / "roc-consolidation.png").is_file()
+
+
+def test_export_seismometer_writes_the_folder_and_says_how_to_open_it(tmp_path: Path) -> None:
+    from dicom_ai.domain import Judgement, Truth, TruthSource
+
+    settings = Settings(home=tmp_path)
+    stores = Stores.open(settings.database_path)
+    for i in range(6):
+        study = processed_study(stores, settings, accession=f"X{i}", probability=0.1 + 0.15 * i, patient_id=f"SECRET{i}")
+        if i < 4:
+            stores.feedback.record_judgement(Judgement(study, MODEL, LABEL, Truth.PRESENT if i % 2 else Truth.ABSENT,
+                                                       TruthSource.RADIOLOGIST, "jdoe"))
+    out = tmp_path / "seismo"
+    result = run(tmp_path, "export", "seismometer", MODEL, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"wrote 4 judged study(ies) of {MODEL} to {out} (2 left out" in result.output
+    assert "seismometer.run_startup(config_path='.')" in result.output
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "config.yml", "dictionary.yml", "metadata.json", "predictions.parquet", "usage_config.yml"]
+    assert b"SECRET" not in (out / "predictions.parquet").read_bytes()
+    assert (tmp_path / "pseudonym.key").is_file()
+    missing = run(tmp_path, "export", "seismometer", "nope", "--out", str(tmp_path / "x"))
+    assert missing.exit_code == 1 and "no predictions of model 'nope'" in missing.output
