@@ -169,13 +169,17 @@ def calibration(predicted: np.ndarray, outcomes: np.ndarray, bins: int = CALIBRA
 
 def numeric_reference(values: Sequence[float] | np.ndarray, bins: int = REFERENCE_BINS,
                       quantiles: int = REFERENCE_QUANTILES) -> dict[str, Any]:
-    """A numeric variable's reference: bin edges at its deciles (ties merged), each bin's share, and
-    evenly spaced quantiles; what a model card keeps instead of the values themselves."""
+    """A numeric variable's reference: bin edges at its minimum, deciles and just above its maximum (ties
+    merged), each bin's share, and evenly spaced quantiles; what a model card keeps instead of the values."""
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise ValueError("a reference needs at least one value")
-    edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1]))
+    # The deciles, and the range itself: a value beyond what the reference ever saw (a bigger image than
+    # any) falls in a bin of its own instead of sharing the top decile's.
+    inner = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
+    top = float(v.max()) + 1e-6 * max(1.0, abs(float(v.max())))  # just above the maximum, kept by 6-decimal rounding
+    edges = np.unique(np.round(np.r_[v.min(), inner, top], 6))
     shares = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1) / v.size
     return {"n": int(v.size), "edges": [_r6(e) for e in edges], "proportions": [_r6(s) for s in shares],
             "quantiles": [_r6(q) for q in np.quantile(v, np.linspace(0, 1, quantiles))]}

@@ -22,7 +22,18 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_ai.domain import Code, DriftCheck, Judgement, Prediction, Reference, ReportRule, ResultFile, TruthSource
+from dicom_ai.domain import (
+    Carrier,
+    Code,
+    DriftCheck,
+    Judgement,
+    OutboxEntry,
+    Prediction,
+    Reference,
+    ReportRule,
+    ResultFile,
+    TruthSource,
+)
 from dicom_ai.encode.assessment import LabelAssessment, assessment_reference, build_assessment_sr
 from dicom_ai.encode.uids import derive_uid
 from dicom_ai.errors import one_line
@@ -107,8 +118,14 @@ def queue_assessment(stores: Stores, settings: Settings, study_uid: str, model: 
     spool.write_dataset(sr, path)
     version = next(iter({row["model_version"] for row in findings.values()}), "")
     result = ResultFile(sop_uid, str(sr.SeriesInstanceUID), ASSESSMENT, model, version, path)
-    stores.feedback.save_assessment(study_uid, result, dicom.build_results([result], settings),
-                                    replaces=previous.sop_instance_uid if previous else None)
+    # The assessment goes where the assessed SR went (whoever runs this: the node, or a CLI without its PACS setting).
+    sends = [OutboxEntry(Carrier.DICOM, sop_uid, destination, str(path))
+             for destination in stores.feedback.destinations(ai_sr.sop_instance_uid)] or \
+        dicom.build_results([result], settings)
+    stores.feedback.save_assessment(study_uid, result, sends, replaces=previous.sop_instance_uid if previous else None)
+    if not sends:
+        log.warning("study %s: assessment SR %s kept in %s but not sent: no PACS configured (pacs)", study_uid,
+                    sop_uid, path)
     log.info("study %s: assessment SR %s of %s queued (%s)", study_uid, sop_uid, model,
              "; ".join(f"{a.label} {a.truth} by {a.source} {a.by}" for a in assessments))
     return sop_uid

@@ -173,6 +173,12 @@ class FeedbackStore(Part):
         row = rows[0]
         return ResultRef(row["sop_instance_uid"], row["series_instance_uid"], Path(row["path"]), bool(row["sent"]))
 
+    def destinations(self, sop_instance_uid: str) -> list[str]:
+        """Where a result was queued by the DICOM carrier (an assessment goes where its AI SR went)."""
+        rows = self._query("select distinct destination from outbox where kind = 'dicom' and key = ? order by destination",
+                           [sop_instance_uid])
+        return [row["destination"] for row in rows]
+
     def study_row(self, study_uid: str) -> dict[str, Any] | None:
         rows = self._query("select * from studies where study_instance_uid = ?", [study_uid])
         return rows[0] if rows else None

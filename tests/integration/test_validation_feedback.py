@@ -119,3 +119,12 @@ def test_malformed_and_preliminary_reports(setup: tuple[Stores, Settings]) -> No
     preliminary = receive_report(stores, settings, RULES, oru("A1", "Consolidation.", status="P", control_id="P1"))
     assert "MSA|AA|P1|result status P is not final" in preliminary
     assert stores.feedback.pending_reports() == []  # nothing kept
+
+
+def test_the_assessment_goes_where_the_ai_sr_went_whoever_records_it(tmp_path: Path) -> None:
+    node_settings = Settings(home=tmp_path, pacs=PACS)  # type: ignore[arg-type]
+    stores = Stores.open(node_settings.database_path)
+    study = processed_study(stores, node_settings, accession="A1", probability=0.9)
+    cli_settings = Settings(home=tmp_path)  # a CLI run without the node's PACS setting
+    uid = record_feedback(stores, cli_settings, Judgement(study, MODEL, LABEL, Truth.ABSENT, TruthSource.RADIOLOGIST, "x"))
+    assert [(r["kind"], r["destination"]) for r in stores.reports.outbox_rows(study) if r["key"] == uid] == [("dicom", PACS)]

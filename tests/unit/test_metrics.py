@@ -38,12 +38,13 @@ def test_psi_is_zero_for_the_same_shares_and_grows_with_the_shift() -> None:
 
 def test_numeric_reference_bins_at_deciles_and_merges_ties() -> None:
     reference = numeric_reference(np.arange(1000.0))
-    assert len(reference["edges"]) == 9 and reference["proportions"] == [0.1] * 10
+    assert len(reference["edges"]) == 11 and reference["proportions"] == [0.0] + [0.1] * 10 + [0.0]
     assert len(reference["quantiles"]) == 21 and reference["quantiles"][0] == 0.0 and reference["quantiles"][-1] == 999.0
     constant = numeric_reference([672.0] * 50)
-    assert constant["edges"] == [672.0] and constant["proportions"] == [0.0, 1.0]
+    assert constant["edges"] == [672.0, 672.000672] and constant["proportions"] == [0.0, 1.0, 0.0]  # 672, just above
     assert numeric_psi(constant["edges"], constant["proportions"], np.full(20, 672.0)) == 0.0
     assert numeric_psi(constant["edges"], constant["proportions"], np.full(20, 448.0)) > 5
+    assert numeric_psi(constant["edges"], constant["proportions"], np.full(20, 896.0)) > 5  # beyond the range too
 
 
 def test_ks_tells_a_shifted_sample_from_a_fresh_one() -> None:
