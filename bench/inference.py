@@ -26,7 +26,7 @@ from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.infer.preprocess import preprocess
 from dicom_ai.infer.runner import LoadedModel
 from dicom_ai.pipeline import Pipeline
-from dicom_ai.receive.scp import read_identity
+from dicom_ai.receive.keep import read_identity
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.store import Spool, Stores
 from dicom_ai.domain import ReceivedInstance

@@ -15,11 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from tests.e2e import orthanc_server
-from tests.e2e.orthanc_server import OrthancServer, free_port
+from pydicom import dcmread
+
+from dicom_ai.demo.orthanc import OrthancServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,19 @@ class Receiver:
     def stored(self) -> int:
         raise NotImplementedError
 
+    def send(self, batches: Sequence[Sequence[Path]], nodelay: bool) -> float:
+        """Send every batch at once (one storescu association each); the wall seconds it took."""
+        return send(batches, self.port, self.ae, nodelay)
+
 
 class OursReceiver(Receiver):
     """The real `dicom-ai serve` (durable: fsync + SQLite before Success); no study ever completes during a run."""
 
     name = "dicom-ai"
     ae = "DICOM_AI"
+
+    def settings(self) -> dict[str, str]:
+        return {}
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +149,7 @@ class OursReceiver(Receiver):
             "DICOM_AI_PORT": str(self.port),
             "DICOM_AI_STABLE_AFTER": "86400",
             "DICOM_AI_LOG_LEVEL": "INFO",
+            **self.settings(),
         }
         cli = Path(sys.executable).parent / "dicom-ai"
         self.process = spawn([str(cli), "serve"], env, self.log_path)
@@ -156,6 +165,58 @@ class OursReceiver(Receiver):
 
     def stored(self) -> int:
         return sum(1 for _ in (self.workdir / "home" / "spool" / "studies").rglob("*.dcm"))
+
+
+class OursStowReceiver(OursReceiver):
+    """The same `dicom-ai serve`, taking the same files by DICOMweb STOW-RS instead (stow_receive): same
+    durability (each part fsynced, renamed, committed before the answer). The sender is curl, C like
+    storescu: one process per batch, one request per study of the batch over one kept-alive connection,
+    each request body a multipart/related file written beforehand (not timed) and streamed by curl."""
+
+    name = "dicom-ai STOW-RS"
+
+    def settings(self) -> dict[str, str]:
+        self.http_port = free_port()
+        return {"DICOM_AI_STOW_RECEIVE": "true", "DICOM_AI_HTTP_PORT": str(self.http_port)}
+
+    def send(self, batches: Sequence[Sequence[Path]], nodelay: bool) -> float:
+        commands = [self._curl_command(n, batch) for n, batch in enumerate(batches)]
+        os.sync()  # the bodies just written must not be flushed to disk during the measurement
+        return send_with(commands, f"curl (STOW-RS) to 127.0.0.1:{self.http_port}", self._check_answers)
+
+    def _curl_command(self, number: int, batch: Sequence[Path]) -> list[str]:
+        by_study: dict[str, list[Path]] = {}
+        for path in batch:
+            by_study.setdefault(str(dcmread(path, stop_before_pixels=True).StudyInstanceUID), []).append(path)
+        command = ["curl", "-sS"]
+        for study, paths in by_study.items():
+            body = self.workdir / f"stow-{number}-{study}.body"
+            write_multipart(body, paths)
+            if len(command) > 2:
+                command.append("--next")
+            command += ["-o", "/dev/null", "-w", "%{http_code}\\n", "-X", "POST", "-H", f"Content-Type: {STOW_CONTENT_TYPE}",
+                        "-H", "Expect:", "-T", str(body), f"http://127.0.0.1:{self.http_port}/dicom-web/studies"]
+        return command
+
+    @staticmethod
+    def _check_answers(stdout: str) -> str | None:
+        codes = stdout.split()
+        return None if codes and all(code == "200" for code in codes) else f"HTTP status(es) {codes}, expected all 200"
+
+
+STOW_BOUNDARY = "dicom-ai-bench-boundary"
+STOW_CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={STOW_BOUNDARY}'
+
+
+def write_multipart(body: Path, files: Sequence[Path]) -> None:
+    """A STOW-RS request body: each file as an application/dicom part."""
+    with open(body, "wb") as out:
+        for path in files:
+            out.write(f"--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, out, 1 << 20)
+            out.write(b"\r\n")
+        out.write(f"--{STOW_BOUNDARY}--\r\n".encode())
 
 
 class StorescpReceiver(Receiver):
@@ -182,20 +243,16 @@ class StorescpReceiver(Receiver):
 
 
 class OrthancReceiver(Receiver):
-    """Orthanc from orthanc/orthanc.json (tests/e2e/orthanc_server), forwarding disabled by a huge StableAge."""
+    """Orthanc from orthanc/orthanc.json (dicom_ai/demo/orthanc.py), forwarding disabled by a huge StableAge."""
 
     name = "Orthanc"
     ae = "ORTHANC"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        original = orthanc_server.nodelay_env
-        orthanc_server.nodelay_env = lambda: dcmtk_env(self.nodelay)  # type: ignore[assignment]
-        try:
-            self.server = OrthancServer(self.workdir, router_aet="NOBODY", router_port=free_port(), stable_age=86400)
-            self.server.start()
-        finally:
-            orthanc_server.nodelay_env = original  # type: ignore[assignment]
+        self.server = OrthancServer(self.workdir, router_aet="NOBODY", router_port=free_port(), stable_age=86400,
+                                    environment=dcmtk_env(self.nodelay))
+        self.server.start()
         assert self.server.process is not None
         _CHILDREN.add(self.server.process)
         self.pid = self.server.process.pid
@@ -211,7 +268,8 @@ class OrthancReceiver(Receiver):
         return int(self.server.get_json("/statistics")["CountInstances"])
 
 
-RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, StorescpReceiver, OrthancReceiver)}
+RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursStowReceiver, StorescpReceiver,
+                                                              OrthancReceiver)}
 
 
 @contextlib.contextmanager
@@ -232,22 +290,31 @@ def storescu_command(files: Sequence[Path], port: int, called: str) -> list[str]
 
 def send(batches: Sequence[Sequence[Path]], port: int, called: str, nodelay: bool, timeout: float = 600) -> float:
     """Run one storescu per batch, all at once; the wall seconds until the last exits. Raises on any failure."""
-    env = dcmtk_env(nodelay)
+
+    def errors_of(stderr: str) -> str | None:
+        bad = [line for line in stderr.splitlines() if line.startswith(("E:", "F:"))]
+        return "\n".join(bad) if bad else None
+
+    return send_with([storescu_command(b, port, called) for b in batches], f"storescu to {called}@127.0.0.1:{port}",
+                     lambda _stdout: None, errors_of, dcmtk_env(nodelay), timeout)
+
+
+def send_with(commands: Sequence[Sequence[str]], what: str, check_stdout: Callable[[str], str | None],
+              check_stderr: Callable[[str], str | None] = lambda _stderr: None, env: dict[str, str] | None = None,
+              timeout: float = 600) -> float:
+    """Run the sender commands all at once; the wall seconds until the last exits. Raises on any failure."""
     started = time.perf_counter()
-    processes = [
-        subprocess.Popen(storescu_command(b, port, called), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-        for b in batches
-    ]
+    processes = [subprocess.Popen(list(c), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
     for p in processes:
         _CHILDREN.add(p)  # type: ignore[arg-type]
     errors: list[str] = []
     try:
         for p in processes:
-            _, stderr = p.communicate(timeout=timeout)
-            bad = [line for line in stderr.splitlines() if line.startswith(("E:", "F:"))]
+            stdout, stderr = p.communicate(timeout=timeout)
+            bad = check_stderr(stderr) or check_stdout(stdout)
             if p.returncode != 0 or bad:
-                errors.append(f"exit {p.returncode}: " + "\n".join(bad or stderr.splitlines()[-5:]))
+                errors.append(f"exit {p.returncode}: " + (bad or "\n".join(stderr.splitlines()[-5:])))
     finally:
         for p in processes:
             if p.poll() is None:
@@ -256,5 +323,5 @@ def send(batches: Sequence[Sequence[Path]], port: int, called: str, nodelay: boo
             _CHILDREN.discard(p)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     if errors:
-        raise BenchError(f"storescu to {called}@127.0.0.1:{port} failed:\n" + "\n".join(errors)[:3000])
+        raise BenchError(f"{what} failed:\n" + "\n".join(errors)[:3000])
     return elapsed

@@ -1,4 +1,5 @@
-"""Receive throughput: our durable SCP vs storescp vs Orthanc, fed by the same storescu, interleaved per round."""
+"""Receive throughput: our durable SCP vs storescp vs Orthanc, fed by the same storescu, interleaved per round;
+and the same node taking the same files by STOW-RS (sent by curl), with the same durability."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import CorpusSpec
-from bench.procs import RECEIVERS, BenchError, peak_rss_mb, running, send
+from bench.procs import RECEIVERS, BenchError, peak_rss_mb, running
 from bench.stats import median
 
 log = logging.getLogger(__name__)
 
 ROUNDS = 3
+STOW = "dicom-ai STOW-RS"  # the node taking the corpus by DICOMweb STOW-RS (bench/procs.OursStowReceiver)
 
 
 def _chunks(files: list[Path], parts: int) -> list[list[Path]]:
@@ -25,7 +27,7 @@ def measure_once(receiver_name: str, files: list[Path], workdir: Path, nodelay: 
     cls = RECEIVERS[receiver_name]
     receiver = cls(workdir, nodelay=nodelay, fork=associations > 1)
     with running(receiver):
-        seconds = send(_chunks(files, associations), receiver.port, receiver.ae, nodelay)
+        seconds = receiver.send(_chunks(files, associations), nodelay)
         rss = peak_rss_mb(receiver.pid)
         stored = receiver.stored()
     if stored != len(files):
@@ -71,8 +73,11 @@ def summarise(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mb_per_s": median([r["mb_per_s"] for r in mine]),
                 "peak_rss_mb": median([r["peak_rss_mb"] for r in mine]),
             }
-            if name != "dicom-ai":
-                ours = {r["round"]: r["seconds"] for r in rows if r["receiver"] == "dicom-ai"}
+            ours = {r["round"]: r["seconds"] for r in rows if r["receiver"] == "dicom-ai"}
+            if name == STOW:  # the same node by STOW-RS: C-STORE time / STOW-RS time, >1: STOW-RS is faster
+                ratios = [ours[r["round"]] / r["seconds"] for r in mine if r["round"] in ours]
+                entry["stow_over_cstore"] = median(ratios) if ratios else None
+            elif name != "dicom-ai":
                 ratios = [r["seconds"] / ours[r["round"]] for r in mine if r["round"] in ours]
                 entry["ours_over_peer"] = median(ratios) if ratios else None  # >1: we are faster
             out.append(entry)

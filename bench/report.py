@@ -19,6 +19,16 @@ def _receive(rows: list[dict[str, Any]]) -> list[str]:
                    f"{r['instances']} | {_f(r['inst_per_s'])} | {_f(r['mb_per_s'])} | {_f(r['peak_rss_mb'], 0)} | "
                    f"{'' if ratio is None else f'{ratio:.2f}×'} |")
     out += ["", "The last column is the per-round ratio peer time / dicom-ai time, medianed: above 1 we are faster.", ""]
+    stow = [r for r in rows if r.get("stow_over_cstore") is not None]
+    if stow:
+        out += ["### STOW-RS receive vs C-STORE receive (the same dicom-ai node, same durability)", "",
+                "| corpus | instances | STOW-RS inst/s | STOW-RS MB/s | peak RSS MiB | STOW-RS speed vs C-STORE |",
+                "|---|---|---|---|---|---|"]
+        for r in stow:
+            out.append(f"| {r['corpus']} | {r['instances']} | {_f(r['inst_per_s'])} | {_f(r['mb_per_s'])} | "
+                       f"{_f(r['peak_rss_mb'], 0)} | {r['stow_over_cstore']:.2f}× |")
+        out += ["", "Per-round ratio C-STORE time / STOW-RS time, medianed: above 1 STOW-RS is faster. Senders: "
+                "storescu (one association) and curl (one request per study over one connection), both C.", ""]
     return out
 
 
@@ -132,6 +142,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _receive(results["receive"])
     if "turnaround" in results or results.get("turnaround_ct"):
         lines += _turnaround(results.get("turnaround"), results.get("turnaround_ct", []))
+    if "result_objects" in results:
+        lines += _result_objects(results["result_objects"])
     if "inference" in results:
         lines += _inference(results["inference"])
     if "fast_path" in results:
@@ -139,3 +151,21 @@ def markdown(results: dict[str, Any]) -> str:
     if "scale" in results:
         lines += _scale(results["scale"])
     return "\n".join(lines)
+
+
+def _result_objects(r: dict[str, Any]) -> list[str]:
+    """The SR's regions and the Parametric Map against the turnaround (target: < 10 % of the chest CR's)."""
+    e = r["encode"]
+    lines = ["## Result objects: SR regions and Parametric Maps", "",
+             f"Whole SR of a chest CR with its OHIF region {r['sr_with_regions_ms']:.0f} ms (SR {e['sr_only_ms']:.0f} ms, "
+             f"region from the heatmap {e['region_ms']:.0f} ms; SR + heatmap SC {e['encode_ms']:.0f} ms): "
+             f"{r['sr_share_of_chest_turnaround']:.1%} of the chest CR turnaround p50, "
+             f"{r['sr_share_of_chest_turnaround_minus_waits']:.1%} of it minus the configured waits (target < 10 %).", "",
+             "| study | turnaround p50, heatmap_objects=sc | =sc,pm | ratio | processing p50 sc / sc,pm |",
+             "|---|---|---|---|---|"]
+    for kind, row in r.items():
+        if isinstance(row, dict) and "pm_over_sc" in row:
+            lines.append(f"| {kind} | {row['sc_p50_s']:.2f} s | {row['sc_pm_p50_s']:.2f} s | {row['pm_over_sc']:.2f}x | "
+                         f"{row['processing_sc_p50_s'] or 0:.2f} / {row['processing_sc_pm_p50_s'] or 0:.2f} s |")
+    return [*lines, "", f"{r['studies']} studies per case after a warm-up; radiographs get no Parametric Map "
+            "(no frame of reference), so their ratio is the noise of the run.", ""]

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import fast_path, inference, receive, scale, turnaround, turnaround_ct
+from bench import fast_path, inference, receive, result_objects, scale, turnaround, turnaround_ct
 from bench.corpus import FULL_SPECS, bench_scale, generate, scaled
 from bench.report import markdown
 
@@ -81,7 +81,9 @@ def main() -> int:
         corpora = {s.name: (s, generate(s, WORKDIR / "corpus" / s.modality)) for s in specs}
         all_receivers = ("dicom-ai", "storescp", "Orthanc")
         ct_spec, ct_files = corpora[specs[0].name]
-        cases = [(s, f, True, 1, all_receivers) for s, f in corpora.values()]
+        # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.
+        cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ()))
+                 for s, f in corpora.values()]
         cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", "storescp")))
         subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
         cases.append((ct_spec, subset, False, 1, all_receivers))
@@ -100,6 +102,8 @@ def main() -> int:
         log.info("turnaround done at %.0f s", time.monotonic() - started)
         results["turnaround_ct"] = turnaround_ct.run(WORKDIR / "turnaround_ct", max(3, round(5 * factor)))
         log.info("CT turnaround done at %.0f s", time.monotonic() - started)
+        results["result_objects"] = result_objects.run(WORKDIR / "result_objects", max(3, round(5 * factor)))
+        log.info("result objects done at %.0f s", time.monotonic() - started)
         results["inference"] = inference.run(WORKDIR / "inference", max(5, round(20 * factor)))
         log.info("inference done at %.0f s", time.monotonic() - started)
         results["fast_path"] = fast_path.run(WORKDIR / "fast_path", max(5, round(20 * factor)))

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,8 @@ from pydicom.data import get_testdata_file
 from bench.corpus import copy_as_new_study
 from bench.procs import _CHILDREN, BenchError, spawn, terminate
 from bench.stats import median, percentile
-from tests.e2e.orthanc_server import OrthancServer, free_port, storescu
+from dicom_ai.demo.orthanc import OrthancServer, free_port
+from tests.e2e.orthanc_server import storescu
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ def run(workdir: Path, studies: int) -> dict[str, Any]:
     return measure(workdir, [CHEST_CR], studies)[0]
 
 
-def measure(workdir: Path, cases: Sequence[Case], studies: int) -> list[dict[str, Any]]:
-    """Per case, one warm-up study then `studies` counted ones, one at a time, through one Orthanc and one node."""
+def measure(workdir: Path, cases: Sequence[Case], studies: int, settings: Mapping[str, str] | None = None
+            ) -> list[dict[str, Any]]:
+    """Per case, one warm-up study then `studies` counted ones, one at a time, through one Orthanc and one node
+    (`settings`: more DICOM_AI_* variables for the node)."""
     router_port = free_port()
     orthanc = OrthancServer(workdir / "orthanc", router_aet="DICOM_AI", router_port=router_port,
                             stable_age=ORTHANC_STABLE_AGE)
@@ -81,7 +84,7 @@ def measure(workdir: Path, cases: Sequence[Case], studies: int) -> list[dict[str
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DICOM_AI_HOME": str(home), "DICOM_AI_HOST": "127.0.0.1", "DICOM_AI_PORT": str(router_port),
            "DICOM_AI_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "DICOM_AI_ORTHANC_URL": orthanc.http_url,
-           "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER)}
+           "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER), **(settings or {})}
     log_path = home / "serve.log"
     serve = spawn([str(Path(sys.executable).parent / "dicom-ai"), "serve"], env, log_path)
     timed: list[dict[str, Any]] = []

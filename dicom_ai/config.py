@@ -72,6 +72,12 @@ class Settings(BaseModel):
     allowed_calling_aets: tuple[str, ...] = Field(
         default=(), description="calling AE titles allowed to associate, comma-separated (empty: any)")
     pacs: Peer | None = Field(default=None, description="where results go, AE@host:port")
+    stow_url: str | None = Field(
+        default=None, description="DICOMweb root where results also go by STOW-RS, e.g. http://127.0.0.1:8042/dicom-web")
+    stow_user: str | None = Field(default=None, description="HTTP Basic user for stow_url, if any")
+    stow_password: str | None = Field(default=None, validate_default=True, description="its password")
+    stow_token: str | None = Field(
+        default=None, validate_default=True, description="bearer token for stow_url (instead of a user and password)")
     orthanc_url: str | None = Field(default=None, description="Orthanc REST URL for priority flags")
     orthanc_user: str | None = Field(default=None, description="Orthanc REST user, if any")
     orthanc_password: str | None = Field(default=None, description="Orthanc REST password")
@@ -109,6 +115,12 @@ class Settings(BaseModel):
         default=("STAT",), description="priorities that send an e-mail, comma-separated")
     http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
     http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
+    stow_receive: bool = Field(
+        default=False, validate_default=True, description="the node's HTTP server takes studies by STOW-RS at /dicom-web/studies")
+    stow_receive_user: str | None = Field(default=None, description="HTTP Basic user STOW-RS senders must give, if any")
+    stow_receive_password: str | None = Field(default=None, validate_default=True, description="its password")
+    stow_receive_max_mb: float = Field(
+        default=2048, gt=0, le=1_048_576, description="largest STOW-RS request body taken, MB; larger ones get 413")
     turnaround_stat_minutes: float = Field(default=60, gt=0, le=YEAR_MINUTES, description="read STAT studies within (worklist aging)")
     turnaround_urgent_minutes: float = Field(default=240, gt=0, le=YEAR_MINUTES, description="read URGENT studies within")
     turnaround_routine_minutes: float = Field(default=1440, gt=0, le=YEAR_MINUTES, description="read ROUTINE studies within")
@@ -235,6 +247,34 @@ class Settings(BaseModel):
             return tuple(dict.fromkeys(["sc", *value]))
         return value
 
+    @field_validator("stow_user", "stow_password", "stow_token", "stow_receive_user", "stow_receive_password",
+                     mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("stow_password", "stow_receive_password")
+    @classmethod
+    def _password(cls, value: str | None, info: ValidationInfo) -> str | None:
+        user_key = "stow_user" if info.field_name == "stow_password" else "stow_receive_user"
+        if (info.data.get(user_key) is None) != (value is None):
+            raise ValueError(f"HTTP Basic needs both {user_key} and {info.field_name}, or neither")
+        return value
+
+    @field_validator("stow_token")
+    @classmethod
+    def _token(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("stow_user") is not None:
+            raise ValueError("give either a bearer token or stow_user and stow_password, not both")
+        return value
+
+    @field_validator("stow_receive")
+    @classmethod
+    def _stow_receive(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("http_port") == 0:
+            raise ValueError("STOW-RS is served by the node's HTTP server, which http_port 0 turns off")
+        return value
+
     @field_validator("hl7_mllp", "hl7_listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -245,7 +285,7 @@ class Settings(BaseModel):
             raise ValueError(f"expected host:port such as 127.0.0.1:2575, got {value!r}")
         return value.strip()
 
-    @field_validator("orthanc_url", "webhook_url")
+    @field_validator("orthanc_url", "webhook_url", "stow_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

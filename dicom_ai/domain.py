@@ -35,11 +35,17 @@ class Carrier(enum.StrEnum):
     """
 
     DICOM = "dicom"  # result objects (SR, SC...) by C-STORE to the PACS
+    STOW = "stow"  # result objects by DICOMweb STOW-RS to an archive
     ORTHANC_METADATA = "orthanc_metadata"  # priority and findings as Orthanc study metadata
     MWL = "mwl"  # a Modality Worklist entry (.wl file) with the Requested Procedure Priority
     HL7 = "hl7"  # an HL7 v2.5 ORU^R01 over MLLP
     WEBHOOK = "webhook"  # a JSON notice POSTed to a URL
     EMAIL = "email"  # an e-mail notice over SMTP
+
+
+# The carriers of result objects (one outbox entry per file, keyed by its SOP Instance UID): a result
+# sent by any of them is held by an archive, and a superseded result is not sent by any of them.
+RESULT_CARRIERS: frozenset[Carrier] = frozenset({Carrier.DICOM, Carrier.STOW})
 
 
 class Priority(enum.IntEnum):

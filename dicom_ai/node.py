@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 from datetime import datetime, timedelta
-from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -43,7 +42,9 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
-from dicom_ai.web.worklist_page import start_web
+from dicom_ai.web.app import start_web
+from dicom_ai.web.server import WebServer
+from dicom_ai.web.stow import StowReceive
 from dicom_ai.store import Spool, Stores
 from dicom_ai.store.health import node_health
 from dicom_ai.store.retention import purge_expired, sweep_purged
@@ -76,12 +77,13 @@ class Node:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._server: GuardedServer | None = None
-        self._web: ThreadingHTTPServer | None = None
+        self._web: WebServer | None = None
         self._hl7: Hl7Listener | None = None
 
     def report_rules(self) -> dict[str, list[ReportRule]]:
         """Model -> the report_terms of its labels, from the cards read at start."""
         return {name: card.report_rules for name, card in self.models.cards().items()}
+
     def start(self) -> None:
         strays = self.spool.sweep_incoming()
         if strays:
@@ -99,8 +101,9 @@ class Node:
                 self.models.get(name)
             except Exception as exc:
                 log.error("model %s cannot be loaded; studies routed to it will fail: %s", name, exc)
-        if self.settings.pacs is None:
-            log.warning("no PACS configured (DICOM_AI_PACS): results are kept in %s but not sent", self.spool.results)
+        if self.settings.pacs is None and self.settings.stow_url is None:
+            log.warning("no PACS (DICOM_AI_PACS) nor DICOMweb server (DICOM_AI_STOW_URL) configured: results are "
+                        "kept in %s but not sent", self.spool.results)
         self.scheduler.add_job(self._assemble, "interval", seconds=self.tick, id="assemble")
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
@@ -128,9 +131,12 @@ class Node:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:
             try:
+                stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
+                                   s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
                 self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
                                       lambda: node_health(self.stores.reports, s.home, s.retention_days,
-                                                                  send_retry_window_s=s.send_retry_window))
+                                                          send_retry_window_s=s.send_retry_window),
+                                      stow_receive=stow)
             except OSError as exc:
                 raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
@@ -146,7 +152,7 @@ class Node:
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
-            s.stable_after, s.pacs or "nowhere",
+            s.stable_after, " and ".join(str(to) for to in (s.pacs, s.stow_url) if to) or "nowhere",
         )
 
     def stop(self) -> None:
@@ -157,8 +163,7 @@ class Node:
             self._server.shutdown()
             self._server = None
         if self._web is not None:
-            self._web.shutdown()
-            self._web.server_close()
+            self._web.stop()
             self._web = None
         self.scheduler.shutdown(wait=True)
         self.stores.close()

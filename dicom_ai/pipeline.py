@@ -46,7 +46,7 @@ from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
-from dicom_ai.send.carriers import Publication, dicom
+from dicom_ai.send.carriers import Publication, dicom, stow
 from dicom_ai.send.publish import priority_change, publications
 
 if TYPE_CHECKING:
@@ -323,7 +323,8 @@ class Pipeline:
             findings=[row for outcome in outcomes for row in outcome.findings],
             results=results,
             priority=priority,
-            outbox=[*dicom.build_results(results, self.settings), *carried],
+            outbox=[*dicom.build_results(results, self.settings), *stow.build_results(results, self.settings),
+                    *carried],
             skipped=skipped_carriers,
             supersede=supersede,
             revision=revision,

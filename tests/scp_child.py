@@ -1,7 +1,7 @@
 """A child process running our SCP (and optionally the worklist page) with default limits, for tests
 that measure the process from outside (peak memory, file descriptors) or must not share its threads.
 
-    python tests/scp_child.py ROOT PORT [--http-port N] [--nofile N]
+    python tests/scp_child.py ROOT PORT [--http-port N [--stow-max-mb MB]] [--nofile N]
 
 Prints "ready" once listening; logs go to stderr; stops when killed. `ScpChild` starts one from a test.
 """
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dicom_ai.domain import TurnaroundTargets  # noqa: E402
 from dicom_ai.receive.scp import start_scp  # noqa: E402
 from dicom_ai.store import Spool, Stores  # noqa: E402
-from dicom_ai.web.worklist_page import start_web  # noqa: E402
+from dicom_ai.web.app import start_web  # noqa: E402
+from dicom_ai.web.stow import StowReceive  # noqa: E402
 
 
 class ScpChild:
@@ -67,15 +68,18 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--nofile", type=int, default=0, help="lower RLIMIT_NOFILE to this")
+    parser.add_argument("--stow-max-mb", type=float, default=0, help="also take STOW-RS uploads up to this size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     store = Stores.open(args.root / "db.sqlite")
-    start_scp("DICOM_AI", "127.0.0.1", args.port, 131072, Spool(args.root / "spool"), store.studies)
+    spool = Spool(args.root / "spool")
+    start_scp("DICOM_AI", "127.0.0.1", args.port, 131072, spool, store.studies)
     if args.http_port:
-        start_web("127.0.0.1", args.http_port, store.reports, TurnaroundTargets())
+        stow = StowReceive(spool, store.studies, int(args.stow_max_mb * 1e6)) if args.stow_max_mb else None
+        start_web("127.0.0.1", args.http_port, store.reports, TurnaroundTargets(), stow_receive=stow)
     print("ready", flush=True)
     while True:
         time.sleep(60)

@@ -76,6 +76,7 @@ class OrthancServer:
         stable_age: int = 1,
         overrides: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.router_aet = router_aet
@@ -83,6 +84,7 @@ class OrthancServer:
         self.stable_age = stable_age
         self.overrides = dict(overrides or {})
         self.verbose = verbose
+        self.environment = environment if environment is not None else nodelay_env()  # Nagle off by default
         self.config_path = self.workdir / "orthanc.json"
         self.log_path = self.workdir / "orthanc.log"
         self.http_port = free_port()
@@ -158,7 +160,7 @@ class OrthancServer:
         self._log_file = open(self.log_path, "ab")
         since = self._log_file.tell()  # the log is appended to across restarts: judge this run only
         self.process = subprocess.Popen(
-            command, cwd=self.workdir, env=nodelay_env(), stdout=self._log_file, stderr=subprocess.STDOUT
+            command, cwd=self.workdir, env=dict(self.environment), stdout=self._log_file, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + START_TIMEOUT
         while True:

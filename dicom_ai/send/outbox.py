@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dicom_ai.config import Settings
 from dicom_ai.crashpoints import crash_point
 from dicom_ai.domain import Carrier, OutboxItem
-from dicom_ai.send.carriers import CARRIERS, DeliveryContext, dicom
+from dicom_ai.send.carriers import CARRIERS, RESULT_CARRIERS, DeliveryContext
 from dicom_ai.send.carriers.orthanc_metadata import OrthancFlags
 from dicom_ai.send.errors import DeliveryError
 from dicom_ai.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
+
+BATCH_KINDS = frozenset(str(carrier.CARRIER) for carrier in RESULT_CARRIERS)  # delivered by deliver_batch
 
 
 class Outbox:
@@ -58,18 +60,19 @@ class Outbox:
             items += self.outbox.probe_candidates(last_attempt_before=now - self.settings.send_retry_max)
             answered: set[tuple[str, str]] = set()
             delivered = 0
-            batches: dict[str, list[OutboxItem]] = defaultdict(list)
+            # Result objects first, in batches per carrier and destination (one association or request
+            # for many files); the rest after them, so whoever is told about a study finds the SR there.
+            batches: dict[tuple[str, str], list[OutboxItem]] = defaultdict(list)
             for item in items:
-                if item.kind == Carrier.DICOM:
-                    batches[item.destination].append(item)
-            for destination, batch in batches.items():
-                sent = self._send_dicom(destination, batch)
+                if item.kind in BATCH_KINDS:
+                    batches[(item.kind, item.destination)].append(item)
+            for (kind, destination), batch in batches.items():
+                sent = self._send_batch(kind, destination, batch)
                 if sent:
-                    answered.add((Carrier.DICOM, destination))
+                    answered.add((kind, destination))
                 delivered += sent
-            # The rest after the objects, so whoever is told about a study finds the SR there.
             for item in items:
-                if item.kind != Carrier.DICOM and self._deliver(item):
+                if item.kind not in BATCH_KINDS and self._deliver(item):
                     answered.add((item.kind, item.destination))
                     delivered += 1
             for kind, destination in answered:
@@ -89,10 +92,10 @@ class Outbox:
                         item.destination, item.attempts + 1, retry_at - time.time(), error)
         self.outbox.mark_failed_attempt(item, error, retry_at)
 
-    def _send_dicom(self, destination: str, batch: list[OutboxItem]) -> int:
+    def _send_batch(self, kind: str, destination: str, batch: list[OutboxItem]) -> int:
         sent = 0
 
-        def answered(item: OutboxItem, error: str | None) -> None:  # each file as soon as the PACS answered
+        def answered(item: OutboxItem, error: str | None) -> None:  # each file as soon as its destination answered
             nonlocal sent
             if error is None:
                 crash_point("send.after_ack")
@@ -101,9 +104,9 @@ class Outbox:
             else:
                 self._fail(item, error)
 
-        dicom.deliver_batch(destination, batch, self.context, answered)
+        CARRIERS[Carrier(kind)].deliver_batch(destination, batch, self.context, answered)
         if sent:
-            log.info("sent %d result object(s) to %s", sent, destination)
+            log.info("sent %d result object(s) to %s (%s)", sent, destination, kind)
         return sent
 
     def _deliver(self, item: OutboxItem) -> bool:

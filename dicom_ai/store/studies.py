@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 from dicom_ai.domain import (
+    RESULT_CARRIERS,
     FindingRow,
     ImageProperties,
     Instance,
@@ -31,6 +32,7 @@ from dicom_ai.domain import (
 from dicom_ai.store.database import FINISHED_STATES, Part
 
 log = logging.getLogger(__name__)
+_RESULT_KINDS = ", ".join("?" * len(RESULT_CARRIERS))  # placeholders for the result carriers' kinds
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class CurrentResult:
     series_instance_uid: str
     study_instance_uid: str
     kind: str
-    sent: bool  # the PACS acknowledged it
+    sent: bool  # the PACS (or the DICOMweb archive) acknowledged it
 
 
 class StudyStore(Part):
@@ -287,16 +289,20 @@ class StudyStore(Part):
         return int(rows[0]["revision"] or 0) if rows else 0
 
     def current_results(self, study_uid: str, model: str) -> list[CurrentResult]:
-        """One model's results on a study that no later run superseded, and whether the PACS has them
+        """One model's results on a study that no later run superseded, and whether an archive has them
         (not the assessments of them: a re-run does not undo a radiologist's judgement)."""
         rows = self._query(
             "select r.sop_instance_uid, r.series_instance_uid, r.kind, exists(select 1 from outbox o where"
-            " o.kind = 'dicom' and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
+            f" o.kind in ({_RESULT_KINDS}) and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
             " from results r where r.study_instance_uid = ? and r.model = ? and r.superseded_by is null"
             " and r.kind != 'AS' order by r.created_at, r.sop_instance_uid",
-            [study_uid, model])
+            [*sorted(RESULT_CARRIERS), study_uid, model])
         return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
                               bool(row["sent"])) for row in rows]
+
+    def is_result(self, sop_uid: str) -> bool:
+        """True when the SOP Instance UID is one of the result objects this node made."""
+        return bool(self._query("select 1 from results where sop_instance_uid = ?", [sop_uid]))
 
     def instances_of(self, study_uid: str) -> list[Instance]:
         rows = self._query(
@@ -441,8 +447,8 @@ class StudyStore(Part):
                 )
             for old_uid, new_uid in (supersede or {}).items():
                 db.execute("update results set superseded_by = ? where sop_instance_uid = ?", [new_uid, old_uid])
-                db.execute("update outbox set state = 'superseded' where kind = 'dicom' and key = ?"
-                           " and state in ('pending', 'failed')", [old_uid])
+                db.execute(f"update outbox set state = 'superseded' where kind in ({_RESULT_KINDS}) and key = ?"
+                           " and state in ('pending', 'failed')", [*sorted(RESULT_CARRIERS), old_uid])
             if supersede:
                 self._event(db, "results_superseded", study_uid, by=sorted(set(supersede.values())),
                             superseded=sorted(supersede))

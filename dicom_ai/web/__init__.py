@@ -1,1 +1,2 @@
-"""web: the node's own reading worklist page and JSON API (stdlib HTTP server, read-only)."""
+"""web: the node's HTTP side on Starlette + uvicorn: the reading worklist page and its JSON API (read-only),
+and, with stow_receive, the DICOMweb STOW-RS endpoint."""

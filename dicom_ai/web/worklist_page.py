@@ -10,17 +10,15 @@ from __future__ import annotations
 import html
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, urlparse
 
-from dicom_ai.domain import TurnaroundTargets
-from dicom_ai.prioritize.worklist import WorklistEntry, current_worklist
-from dicom_ai.store import Reports
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from dicom_ai.prioritize.worklist import WorklistEntry
 from dicom_ai.store.health import NodeHealth
-from dicom_ai.web.server import IDLE_TIMEOUT, BoundedHTTPServer
 
 log = logging.getLogger(__name__)
 COLOURS = {"STAT": "#c62828", "URGENT": "#ef6c00", "ROUTINE": "#2e7d32"}
@@ -60,43 +58,24 @@ most overdue. {switch} &middot; <a href="/api/worklist">JSON</a>. AI results of 
 <th>Why</th><th>Study</th></tr>{''.join(rows) or '<tr><td colspan="9">nothing to read</td></tr>'}</table></body></html>"""
 
 
-def make_handler(worklist: Callable[[bool], list[WorklistEntry]],
-                 status: Callable[[], NodeHealth] | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        timeout = idle_timeout  # per read and write: an idle connection is closed, its thread ends
+def routes(worklist: Callable[[bool], list[WorklistEntry]], status: Callable[[], NodeHealth] | None = None) -> list[Route]:
+    """The page and its JSON, as Starlette routes; plain functions, so Starlette runs their database
+    reads on its thread pool, never on the event loop."""
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            url = urlparse(self.path)
-            today = parse_qs(url.query).get("today", ["0"])[0] in ("1", "true", "yes")
-            if url.path == "/api/worklist":
-                body = json.dumps([asdict(e) | {"priority": e.priority.name} for e in worklist(today)]).encode()
-                kind = "application/json"
-            elif url.path == "/api/status" and status is not None:
-                body = json.dumps(asdict(status())).encode()
-                kind = "application/json"
-            elif url.path == "/":
-                body = render(worklist(today), today, status() if status is not None else None).encode()
-                kind = "text/html; charset=utf-8"
-            else:
-                self.send_error(404, "not found: try /, /api/worklist or /api/status")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def today(request: Request) -> bool:
+        return request.query_params.get("today", "0") in ("1", "true", "yes")
 
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("web: " + format, *args)
+    def page(request: Request) -> Response:
+        return HTMLResponse(render(worklist(today(request)), today(request), status() if status is not None else None))
 
-    return Handler
+    def api_worklist(request: Request) -> Response:
+        return _json([asdict(e) | {"priority": e.priority.name} for e in worklist(today(request))])
+
+    found = [Route("/", page, methods=["GET"]), Route("/api/worklist", api_worklist, methods=["GET"])]
+    if status is not None:
+        found.append(Route("/api/status", lambda _request: _json(asdict(status())), methods=["GET"]))
+    return found
 
 
-def start_web(host: str, port: int, reports: Reports, targets: TurnaroundTargets,
-              status: Callable[[], NodeHealth] | None = None, idle_timeout: float = IDLE_TIMEOUT) -> BoundedHTTPServer:
-    server = BoundedHTTPServer((host, port), make_handler(lambda today: current_worklist(reports, targets, today),
-                                                          status, idle_timeout))
-    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
-    log.info("worklist page on http://%s:%d/", host, server.server_address[1])
-    return server
+def _json(value: object) -> Response:
+    return Response(json.dumps(value), media_type="application/json")

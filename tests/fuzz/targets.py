@@ -56,7 +56,7 @@ def received_file(data: bytes, path: Path) -> str:
 
 
 def read_identity_target(data: bytes) -> None:
-    from dicom_ai.receive.scp import StoreRejected, read_identity
+    from dicom_ai.receive.keep import StoreRejected, read_identity
     from dicom_ai.dicom_values import is_safe_uid
 
     path = _scratch() / "received.dcm"

@@ -13,7 +13,7 @@ from dicom_ai.cli import main
 from dicom_ai.domain import StudyState, TurnaroundTargets
 from dicom_ai.store import Spool, Stores
 from dicom_ai.store.health import STALE_SEND_S, node_health
-from dicom_ai.web.worklist_page import start_web
+from dicom_ai.web.app import start_web
 from tests.store.test_retention import _finished, _receive
 
 
@@ -48,13 +48,12 @@ def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
                for a in health.attention)
     server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), lambda: node_health(store.reports, tmp_path, None))
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        base = f"http://127.0.0.1:{server.port}"
         status = json.loads(urllib.request.urlopen(f"{base}/api/status", timeout=10).read())
         page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
         assert "<b>Node needs attention</b>" in page and "1 failed study(ies)" in page
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     assert status["ok"] is False and status["studies"]["failed"] == 1
     store.close()
     outcome = CliRunner().invoke(main, ["status", "--json"], env={"DICOM_AI_HOME": str(tmp_path)})

@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"domain", "dicom_values"},
     **{stage: FOUNDATION for stage in STAGES},
     "train": FOUNDATION | {"infer"},  # makes models for infer to load
-    "web": FOUNDATION | {"prioritize"},  # shows the worklist
+    "web": FOUNDATION | {"prioritize", "receive"},  # shows the worklist; STOW-RS uploads are kept as the SCP keeps
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
     "validation": FOUNDATION | STAGES,  # where ground truth meets the stages: judgements, reports, assessments, drift
     "node": FOUNDATION | STAGES | {"pipeline", "web", "validation"},  # owns the scheduler that drives the pipeline

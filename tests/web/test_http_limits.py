@@ -14,7 +14,7 @@ import pytest
 from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Stores
 from dicom_ai.web.server import MAX_PER_ADDRESS
-from dicom_ai.web.worklist_page import start_web
+from dicom_ai.web.app import start_web
 from tests.conftest import free_port, wait_for
 from tests.receive.peers import closed_by_peer, connect, echoscu
 from tests.scp_child import ScpChild
@@ -48,7 +48,7 @@ def child(tmp_path: Path) -> Iterator[ScpChild]:
 def test_idle_connections_are_capped_and_closed_after_the_timeout(tmp_path: Path) -> None:
     store = Stores.open(tmp_path / "db.sqlite")
     server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), idle_timeout=1.0)
-    port = server.server_address[1]
+    port = server.port
     threads = threading.active_count()
     try:
         opened = time.monotonic()
@@ -63,8 +63,7 @@ def test_idle_connections_are_capped_and_closed_after_the_timeout(tmp_path: Path
         for sock in idle:
             sock.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
         store.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 from dicom_ai.domain import Priority, TurnaroundTargets
 from dicom_ai.store import Stores
 from dicom_ai.store.health import node_health
-from dicom_ai.web.worklist_page import start_web
+from dicom_ai.web.app import start_web
 from tests.prioritize.test_worklist import _study
 
 
@@ -24,7 +24,7 @@ def test_page_and_api_list_studies_in_reading_order(tmp_path: Path) -> None:
     _study(store, "1.2", minutes_ago=0.01, priority=Priority.STAT, now=now)
     _study(store, "1.3", minutes_ago=60 * 24 * 3, priority=Priority.URGENT, now=now)  # three days old
     server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), lambda: node_health(store.reports, tmp_path, None))
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    base = f"http://127.0.0.1:{server.port}"
     try:
         entries = json.loads(urllib.request.urlopen(f"{base}/api/worklist", timeout=10).read())
         assert [e["study_instance_uid"] for e in entries] == ["1.3", "1.2", "1.1"]  # aged URGENT -> STAT, late
@@ -38,5 +38,4 @@ def test_page_and_api_list_studies_in_reading_order(tmp_path: Path) -> None:
             urllib.request.urlopen(f"{base}/nope", timeout=10)
         assert missing.value.code == 404
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()

@@ -4,7 +4,9 @@ A priority carrier module has `build(publication, settings) -> OutboxEntry | Non
 settings do not enable it, or the result's level does not call for it) and `deliver(item, context)`,
 which raises DeliveryError when the item must be retried; carriers whose message can follow a
 priority change (an override) also have `rebuild(previous_payload, study_uid, priority, settings)`.
-The DICOM carrier builds one entry per result file and delivers in batches (see dicom.py).
+The result carriers (DICOM by C-STORE, STOW by DICOMweb) build one entry per result file
+(`build_results`) and deliver in batches (`deliver_batch(destination, items, context, answered)`,
+one association or request for many files, each file's outcome reported as soon as it is known).
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from dicom_ai.domain import Carrier, Finding, ModelInfo, PriorityDecision
-from dicom_ai.send.carriers import dicom, email, hl7, mwl, orthanc_metadata, webhook
+from dicom_ai.send.carriers import dicom, email, hl7, mwl, orthanc_metadata, stow, webhook
 from dicom_ai.send.carriers.orthanc_metadata import OrthancFlags
 
 if TYPE_CHECKING:
+    from dicomweb_client.api import DICOMwebClient
     from pydicom import Dataset
 
     from dicom_ai.config import Settings
 
 # In the order a study's messages are built and delivered: the PACS's own metadata first.
 PRIORITY_CARRIERS: tuple[ModuleType, ...] = (orthanc_metadata, mwl, hl7, webhook, email)
-CARRIERS: dict[Carrier, ModuleType] = {module.CARRIER: module for module in (dicom, *PRIORITY_CARRIERS)}
+# The result objects' carriers, delivered in batches: C-STORE first, then STOW-RS.
+RESULT_CARRIERS: tuple[ModuleType, ...] = (dicom, stow)
+CARRIERS: dict[Carrier, ModuleType] = {module.CARRIER: module for module in (*RESULT_CARRIERS, *PRIORITY_CARRIERS)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +51,7 @@ class DeliveryContext:
     settings: Settings
     orthanc_client: Callable[[str], OrthancFlags] | None = None
     _orthanc: dict[str, OrthancFlags] = field(default_factory=dict)
+    _stow: dict[str, DICOMwebClient] = field(default_factory=dict)
 
     def orthanc(self, url: str) -> OrthancFlags:
         """The Orthanc REST client for `url`, made once."""
@@ -54,3 +60,9 @@ class DeliveryContext:
                 lambda u: OrthancFlags(u, self.settings.orthanc_user, self.settings.orthanc_password))
             self._orthanc[url] = factory(url)
         return self._orthanc[url]
+
+    def stow(self, url: str) -> DICOMwebClient:
+        """The DICOMweb client for `url` (its HTTP session kept between batches), made once."""
+        if url not in self._stow:
+            self._stow[url] = stow.client(url, self.settings)
+        return self._stow[url]
