@@ -41,7 +41,6 @@ from dicom_ai.feedback.derive import derive_truths
 from dicom_ai.feedback.hl7_report import ACCEPT, ERROR, REJECT, MalformedMessage, ParsedReport, ack, control_id_of, parse_report
 from dicom_ai.monitor.drift import weekly_drift
 from dicom_ai.monitor.performance import LabelEvaluation, evaluate
-from dicom_ai.monitor.report import ReportFiles, write_report
 from dicom_ai.monitor.seismometer import ExportError, SeismometerExport, export_seismometer
 from dicom_ai.send.carriers import dicom
 from dicom_ai.store import Spool
@@ -50,6 +49,7 @@ from dicom_ai.store.secret import node_secret
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
+    from dicom_ai.monitor.report import ReportFiles
     from dicom_ai.store import Stores
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,8 @@ def evaluate_predictions(model: str, predictions: Sequence[Prediction], settings
 def report_evaluation(evaluated: Evaluated, folder: Path, title: str, settings: Settings,
                       notes: Sequence[str] = ()) -> ReportFiles:
     """Write the report folder (PNG figures, index.html, metrics.json) of an evaluation."""
+    from dicom_ai.monitor.report import write_report  # matplotlib: only a report pays for it, not feedback
+
     return write_report(folder, model=evaluated.model, title=title, predictions=evaluated.predictions,
                         evaluations=evaluated.labels, drift=evaluated.drift, psi_threshold=settings.drift_psi,
                         notes=notes)

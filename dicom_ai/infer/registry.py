@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_ai.infer.card import CARD_FILENAME, SITE_THRESHOLD, ModelCard, ModelError, load_card
-from dicom_ai.infer.runner import LoadedModel
+
+if TYPE_CHECKING:  # torch and MONAI come with the runner: only loading a model needs them, not reading cards
+    from dicom_ai.infer.runner import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ class ModelRegistry:
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model `name`; loaded on first call, then shared. Raises ModelError."""
+        from dicom_ai.infer.runner import LoadedModel
+
         folder, card = self._entry(name)
         with self._lock:
             model = self._loaded.get(name)
