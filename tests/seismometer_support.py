@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-VENV = Path(os.environ.get("DICOM_AI_SEISMOMETER_VENV", Path.home() / ".cache" / "dicom-ai" / "seismometer-venv"))
+SERIES = "0.5"  # the seismometer series the export is written for (.ci/run's SEISMOMETER_SERIES)
+# Where .ci/run caches it: keyed by the series and by this python's version, as .ci/run names it.
+DEFAULT_VENV = (Path.home() / ".cache" / "dicom-ai"
+                / f"seismometer-{SERIES}-py{sys.version_info.major}.{sys.version_info.minor}")
+VENV = Path(os.environ.get("DICOM_AI_SEISMOMETER_VENV", DEFAULT_VENV))
 
 # What a notebook does first: load the export from its folder, then read the Seismogram's frame.
 LOADER = """
@@ -38,7 +43,7 @@ def seismometer_python() -> Path:
         return python
     if os.environ.get("CI"):
         pytest.fail(f"no seismometer environment at {VENV} but CI must have it (see .ci/run)")
-    pytest.skip(f"no seismometer environment at {VENV} (.ci/run builds it: pip install 'seismometer==0.5.*')")
+    pytest.skip(f"no seismometer environment at {VENV} (.ci/run builds it: pip install 'seismometer=={SERIES}.*')")
 
 
 def load_with_seismometer(folder: Path) -> dict[str, Any]:
@@ -47,4 +52,6 @@ def load_with_seismometer(folder: Path) -> dict[str, Any]:
     done = subprocess.run([str(seismometer_python()), "-c", LOADER], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, f"seismometer could not load {folder}:\n{done.stderr[-4000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    loaded: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["version"].startswith(f"{SERIES}."), f"seismometer {loaded['version']} at {VENV}, not {SERIES}"
+    return loaded
