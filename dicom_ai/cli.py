@@ -16,6 +16,8 @@ from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load
 from dicom_ai.train.names import DEMO_FOLDERS, DEMO_NAMES
 
 if TYPE_CHECKING:
+    from dicom_ai.domain import Reference
+    from dicom_ai.infer.registry import MonitoringView
     from dicom_ai.store import Stores
 
 log = logging.getLogger("dicom_ai")
@@ -473,12 +475,21 @@ def _date(value: str | None, option: str) -> float | None:
         raise click.BadParameter(f"{value!r} is not a date written YYYY-MM-DD", param_hint=option) from None
 
 
-def _reference(settings: Settings, model: str) -> dict[str, Any] | None:
-    """The drift reference in the model's card, when the model is in models_dir and has one."""
-    from dicom_ai.infer.registry import ModelRegistry
+def _monitoring(settings: Settings, model: str) -> MonitoringView | None:
+    """The model's thresholds and drift reference from its card in models_dir (None when it has no card there)."""
+    from dicom_ai.infer.card import CardError
+    from dicom_ai.infer.registry import monitoring_view
 
-    card = ModelRegistry(settings.models_dir).cards().get(model)
-    return card.reference.references() if card is not None and card.reference is not None else None
+    try:
+        return monitoring_view(settings.models_dir, model)
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _reference(settings: Settings, model: str) -> dict[str, Reference] | None:
+    """The drift reference in the model's card, when the model is in models_dir and has one."""
+    view = _monitoring(settings, model)
+    return view.references if view is not None and view.references else None
 
 
 @main.command()
@@ -587,13 +598,12 @@ def export_group() -> None:
 def export_seismometer(ctx: click.Context, model: str, out: Path, since: str | None, until: str | None,
                        finding: str | None) -> None:
     """MODEL's judged studies as seismometer 0.5 loads them (pseudonymised; open with run_startup from OUT)."""
-    from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.validation import ExportError, export_for_seismometer
 
     settings = _settings(ctx)
     stores = _open_stores(settings)
-    card = ModelRegistry(settings.models_dir).cards().get(model)
-    thresholds = {label.name: label.threshold for label in card.labels if isinstance(label.threshold, float)} if card else None
+    view = _monitoring(settings, model)
+    thresholds = view.thresholds if view is not None else None
     try:
         written = export_for_seismometer(stores, settings, model, out, thresholds, since=_date(since, "--since"),
                                          until=_date(until, "--until"), primary=finding)

@@ -300,6 +300,13 @@ class ReferenceSpec(_Strict):
         return found
 
 
+class MonitoringSpec(_Strict):
+    """The two sections of a card that evaluation and export read (see registry.monitoring_view)."""
+
+    labels: list[LabelSpec] = Field(default_factory=list)
+    reference: ReferenceSpec | None = None
+
+
 class KeyRewrite(_Strict):
     """One rewrite of checkpoint key names: re.sub(pattern, replace, key)."""
 
@@ -643,7 +650,7 @@ def load_card(path: Path) -> ModelCard:
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:
-        raise CardError(f"{path}: {_describe_errors(exc)}") from None
+        raise CardError(f"{path}: {describe_errors(exc)}") from None
 
 
 class _FlowNumbers(yaml.SafeDumper):
@@ -681,7 +688,7 @@ def set_card_reference(path: Path, reference: ReferenceSpec) -> ModelCard:
     try:
         updated = ModelCard.model_validate(data)
     except ValidationError as exc:
-        raise CardError(f"{path}: {_describe_errors(exc)}") from None
+        raise CardError(f"{path}: {describe_errors(exc)}") from None
     path.write_text(_card_text(data), encoding="utf-8")
     return updated
 
@@ -707,7 +714,7 @@ def derive_device_uid(weights: Path) -> str:
     return f"2.25.{uuid.uuid5(DEVICE_UID_NAMESPACE, 'sha256:' + sha).int}"
 
 
-def _describe_errors(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         location = _location(error["loc"])
