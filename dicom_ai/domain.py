@@ -384,7 +384,10 @@ class Prediction:
         return self.score >= self.threshold
 
     def subgroup(self, name: str) -> str:
-        return dict(self.subgroups).get(name, "")
+        for key, value in self.subgroups:  # a handful of pairs: a scan beats building a dict (called per row)
+            if key == name:
+                return value
+        return ""
 
 
 @dataclass(frozen=True)

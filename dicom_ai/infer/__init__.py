@@ -11,7 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dicom_ai.infer.card import CardError, ModelCard, ModelError, derive_device_uid, load_card
+    from dicom_ai.infer.card import (
+        CardError,
+        ModelCard,
+        ModelError,
+        derive_device_uid,
+        load_card,
+    )
     from dicom_ai.infer.pixels import PixelError, display_image
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.infer.runner import LoadedModel
