@@ -121,6 +121,9 @@ def main() -> int:
         log.info("scale done at %.0f s", time.monotonic() - started)
         results["validation"] = validation.run(WORKDIR / "validation", max(1000, round(validation.PREDICTIONS * factor)))
         log.info("validation done at %.0f s", time.monotonic() - started)
+        results["validation_turnaround"] = validation.turnaround_with_reports(WORKDIR / "validation_turnaround",
+                                                                             max(3, round(10 * factor)))
+        log.info("turnaround with reports done at %.0f s", time.monotonic() - started)
     finally:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started

@@ -2,6 +2,10 @@
 N judged predictions (target: 100,000 within 10 s each), as the commands run (a fresh process, the report's
 PNGs and HTML, the parquet), with the in-process split (load from SQLite, metrics, report, export).
 
+`turnaround_with_reports` times the chest CR turnaround without the HL7 listener, then with it while final
+reports arrive (one per processed study, each deriving a truth and sending an assessment SR, and a steady
+stream of unmatched ones).
+
 The database is synthetic (bulk SQL, one CR study per prediction of the chest model over twelve weeks, 90 %
 judged by a radiologist, mixed manufacturers, ages and sexes): the bench measures reading and computing, not
 how the rows got there."""
@@ -15,13 +19,22 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hl7.client import MLLPClient
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
+from bench.procs import BenchError
+from bench import turnaround
 from dicom_ai.config import Settings
+from dicom_ai.demo.orthanc import free_port
 from dicom_ai.infer.registry import monitoring_view
 from dicom_ai.store import Stores
 from dicom_ai.validation import (
@@ -138,8 +151,96 @@ def run(workdir: Path, n: int = PREDICTIONS) -> dict[str, Any]:
     return measure(workdir, n)
 
 
+# --- turnaround while reports arrive ------------------------------------------------------------
+
+REPORT_INTERVAL = 0.5  # s between unmatched reports (kept, rematched by the node) of the load stream
+
+
+def _chest_with_accession(folder: Path, number: int) -> tuple[list[Path], str]:
+    """The turnaround's chest CR with an accession number of its own, so a report can name it."""
+    source = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if source is None:
+        raise BenchError("RG1_UNCR.dcm is not installed (pip install pydicom-data)")
+    ds = dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.AccessionNumber = f"BT{number:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return [path], str(ds.StudyInstanceUID)
+
+
+def _oru(accession: str, control_id: str, text: str) -> str:
+    return (f"MSH|^~\\&|RIS|HOSP|DICOM_AI|NODE|20240115120000||ORU^R01^ORU_R01|{control_id}|P|2.5\r"
+            "PID|1||BENCH^^^HOSP\r"
+            f"OBR|1||{accession}|71045^XR CHEST^CPT|||20240115093000||||||||||||||||||F\r"
+            f"OBX|1|TX|IMP^Impression^L||{text}||||||F\r")
+
+
+class ReportStream:
+    """While a turnaround run goes on: a final report for each study as soon as the node has processed it
+    (matched: a truth derived, an assessment SR encoded and sent to Orthanc), and an unmatched report every
+    REPORT_INTERVAL (answered AE, kept, rematched by the node's job)."""
+
+    def __init__(self, port: int, database: Path) -> None:
+        self.port, self.database = port, database
+        self.answers: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="report-stream", daemon=True)
+
+    def __enter__(self) -> ReportStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _send(self, message: str) -> None:
+        with MLLPClient("127.0.0.1", self.port) as client:
+            answer = client.send_message(message).decode(errors="replace")
+        code = answer.split("MSA|", 1)[1][:2] if "MSA|" in answer else "??"
+        self.answers[code] = self.answers.get(code, 0) + 1
+
+    def _run(self) -> None:
+        reported: set[str] = set()
+        number = 0
+        while not self._stop.wait(REPORT_INTERVAL):
+            number += 1
+            try:
+                self._send(_oru(f"NOSUCH{number:06d}", f"U{number}", "No focal consolidation."))
+                if not self.database.exists():
+                    continue
+                with closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)) as db:
+                    done = [row[0] for row in db.execute(
+                        "select accession_number from studies where state = 'done' and accession_number like 'BT%'")]
+                for accession in sorted(set(done) - reported):
+                    self._send(_oru(accession, f"M{accession}", "Dense consolidation in the right lower lobe."))
+                    reported.add(accession)
+            except (OSError, sqlite3.Error) as exc:  # the node not listening yet, or the database busy: next round
+                log.debug("report stream: %s", exc)
+
+
+def turnaround_with_reports(workdir: Path, studies: int) -> dict[str, Any]:
+    """The chest CR turnaround without the HL7 listener, then with it and a stream of reports arriving:
+    the p50 ratio is what final reports and their assessment SRs add to a study's turnaround."""
+    case = turnaround.Case("chest CR studies with an accession each", _chest_with_accession, {"kind": "chest CR"})
+    quiet = turnaround.measure(workdir / "quiet", [case], studies)[0]
+    port = free_port()
+    with ReportStream(port, workdir / "reports" / "router" / "dicom-ai.sqlite") as stream:
+        loaded = turnaround.measure(workdir / "reports", [case], studies, settings={"DICOM_AI_HL7_LISTEN": f"127.0.0.1:{port}"})[0]
+    return {"studies": studies, "quiet_p50_s": quiet["p50_s"], "quiet_p95_s": quiet["p95_s"],
+            "reports_p50_s": loaded["p50_s"], "reports_p95_s": loaded["p95_s"],
+            "reports_over_quiet": loaded["p50_s"] / quiet["p50_s"], "answers": stream.answers}
+
+
 if __name__ == "__main__":
     import json
     logging.basicConfig(level=logging.INFO)
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else PREDICTIONS
-    print(json.dumps(run(Path("/tmp/bench-validation"), size), indent=2))
+    if len(sys.argv) > 1 and sys.argv[1] == "turnaround":
+        count = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+        print(json.dumps(turnaround_with_reports(Path("/tmp/bench-validation-turnaround"), count), indent=2))
+    else:
+        size = int(sys.argv[1]) if len(sys.argv) > 1 else PREDICTIONS
+        print(json.dumps(run(Path("/tmp/bench-validation"), size), indent=2))
