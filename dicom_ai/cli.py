@@ -313,17 +313,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
     """Everything about one study: state, priority, findings, results and their sends, and its audit trail."""
-    from dataclasses import asdict
-
     store = _open_stores(_settings(ctx)).reports
     row = store.study(study_uid)
     if row is None:
         raise click.ClickException(f"no study {study_uid} in this node's database (see `dicom-ai studies`)")
-    findings = store.findings_of(study_uid)
-    sends = [{k: v for k, v in r.items() if k != "payload"} for r in store.outbox_rows(study_uid)]
-    events = list(reversed(store.events(study_uid, limit=1000)))
+    detail = store.study_detail(study_uid)
+    assert detail is not None
+    findings, sends, events = detail["findings"], detail["sends"], detail["events"]
     if as_json:
-        click.echo(json.dumps({"study": asdict(row), "findings": findings, "sends": sends, "events": events}, indent=2))
+        click.echo(json.dumps(detail, indent=2))
         return
 
     click.echo(f"study {row.study_instance_uid}  patient {row.patient_id or '-'}  accession {row.accession_number or '-'}")
@@ -644,6 +642,10 @@ def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple[Any, ...
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a list of numbers separated by {separator!r}", param_hint=hint) from None
 
+
+from dicom_ai.web.users_cli import users  # noqa: E402 (a group in a module of its own)
+
+main.add_command(users)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
-from dicom_ai.web.app import start_web
+from dicom_ai.web.app import start_web, web_context
 from dicom_ai.web.server import WebServer
 from dicom_ai.web.stow import StowReceive
 from dicom_ai.store import Spool, Stores
@@ -114,12 +114,16 @@ class Node:
             try:
                 stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
                                    s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
-                self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
+                console = web_context(self.stores.reports, s.turnaround_targets,
                                       lambda: node_health(self.stores.reports, s.home, s.retention_days,
                                                           send_retry_window_s=s.send_retry_window),
-                                      stow_receive=stow)
+                                      stores=self.stores, settings=s, spool=self.spool, models=self.models,
+                                      rules=self.rules, session_idle_s=s.session_idle_minutes * 60,
+                                      https=s.http_tls)
+                self._web = start_web(s.http_host, s.http_port, console, stow_receive=stow, tls=s.https_context(),
+                                      home=s.home)
             except OSError as exc:
-                raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
+                raise OSError(f"console {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",

@@ -242,6 +242,7 @@ class Pipeline:
         except Exception as exc:
             raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
         info = model.info
+        self.studies.record_model_run(study_uid, info.name, info.version, time.monotonic() - started, len(images))
         findings = [f for image in images for f in image.findings]
         decision = apply_history(decide_priority(findings, job.policy), findings, priors)
         earlier = self.studies.current_results(study_uid, info.name)

@@ -445,6 +445,8 @@ class RuleWatcher:
         self._refresh_lock = threading.Lock()
         self._fingerprint = _fingerprint(self.directory)
         self._ruleset = load_ruleset(self.directory, known_models)
+        self.reloads = 0  # reloads that took effect, and edits refused as invalid (for /metrics)
+        self.reload_errors = 0
 
     @property
     def ruleset(self) -> RuleSet:
@@ -463,6 +465,7 @@ class RuleWatcher:
             try:
                 ruleset = load_ruleset(self.directory, self.known_models)
             except RuleSetError as exc:
+                self.reload_errors += 1
                 for error in exc.errors:
                     logger.error("%s", error)
                 logger.error(
@@ -474,6 +477,7 @@ class RuleWatcher:
                 return False
             with self._lock:
                 self._ruleset = ruleset
+            self.reloads += 1
             logger.info(
                 "routing rules in %s reloaded: %d rules", self.directory, len(ruleset.rules)
             )

@@ -161,3 +161,26 @@ def _hardening(db: Database) -> None:
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
     db.table("studies").create_index(["patient_id"])
+
+
+@migrations(name="008_console_accounts")
+def _console_accounts(db: Database) -> None:
+    """The console's people: accounts (argon2 hashes), server-side sessions, and failed sign-ins.
+
+    - users: one row per account; `role` is admin, radiologist or viewer;
+    - sessions: a signed-in browser; only the SHA-256 of its cookie is kept (a copy of the database
+      signs nobody in), with its CSRF token and when it was last used (idle expiry);
+    - login_failures: per user name and per address, how many sign-ins failed in a row and when the
+      last did: the next try waits longer each time.
+    """
+    db.table("users").create(
+        {"name": str, "role": str, "password_hash": str, "created_at": float, "password_changed_at": float},
+        pk="name", not_null={"role", "password_hash"},
+    )
+    db.table("sessions").create(
+        {"token_hash": str, "user_name": str, "csrf_token": str, "created_at": float, "last_seen_at": float},
+        pk="token_hash", foreign_keys=[("user_name", "users", "name")],
+    )
+    db.table("sessions").create_index(["user_name"])
+    db.table("login_failures").create({"key": str, "failures": int, "last_at": float}, pk="key")
+    db.table("events").create_index(["kind", "at"])

@@ -282,6 +282,12 @@ class StudyStore(Part):
 
     # process -------------------------------------------------------------------------------
 
+    def record_model_run(self, study_uid: str, model: str, version: str, seconds: float, images: int) -> None:
+        """How long a model took on a study (the console's latency and /metrics' inference histogram)."""
+        with self._transaction() as db:
+            self._event(db, "model_ran", study_uid, model=model, version=version, seconds=round(seconds, 4),
+                        images=images)
+
     def study_revision(self, study_uid: str) -> int:
         """How many times the study's instances were replaced or moved out (0: never)."""
         rows = self._query("select revision from studies where study_instance_uid = ?", [study_uid])
