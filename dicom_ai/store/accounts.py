@@ -1,4 +1,4 @@
-"""The console's accounts, sessions and failed sign-ins, in the node's database (migration 008).
+"""The console's accounts, sessions and failed sign-ins, in the node's database (migration 010).
 
 Passwords are argon2id hashes (argon2-cffi's defaults); a session's cookie is a random token of
 which only the SHA-256 is stored. Every change to an account is an audit event (who, what, before

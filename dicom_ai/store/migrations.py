@@ -163,7 +163,7 @@ def _studies_by_patient(db: Database) -> None:
     db.table("studies").create_index(["patient_id"])
 
 
-@migrations(name="008_console_accounts")
+@migrations(name="010_console_accounts")
 def _console_accounts(db: Database) -> None:
     """The console's people: accounts (argon2 hashes), server-side sessions, and failed sign-ins.
 
