@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +82,20 @@ def rule_files(directory: Path) -> list[Path]:
     )
 
 
-def load_ruleset(directory: Path, known_models: Collection[str] | None = None) -> RuleSet:
+def load_ruleset(
+    directory: Path,
+    known_models: Collection[str] | None = None,
+    drafts: Mapping[str, str] | None = None,
+) -> RuleSet:
     """Load and validate every `*.yaml`/`*.yml` file in `directory`.
 
     Files are read in sorted name order and rules keep their order in the file. With
-    `known_models`, every model a rule names must be one of them. Raises `RuleSetError` listing
-    every problem of every file.
+    `known_models`, every model a rule names must be one of them. `drafts` maps a file name to
+    a text that stands in for that file (new or edited, not yet written): a draft is checked with
+    the other files as context, exactly as it would load once written. Raises `RuleSetError`
+    listing every problem of every file.
     """
+    drafts = dict(drafts or {})
     directory = Path(directory)
     if not directory.is_dir():
         raise RuleSetError(
@@ -106,10 +113,12 @@ def load_ruleset(directory: Path, known_models: Collection[str] | None = None) -
     except OSError as exc:
         problem = f"cannot list the rules directory: {exc.strerror or exc}"
         raise RuleSetError([RuleError(directory, None, "", problem)]) from exc
+    if drafts:
+        files = sorted({*files, *(directory / name for name in drafts)}, key=lambda path: path.name)
     errors: list[RuleError] = []
     loaded: list[tuple[Rule, _Document, int]] = []
     for path in files:
-        document = _Document.parse(path, errors)
+        document = _Document.parse(path, errors, drafts.get(path.name))
         if document is not None:
             loaded.extend(document.rules(errors))
 
@@ -171,10 +180,10 @@ class _Document:
         self.data = data
 
     @classmethod
-    def parse(cls, path: Path, errors: list[RuleError]) -> _Document | None:
-        """Read and parse `path`; on failure append the error and return None."""
+    def parse(cls, path: Path, errors: list[RuleError], text: str | None = None) -> _Document | None:
+        """Read (unless `text` is given) and parse `path`; on failure append the error and return None."""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8") if text is None else text
         except UnicodeDecodeError as exc:
             errors.append(
                 RuleError(path, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")

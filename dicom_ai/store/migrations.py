@@ -161,3 +161,14 @@ def _hardening(db: Database) -> None:
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
     db.table("studies").create_index(["patient_id"])
+
+
+@migrations(name="008_rule_versions")
+def _rule_versions(db: Database) -> None:
+    """Every activated text of a rules file, with its author, time and unified diff, for history and restore."""
+    db.table("rule_versions").create(
+        {"id": int, "file_name": str, "author": str, "created": float, "text": str, "diff": str},
+        pk="id",
+        not_null={"file_name", "author", "created", "text", "diff"},
+    )
+    db.table("rule_versions").create_index(["file_name", "id"])

@@ -90,6 +90,12 @@ class Reports(Reader):
             for row in rows
         ]
 
+    def study_uids_received_since(self, since: float) -> list[str]:
+        """Studies whose last instance arrived at or after `since`, oldest first (replays of rules drafts)."""
+        rows = self._query("select study_instance_uid from studies where last_received_at >= ?"
+                           " order by last_received_at, study_instance_uid", [since])
+        return [row["study_instance_uid"] for row in rows]
+
     def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
         """Per model and label: the highest probability over the study's images, and on how many it is present."""
         return self._query(
