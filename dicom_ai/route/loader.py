@@ -19,7 +19,15 @@ import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from dicom_ai.route.rules import OPERATORS, PriorityPolicy, Rule, RuleSet, RuleSource, suggest
+from dicom_ai.route.rules import (
+    OPERATORS,
+    Completion,
+    PriorityPolicy,
+    Rule,
+    RuleSet,
+    RuleSource,
+    suggest,
+)
 
 __all__ = [
     "RULE_FILE_SUFFIXES",
@@ -36,6 +44,7 @@ RULE_FILE_SUFFIXES = (".yaml", ".yml")
 TOP_LEVEL_FIELDS = ("rules",)
 _RULE_FIELDS = tuple(info.alias or name for name, info in Rule.model_fields.items())
 _POLICY_FIELDS = tuple(PriorityPolicy.model_fields)
+_COMPLETION_FIELDS = tuple(Completion.model_fields)
 
 Loc = Sequence[str | int]
 _PYTHON_CLASS = re.compile(r" or instance of \w+")
@@ -147,7 +156,8 @@ def load_ruleset(
         order = {path: position for position, path in enumerate(files)}
         errors.sort(key=lambda error: (order.get(error.path, -1), error.line or 0))
         raise RuleSetError(errors)
-    rules = tuple(rule for rule, _, _ in loaded)
+    # `order` first (sorted() is stable: equal orders keep file-name order, then file order).
+    rules = tuple(sorted((rule for rule, _, _ in loaded), key=lambda rule: rule.order))
     if not rules:
         logger.warning(
             "no routing rules in %s: every study will be stored and left unrouted", directory
@@ -400,7 +410,7 @@ def _unknown_field(loc: Loc) -> str:
     if where == "condition":
         operators = ", ".join(OPERATORS)
         return f"unknown operator {name!r}{suggest(name, OPERATORS)}; operators are {operators}"
-    candidates = {"rule": _RULE_FIELDS, "priority": _POLICY_FIELDS}.get(where, ())
+    candidates = {"rule": _RULE_FIELDS, "priority": _POLICY_FIELDS, "complete": _COMPLETION_FIELDS}.get(where, ())
     allowed = f"; allowed: {', '.join(candidates)}" if candidates else ""
     return f"unknown field {name!r}{suggest(name, candidates)}{allowed}"
 
@@ -415,8 +425,8 @@ def _schema_at(loc: Loc) -> str:
             state = "rule"
         elif state == "rule" and segment in ("study", "series"):
             state = "conditions"
-        elif state == "rule" and segment == "priority":
-            state = "priority"
+        elif state == "rule" and segment in ("priority", "complete"):
+            state = str(segment)
         elif state == "conditions" or (state == "condition" and segment == "not"):
             state = "condition"
         else:
