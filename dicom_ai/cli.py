@@ -428,6 +428,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"{', '.join(f'{n} {state}' for state, n in sorted(health.studies.items())) or 'no studies'}")
         click.echo(f"  last instance received {_when(health.last_received_at, 'never')}, "
                    f"last study processed {_when(health.last_processed_at, 'never')}")
+        if health.details.get("next_window_opens"):
+            click.echo(f"  {health.studies.get('waiting', 0)} study(ies) wait for a model's time window; the next "
+                       f"opens {_when(health.details['next_window_opens'])}")
         sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
         click.echo(f"  sends: {sends}; a failing send is retried for about {duration(settings.send_retry_window)} "
                    f"({settings.send_max_attempts} attempts), then given up until its destination answers again")
@@ -462,7 +465,10 @@ def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
 
     click.echo(f"study {row.study_instance_uid}  patient {row.patient_id or '-'}  accession {row.accession_number or '-'}")
     click.echo(f"  state {row.state}, {row.instance_count} instance(s), last received {_when(row.last_received_at)}"
-               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else ""))
+               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else "")
+               + (f", waits for a model's time window until {_when(row.waiting_until)}" if row.waiting_until else ""))
+    if row.models:
+        click.echo(f"  models {', '.join(row.models)}")
     if row.priority:
         override = f" (override {row.priority_override} by {row.priority_override_by})" if row.priority_override else ""
         click.echo(f"  priority {row.priority} {row.priority_score:.2f}{override}: {'; '.join(row.priority_reasons)}")
@@ -506,6 +512,8 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
         )
         if row.error:
             click.echo(f"    error: {row.error}")
+        if row.waiting_until:
+            click.echo(f"    waits for a model's time window until {_when(row.waiting_until)}")
         if row.purged_at is not None:
             click.echo(f"    files deleted {_when(row.purged_at, form='%Y-%m-%d')} (retention_days)")
         if row.priority_reasons:

@@ -172,3 +172,9 @@ def _rule_versions(db: Database) -> None:
         not_null={"file_name", "author", "created", "text", "diff"},
     )
     db.table("rule_versions").create_index(["file_name", "id"])
+
+
+@migrations(name="009_waiting_for_window")
+def _waiting_for_window(db: Database) -> None:
+    """When a study that waits for a model's time window (state waiting) is queued again."""
+    db.table("studies").add_column("waiting_until", float)
