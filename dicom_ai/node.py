@@ -6,6 +6,7 @@ Jobs (apscheduler, each never overlapping itself):
   complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble); a study it could
   not finish because the database or disk failed is queued again after a backoff (release_deferred);
+  a study waiting for a rule's time window is queued again when it opens (release_waiting);
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline); given-up
   sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
@@ -164,6 +165,8 @@ class Node:
 
     def _process(self) -> None:
         self.pipeline.release_deferred()
+        for uid in self.stores.studies.release_waiting():
+            log.info("study %s: a time window it waited for is open; it is queued again", uid)
         processed = 0
         while self.pipeline.process_next() is not None:
             processed += 1

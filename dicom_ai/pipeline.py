@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset
@@ -31,6 +32,7 @@ from dicom_ai.domain import (
     ModelInfo,
     Override,
     PriorFinding,
+    Priority,
     PriorityDecision,
     ResultFile,
     Series,
@@ -44,6 +46,7 @@ from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
 from dicom_ai.route.matcher import route
+from dicom_ai.route.windows import plan_windows
 from dicom_ai.send.carriers import Publication, dicom, stow
 from dicom_ai.send.publish import priority_change, publications
 
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.infer.runner import LoadedModel
     from dicom_ai.route.loader import RuleWatcher
-    from dicom_ai.route.rules import PriorityPolicy
+    from dicom_ai.route.rules import PriorityPolicy, TimeWindow
     from dicom_ai.store import Spool, Stores, StudyStore
     from dicom_ai.store.studies import CurrentResult
 
@@ -78,11 +81,14 @@ class Deferral:
 
 @dataclass
 class _ModelJob:
-    """The series one model will see for a study, and the policy of the first rule that asked for it."""
+    """The series one model will see for a study, and the policy of the first rule that asked for it
+    (the first non-shadow one: a model that any non-shadow rule names is not shadow)."""
 
     rule: str
     policy: PriorityPolicy | None
+    shadow: bool
     series: list[Series] = field(default_factory=list)
+    windows: list[TimeWindow | None] = field(default_factory=list)  # of every rule naming the model
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +102,7 @@ class ModelOutcome:
     findings: tuple[FindingRow, ...]
     results: tuple[ResultFile, ...]
     supersede: Mapping[str, str]  # earlier result UID -> the SR that replaces it
+    shadow: bool = False  # recorded only: nothing sent, no part in the published priority
 
 
 class Headers:
@@ -129,6 +136,7 @@ class Pipeline:
     settings: Settings
 
     deferred: dict[str, Deferral] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # the time windows of rules are read on it (tests move it)
 
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""
@@ -201,9 +209,19 @@ class Pipeline:
             modalities = sorted({str(s.header.get("Modality", "?")) for s in study.series})
             self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
             return
+        skipped: list[str] = []
+        plan = plan_windows({name: job.windows for name, job in jobs.items()}, datetime.fromtimestamp(self.clock()))
+        if plan.wait_until is not None:
+            until = plan.wait_until.timestamp()
+            log.info("study %s waits until %s: the time window of %s is closed", study_uid,
+                     plan.wait_until.isoformat(timespec="minutes"), ", ".join(plan.waiting_for))
+            self.studies.wait_for_window(study_uid, until, plan.waiting_for)
+            return
+        for name, why in plan.left_out.items():
+            skipped.append(f"{name} not run: {why}")
+            del jobs[name]
         revision = self.studies.study_revision(study_uid)
         priors = self.studies.prior_findings(study_uid)
-        skipped: list[str] = []
         outcomes = [outcome for name, job in jobs.items()
                     if (outcome := self._run_model(study, name, job, headers, priors, revision, skipped))]
         for reason in skipped:
@@ -220,8 +238,12 @@ class Pipeline:
         for decision in route(study, self.rules.ruleset):
             rule_names.append(decision.rule.name)
             for model_name in decision.models:
-                job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority))
+                job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority,
+                                                            shadow=decision.shadow))
+                if job.shadow and not decision.shadow:
+                    job.rule, job.policy, job.shadow = decision.rule.name, decision.priority, False
                 job.series.extend(s for s in decision.series if s not in job.series)
+                job.windows.append(decision.rule.window)
         return jobs, rule_names
 
     def _run_model(self, study: Study, model_name: str, job: _ModelJob, headers: Headers,
@@ -270,6 +292,7 @@ class Pipeline:
             results=tuple(results),
             supersede={r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
                        if r.sop_instance_uid not in written},
+            shadow=job.shadow,
         )
 
     @staticmethod
@@ -304,26 +327,32 @@ class Pipeline:
                 priors: Sequence[PriorFinding], revision: int) -> None:
         """The study's priority from all its models, its publications, and one transaction for all of it."""
         study_uid = study.study_instance_uid
-        priority = self._with_pacs_history(study, combine([o.decision for o in outcomes]), priors)
-        published = with_override(priority, self.studies.priority_override(study_uid))
-        results = [result for outcome in outcomes for result in outcome.results]
-        publication = Publication(study_uid, study.header, published,
-                                  tuple(finding for o in outcomes for image in o.images for finding in image.findings),
-                                  tuple(o.model for o in outcomes))
-        carried, skipped_carriers = publications(publication, self.settings)
+        live = [outcome for outcome in outcomes if not outcome.shadow]
+        if live:
+            priority = self._with_pacs_history(study, combine([o.decision for o in live]), priors)
+            published = with_override(priority, self.studies.priority_override(study_uid))
+            publication = Publication(study_uid, study.header, published,
+                                      tuple(finding for o in live for image in o.images for finding in image.findings),
+                                      tuple(o.model for o in live))
+            carried, skipped_carriers = publications(publication, self.settings)
+        else:  # only shadow models ran: nothing is published
+            priority = PriorityDecision(Priority.ROUTINE, 0.0, ("only shadow models ran: nothing published",))
+            carried, skipped_carriers = [], []
+        live_results = [result for outcome in live for result in outcome.results]
         supersede = {old: new for outcome in outcomes for old, new in outcome.supersede.items()}
         self.studies.save_outcome(
             study_uid,
             rules=rule_names,
-            models=[f"{o.model.name}@{o.model.version}" for o in outcomes],
+            models=[f"{o.model.name}@{o.model.version}{' (shadow)' if o.shadow else ''}" for o in outcomes],
             findings=[row for outcome in outcomes for row in outcome.findings],
-            results=results,
+            results=[result for outcome in outcomes for result in outcome.results],
             priority=priority,
-            outbox=[*dicom.build_results(results, self.settings), *stow.build_results(results, self.settings),
-                    *carried],
+            outbox=[*dicom.build_results(live_results, self.settings),
+                    *stow.build_results(live_results, self.settings), *carried],
             skipped=skipped_carriers,
             supersede=supersede,
             revision=revision,
+            shadow_models=[o.model.name for o in outcomes if o.shadow],
         )
         crash_point("pipeline.after_save_outcome")
         if supersede:

@@ -163,6 +163,23 @@ def _studies_by_patient(db: Database) -> None:
     db.table("studies").create_index(["patient_id"])
 
 
+@migrations(name="008_rule_versions")
+def _rule_versions(db: Database) -> None:
+    """Every activated text of a rules file, with its author, time and unified diff, for history and restore."""
+    db.table("rule_versions").create(
+        {"id": int, "file_name": str, "author": str, "created": float, "text": str, "diff": str},
+        pk="id",
+        not_null={"file_name", "author", "created", "text", "diff"},
+    )
+    db.table("rule_versions").create_index(["file_name", "id"])
+
+
+@migrations(name="009_waiting_for_window")
+def _waiting_for_window(db: Database) -> None:
+    """When a study that waits for a model's time window (state waiting) is queued again."""
+    db.table("studies").add_column("waiting_until", float)
+
+
 @migrations(name="010_console_accounts")
 def _console_accounts(db: Database) -> None:
     """The console's people: accounts (argon2 hashes), server-side sessions, and failed sign-ins.

@@ -37,6 +37,7 @@ class StudyRow:
     priority_override_reason: str | None = None
     priority_override_by: str | None = None
     purged_at: float | None = None  # when its files were deleted after retention_days
+    waiting_until: float | None = None  # state waiting: when a model's time window opens and it is queued again
 
 
 class Reports(Reader):
@@ -94,9 +95,16 @@ class Reports(Reader):
                 priority_override_reason=row["priority_override_reason"],
                 priority_override_by=row["priority_override_by"],
                 purged_at=row["purged_at"],
+                waiting_until=row["waiting_until"],
             )
             for row in rows
         ]
+
+    def study_uids_received_since(self, since: float) -> list[str]:
+        """Studies whose last instance arrived at or after `since`, oldest first (replays of rules drafts)."""
+        rows = self._query("select study_instance_uid from studies where last_received_at >= ?"
+                           " order by last_received_at, study_instance_uid", [since])
+        return [row["study_instance_uid"] for row in rows]
 
     def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
         """Per model and label: the highest probability over the study's images, and on how many it is present."""
@@ -123,8 +131,9 @@ class Reports(Reader):
             " order by created_at limit 1")
         times = self._query(
             "select max(last_received_at) as last_received, max(processed_at) as last_processed,"
-            " min(case when state = ? then completed_at end) as oldest_processing from studies",
-            [StudyState.PROCESSING])[0]
+            " min(case when state = ? then completed_at end) as oldest_processing,"
+            " min(case when state = ? then waiting_until end) as next_window from studies",
+            [StudyState.PROCESSING, StudyState.WAITING])[0]
         held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
         [partial] = self._query("select count(*) as n from studies where state = ? and error is not null",
                                 [StudyState.DONE])

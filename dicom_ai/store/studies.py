@@ -171,7 +171,7 @@ class StudyStore(Part):
             self._event(db, "study_reopened", study_uid, previous_state=row["state"])
         db.execute(
             "update studies set state = ?, last_received_at = ?, quiet_since = ?, error = null, purged_at = null,"
-            " instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
+            " waiting_until = null, instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
             [StudyState.RECEIVING, now, now, count_change, int(revise), study_uid],
         )
 
@@ -267,6 +267,29 @@ class StudyStore(Part):
             if cursor.rowcount:
                 self._event(db, "study_deferred", study_uid, reason=reason)
             return cursor.rowcount == 1
+
+    def wait_for_window(self, study_uid: str, until: float, models: Sequence[str]) -> bool:
+        """The study's models may not run now (their rules' time windows): processing -> waiting until `until`."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "update studies set state = ?, waiting_until = ? where study_instance_uid = ? and state = ?",
+                [StudyState.WAITING, until, study_uid, StudyState.PROCESSING])
+            if cursor.rowcount:
+                self._event(db, "waiting_for_window", study_uid, until=until, models=list(models))
+            return cursor.rowcount == 1
+
+    def release_waiting(self, now: float | None = None) -> list[str]:
+        """Studies whose wait for a time window is over are complete again (waiting -> complete)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            uids = [row["study_instance_uid"] for row in db.query(
+                "select study_instance_uid from studies where state = ? and waiting_until <= ?",
+                [StudyState.WAITING, now])]
+            for uid in uids:
+                db.execute("update studies set state = ?, completed_at = ?, waiting_until = null"
+                           " where study_instance_uid = ?", [StudyState.COMPLETE, now, uid])
+                self._event(db, "window_open", uid)
+        return uids
 
     def requeue(self, study_uid: str, by: str) -> bool:
         """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
@@ -386,6 +409,7 @@ class StudyStore(Part):
         skipped: Sequence[str] = (),
         supersede: Mapping[str, str] | None = None,
         revision: int = 0,
+        shadow_models: Sequence[str] = (),
     ) -> bool:
         """Record findings, result files and what to send, and mark the study done, atomically.
 
@@ -394,6 +418,9 @@ class StudyStore(Part):
 
         `skipped` names result carriers whose message could not be built: the study is done (its
         other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
+
+        `shadow_models` ran for shadow rules: their findings and results are recorded (the caller
+        queues none of them) and a `shadow_results` event names them.
 
         A re-run of the same study replaces rather than duplicates: the outbox is unique per
         (carrier, key, destination) and an item already sent with the same payload is not sent again.
@@ -453,6 +480,9 @@ class StudyStore(Part):
             insert_outbox(db, study_uid, outbox, now, keep_sent_duplicates=True)
             for problem in skipped:
                 self._event(db, "publication_skipped", study_uid, problem=problem)
+            if shadow_models:
+                self._event(db, "shadow_results", study_uid, models=list(shadow_models),
+                            results=sum(1 for result in results if result.model in shadow_models))
             db.execute(
                 "update studies set state = ?, processed_at = ?, error = ?, priority = ?, priority_score = ?,"
                 " priority_reasons = ?, rules = ?, models = ? where study_instance_uid = ?",
