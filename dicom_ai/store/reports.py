@@ -189,7 +189,7 @@ class Reports(Reader):
     def audit(self, kind: str | None = None, by: str | None = None, study_uid: str | None = None,
               since: float | None = None, until: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Audit events newest first; `by` matches the person recorded in the event's detail."""
-        clauses = [(c, v) for c, v in (("kind = ?", kind), ("json_extract(detail, '$.by') = ?", by),
+        clauses = [(c, v) for c, v in (("kind = ?", kind), ("coalesce(json_extract(detail, '$.by'), json_extract(detail, '$.author')) = ?", by),
                                        ("study_instance_uid = ?", study_uid), ("at >= ?", since),
                                        ("at < ?", until)) if v is not None]
         where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""

@@ -26,6 +26,7 @@ from dicom_ai.web.auth import SignIn
 from dicom_ai.web.context import SESSION_IDLE_S, WebContext
 from dicom_ai.web.metrics import CONTENT_TYPE, NodeCollector, metrics_text
 from dicom_ai.web.pages import Pages
+from dicom_ai.web.rules_console import RulesConsole
 from dicom_ai.web.server import IDLE_TIMEOUT, WebServer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def build_app(ctx: WebContext, stow_receive: stow.StowReceive | None = None, hom
         return Response(metrics_text(collector), media_type=CONTENT_TYPE)
 
     routes = [Route("/healthz", lambda _r: PlainTextResponse("ok\n"), methods=["GET"]),
-              Route("/metrics", metrics, methods=["GET"]), *pages.routes(), *api.routes(ctx)]
+              Route("/metrics", metrics, methods=["GET"]), *pages.routes(), *api.routes(ctx),
+              *RulesConsole(ctx, pages).routes()]
     if stow_receive is not None:
         routes += stow.routes(stow_receive)
 

@@ -57,10 +57,10 @@ class Pages:
         self.ctx = ctx
         self.templates = templates()
 
-    def render(self, request: Request, name: str, title: str, here: str, **values: Any) -> Response:
+    def render(self, request: Request, template: str, title: str, here: str, **values: Any) -> Response:
         identity = identity_of(request)
         status = int(values.pop("status", 200))
-        return self.templates.TemplateResponse(request, name, {
+        return self.templates.TemplateResponse(request, template, {
             "title": title, "here": here, "nav": NAV, "user": identity.user, "csrf_token": identity.csrf_token,
             "done": request.query_params.get("done"), "problem": request.query_params.get("problem"),
             "admin": Role.ADMIN, "radiologist": Role.RADIOLOGIST, **values}, status_code=status)
@@ -235,7 +235,8 @@ def audit_query(ctx: WebContext, request: Request, limit: int) -> tuple[dict[str
     events = ctx.reports.audit(kind=query["kind"] or None, by=query["by"] or None, study_uid=query["study"] or None,
                                since=bounds.get("since"), until=bounds.get("until"), limit=limit)
     for event in events:
-        event["by"] = json.loads(event["detail"] or "{}").get("by") or ""
+        detail = json.loads(event["detail"] or "{}")
+        event["by"] = detail.get("by") or detail.get("author") or ""
     return query, events
 
 
