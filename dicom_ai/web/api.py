@@ -127,7 +127,7 @@ def routes(ctx: WebContext) -> list[Route]:
         ---
         summary: This API as OpenAPI 3.
         """
-        return JSONResponse(SCHEMA.get_schema(routes=request.app.routes))
+        return JSONResponse(SCHEMA.get_schema(routes=[r for r in request.app.routes if getattr(r, "path", "").startswith("/api/")]))
 
     return [
         Route("/api/studies", studies, methods=["GET"]),

@@ -190,7 +190,9 @@ class RulesConsole:
                       "versions": [{k: v for k, v in asdict(ver).items() if k != "text"} for ver in versions]})
 
     async def api_post(self, request: Request) -> Response:
-        """A draft {file, text, action: check|replay|activate, days}: its problems, its replay, or the new version."""
+        """---
+        summary: Check, replay or activate a rules draft (JSON file, text, action check|replay|activate, days)
+        """
         user, body = await acting(request, Role.ADMIN)
         name, text, action = str(body.get("file", "")), str(body.get("text", "")), str(body.get("action", "check"))
         problems = await to_thread.run_sync(self.check, name, text)
