@@ -49,6 +49,7 @@ from dicom_ai.route.matcher import route
 from dicom_ai.route.windows import plan_windows
 from dicom_ai.send.carriers import Publication, dicom, stow
 from dicom_ai.send.publish import priority_change, publications
+from dicom_ai.store.model_switches import disabled_models
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
@@ -210,6 +211,12 @@ class Pipeline:
             self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
             return
         skipped: list[str] = []
+        for name in sorted(disabled_models(self.studies.database) & set(jobs)):
+            skipped.append(f"{name} not run: switched off in the console (Models page)")
+            del jobs[name]
+        if not jobs:
+            self._no_results(study_uid, "; ".join(skipped))
+            return
         plan = plan_windows({name: job.windows for name, job in jobs.items()}, datetime.fromtimestamp(self.clock()))
         if plan.wait_until is not None:
             until = plan.wait_until.timestamp()

@@ -201,3 +201,9 @@ def _console_accounts(db: Database) -> None:
     db.table("sessions").create_index(["user_name"])
     db.table("login_failures").create({"key": str, "failures": int, "last_at": float}, pk="key")
     db.table("events").create_index(["kind", "at"])
+
+
+@migrations(name="011_model_switches")
+def _model_switches(db: Database) -> None:
+    """Models an admin switched off in the console: kept in models_dir, routed to, but not run."""
+    db.table("model_switches").create({"name": str, "enabled": int, "by": str, "at": float}, pk="name")

@@ -54,6 +54,17 @@ def retry_study(ctx: WebContext, user: User, study_uid: str) -> str:
     raise ActionError(BAD_REQUEST, f"{study_uid} is {row.state}: only done, no_match or failed studies can be retried")
 
 
+def set_model_enabled(ctx: WebContext, user: User, name: str, enabled: bool) -> str:
+    """Switch a model off (its folder stays; rules still name it; studies say it was not run) or on again."""
+    if ctx.switches is None or ctx.models is None:
+        raise ActionError(UNAVAILABLE, "this server only reads: changes are made on the running node")
+    if name not in ctx.models.names():
+        raise ActionError(NOT_FOUND, f"no model {name!r} in models_dir (there: {', '.join(ctx.models.names()) or 'none'})")
+    changed = ctx.switches.set_enabled(name, enabled, by=user.name)
+    state = "on" if enabled else "off"
+    return f"{name} switched {state}" if changed else f"{name} was already {state}"
+
+
 def resend(ctx: WebContext, user: User, study_uid: str) -> str:
     stores, _ = _stores(ctx)
     queued = stores.outbox.requeue_sends([study_uid], by=user.name)

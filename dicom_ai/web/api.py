@@ -147,4 +147,6 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/api/studies/{uid}/discard-sends", change(Role.ADMIN, lambda r, u, b: actions.discard_sends(ctx, u, uid(r))),
               methods=["POST"]),
         Route("/api/users", change(Role.ADMIN, add_user), methods=["POST"]),
+        Route("/api/models/{name}", change(Role.ADMIN, lambda r, u, b: actions.set_model_enabled(
+            ctx, u, str(r.path_params["name"]), bool(b.get("enabled", True)))), methods=["POST"]),
     ]

@@ -21,6 +21,7 @@ from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Reports
 from dicom_ai.store.accounts import Accounts
 from dicom_ai.store.health import NodeHealth
+from dicom_ai.store.model_switches import ModelSwitches
 from dicom_ai.web import api, stow
 from dicom_ai.web.auth import SignIn
 from dicom_ai.web.context import SESSION_IDLE_S, WebContext
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 def web_context(reports: Reports, targets: TurnaroundTargets, status: Callable[[], NodeHealth] | None = None,
                 **parts: object) -> WebContext:
     """A context over `reports`' database, its accounts opened on the same database."""
-    return WebContext(reports, targets, Accounts(reports.database), status, **parts)  # type: ignore[arg-type]
+    return WebContext(reports, targets, Accounts(reports.database), status,
+                      switches=ModelSwitches(reports.database), **parts)  # type: ignore[arg-type]
 
 
 def build_app(ctx: WebContext, stow_receive: stow.StowReceive | None = None, home: Path | None = None) -> Starlette:

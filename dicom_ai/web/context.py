@@ -11,6 +11,7 @@ from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Reports
 from dicom_ai.store.accounts import Accounts
 from dicom_ai.store.health import NodeHealth
+from dicom_ai.store.model_switches import ModelSwitches
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
@@ -36,3 +37,4 @@ class WebContext:
     rules: RuleWatcher | None = None
     session_idle_s: float = SESSION_IDLE_S
     https: bool = False
+    switches: ModelSwitches | None = None  # models switched off (Models page); web_context() opens it

@@ -150,6 +150,7 @@ class Pages:
         found = views.models(self.ctx, time.time())
         problems = self.ctx.models.problems() if self.ctx.models is not None else {}
         shown = [{"name": m.name, "card": m.card, "state": m.state, "backend": m.backend, "studies": m.studies,
+                  "enabled": m.enabled,
                   "latency": m.latency, "metrics": json.dumps(m.card.metrics) if m.card and m.card.metrics else ""}
                  for m in found if m.card is not None]
         return self.render(request, "models.html", "Models", "/models", models=shown, problems=problems)
@@ -214,6 +215,10 @@ class Pages:
                   methods=["POST"]),
             Route("/studies/{uid}/discard-sends", self._change(
                 Role.ADMIN, lambda r, u, f: actions.discard_sends(ctx, u, uid(r))), methods=["POST"]),
+            Route("/models/{name}/enable", self._change(Role.ADMIN, lambda r, u, f: actions.set_model_enabled(
+                ctx, u, r.path_params["name"], True)), methods=["POST"]),
+            Route("/models/{name}/disable", self._change(Role.ADMIN, lambda r, u, f: actions.set_model_enabled(
+                ctx, u, r.path_params["name"], False)), methods=["POST"]),
             Route("/users", self._change(Role.ADMIN, lambda r, u, f: _add_user(ctx, u, f)), methods=["POST"]),
             Route("/users/{name}/role", self._change(Role.ADMIN, lambda r, u, f: _set_role(ctx, u, r.path_params["name"], f)),
                   methods=["POST"]),

@@ -10,6 +10,7 @@ from typing import Any
 
 from dicom_ai.domain import StudyState
 from dicom_ai.store.health import duration
+from dicom_ai.store.model_switches import disabled_models
 from dicom_ai.web.context import WebContext
 
 DAY_S = 24 * 3600.0
@@ -53,12 +54,13 @@ def latencies(ctx: WebContext, since: float) -> dict[str, list[float]]:
 class ModelView:
     name: str
     version: str
-    state: str  # loaded, not loaded, broken
+    state: str  # loaded, not loaded, broken, not installed
     backend: str
     studies: int  # processed in the last 24 h
     latency: str
     latency_p50_s: float | None
     card: Any = None
+    enabled: bool = True  # False: switched off in the console
 
     def public(self) -> dict[str, Any]:
         found = {k: v for k, v in asdict(self).items() if k != "card"}
@@ -72,6 +74,7 @@ def models(ctx: WebContext, now: float) -> list[ModelView]:
     runs = latencies(ctx, now - DAY_S)
     found: list[ModelView] = []
     cards = ctx.models.cards() if ctx.models is not None else {}
+    off = disabled_models(ctx.reports.database)
     problems = ctx.models.problems() if ctx.models is not None else {}
     for name, card in cards.items():
         assert ctx.models is not None
@@ -81,7 +84,7 @@ def models(ctx: WebContext, now: float) -> list[ModelView]:
         p50 = percentile(runs.get(name, []), 0.5)
         found.append(ModelView(name, card.version, state, str(getattr(loaded, "backend", "-")) if loaded else "-",
                                sum(n for key, n in per_model.items() if key.split("@")[0] == name), _shown(p50), p50,
-                               card))
+                               card, name not in off))
     known = set(cards)
     for key, n in sorted(per_model.items()):  # models that ran but are no longer installed
         name = key.split("@")[0]

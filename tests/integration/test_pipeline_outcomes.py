@@ -195,3 +195,20 @@ def test_superseded_results_not_yet_sent_are_not_sent(bench: Bench) -> None:
     [current] = [r for r in bench.store.studies.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
     successor = dcmread(bench.spool.result_path(study_uid, current.sop_instance_uid))
     assert "PredecessorDocumentsSequence" not in successor  # the PACS never held the first one
+
+
+def test_a_model_switched_off_in_the_console_is_not_run_and_the_study_says_so(bench: Bench) -> None:
+    from dicom_ai.store.model_switches import ModelSwitches
+
+    switches = ModelSwitches(bench.store.database)
+    assert switches.set_enabled("brain-mr-demo", False, by="ada")
+    for path in bench.files:
+        bench.receive(path)
+    study_uid = bench.process()
+    [row] = bench.store.reports.studies(study_uid=study_uid)
+    assert row.state == StudyState.NO_MATCH and bench.srs(study_uid) == []
+    [event] = [e for e in bench.store.reports.events(study_uid) if e["kind"] == "study_no_match"]
+    assert "brain-mr-demo not run: switched off in the console" in event["detail"]
+    assert switches.set_enabled("brain-mr-demo", True, by="ada")  # on again: a retry runs it, no restart
+    assert bench.store.studies.requeue(study_uid, by="ada")
+    assert bench.process() == study_uid and bench.state(study_uid) == StudyState.DONE and bench.srs(study_uid)

@@ -241,3 +241,29 @@ def test_the_session_cookie_is_stored_only_as_a_hash(ctx: WebContext) -> None:
     token = client.cookies[SESSION_COOKIE]
     stored = ctx.reports.database.query("select token_hash from sessions")
     assert stored and all(token not in row["token_hash"] for row in stored)
+
+
+def test_admins_switch_a_model_off_and_on_without_deleting_it(ctx: WebContext) -> None:
+    from dataclasses import replace
+
+    from dicom_ai.infer.registry import ModelRegistry
+    from dicom_ai.store.model_switches import disabled_models
+    from tests.conftest import REPO
+
+    with_models = replace(ctx, models=ModelRegistry(REPO / "models"))
+    client, token = signed_in(with_models, "ada")
+    assert "Switch off" in client.get("/models").text
+    answer = client.post("/models/chest-xray-demo/disable", data={"csrf_token": token, "back": "/models"})
+    assert "switched+off" in answer.headers["location"]
+    assert disabled_models(ctx.reports.database) == {"chest-xray-demo"}
+    assert "switched off</b>" in client.get("/models").text
+    api = TestClient(build_app(with_models))
+    models = {m["name"]: m for m in api.get("/api/models", headers=basic("vera")).json()}
+    assert models["chest-xray-demo"]["enabled"] is False and models["brain-mr-demo"]["enabled"] is True
+    assert api.post("/api/models/chest-xray-demo", json={"enabled": True}, headers=basic("vera")).status_code == 403
+    assert api.post("/api/models/no-such-model", json={"enabled": False}, headers=basic("ada")).status_code == 404
+    assert api.post("/api/models/chest-xray-demo", json={"enabled": True}, headers=basic("ada")).json()["ok"]
+    assert disabled_models(ctx.reports.database) == set()
+    [on, off] = ctx.reports.audit(kind=None, by="ada")[:2]
+    assert (on["kind"], off["kind"]) == ("model_enabled", "model_disabled")
+    assert '"before": {"enabled": true}, "after": {"enabled": false}' in off["detail"]
