@@ -201,6 +201,8 @@ def _console_accounts(db: Database) -> None:
     db.table("sessions").create_index(["user_name"])
     db.table("login_failures").create({"key": str, "failures": int, "last_at": float}, pk="key")
     db.table("events").create_index(["kind", "at"])
+    db.table("outbox").create_index(["state", "sent_at"])  # the dashboard's and /metrics' turnaround
+    db.table("outbox").create_index(["kind", "state", "created_at"])  # sends per carrier, without reading rows
 
 
 @migrations(name="011_model_switches")

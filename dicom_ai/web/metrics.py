@@ -3,7 +3,7 @@
 Every number comes from rows (or the disk), not from counters in this process: several node
 processes, or a restart, still give one consistent answer. Labels hold AE titles, carriers, models,
 states; never a patient, study or accession. Histograms are built from rows at each scrape:
-turnaround (last instance received -> SR acknowledged by the PACS) over the last TURNAROUND_WINDOW_S,
+turnaround (last instance received -> SR acknowledged by the PACS) over the last 24 h,
 inference seconds per model from the `model_ran` events of the same window.
 """
 
@@ -23,7 +23,7 @@ from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.store import Reports
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TURNAROUND_WINDOW_S = 7 * 24 * 3600.0
+TURNAROUND_WINDOW_S = 24 * 3600.0  # what the dashboard shows; a scrape reads only these rows
 TURNAROUND_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -73,7 +73,7 @@ class NodeCollector(Collector):
                 sends.add_metric([row["kind"], row["state"]], float(row["n"]))
         yield from (sends, depth, oldest)
         yield histogram("dicom_ai_turnaround_seconds", "last instance received -> SR acknowledged by the PACS, "
-                        "studies acknowledged in the last 7 days", self.reports.turnarounds(now - TURNAROUND_WINDOW_S),
+                        "studies acknowledged in the last 24 h", self.reports.turnarounds(now - TURNAROUND_WINDOW_S),
                         TURNAROUND_BUCKETS)
         yield self._inference(now)
         if self.rules is not None:
@@ -92,7 +92,7 @@ class NodeCollector(Collector):
             detail = json.loads(row["detail"] or "{}")
             by_model.setdefault(str(detail.get("model", "?")), []).append(float(detail.get("seconds", 0.0)))
         family = HistogramMetricFamily("dicom_ai_inference_seconds", "time a model took on one study (pre-processing, "
-                                       "inference, post-processing), last 7 days", labels=["model"])
+                                       "inference, post-processing), last 24 h", labels=["model"])
         for model, values in sorted(by_model.items()):
             histogram("", "", values, INFERENCE_BUCKETS, {"model": model}, family)
         return family
