@@ -130,7 +130,10 @@ class Pages:
                 except Exception as exc:  # noqa: BLE001: a damaged file is shown as such, not a 500
                     reports.append({"model": result["model"], "lines": [(0, f"cannot read {result['path']}: {exc}")]})
         images = [r for r in results if r["kind"] == "SC" and Path(r["path"]).is_file()]
-        return self.render(request, "study.html", f"Study {uid}", "/studies", detail=detail, reports=reports, images=images)
+        shadow = next((set(json.loads(e["detail"] or "{}").get("models", [])) for e in reversed(detail["events"])
+                       if e["kind"] == "shadow_results"), set())  # the last run's shadow models: recorded, not sent
+        return self.render(request, "study.html", f"Study {uid}", "/studies", detail=detail, reports=reports, images=images,
+                           shadow=shadow)
 
     def result_png(self, request: Request) -> Response:
         uid, sop = request.path_params["uid"], request.path_params["sop"]

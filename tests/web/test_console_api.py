@@ -267,3 +267,20 @@ def test_admins_switch_a_model_off_and_on_without_deleting_it(ctx: WebContext) -
     [on, off] = ctx.reports.audit(kind=None, by="ada")[:2]
     assert (on["kind"], off["kind"]) == ("model_enabled", "model_disabled")
     assert '"before": {"enabled": true}, "after": {"enabled": false}' in off["detail"]
+
+
+def test_a_shadow_models_findings_are_shown_as_not_sent(ctx: WebContext) -> None:
+    assert ctx.stores is not None
+    from dicom_ai.domain import PriorityDecision
+
+    ctx.stores.studies.requeue("1.1", by="test")
+    ctx.stores.studies.claim_complete_study()
+    ctx.stores.studies.save_outcome("1.1", rules=["r"], models=["m@1", "shadow-model@2 (shadow)"], findings=[],
+                                    results=[], outbox=[], priority=PriorityDecision(Priority.ROUTINE, 0.1, ("x",)),
+                                    shadow_models=["shadow-model"])
+    ctx.reports.database.connect().execute(
+        "insert into findings (study_instance_uid, sop_instance_uid, model, model_version, label, probability, present)"
+        " values ('1.1', '1.1.1', 'shadow-model', '2', 'Nodule', 0.9, 1)")
+    client, _ = signed_in(ctx, "vera")
+    page = client.get("/studies/1.1").text
+    assert re.search(r"shadow-model 2 <b class=\"URGENT\">shadow: not sent</b>", page)
