@@ -150,7 +150,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _fast_path(results["fast_path"])
     if "scale" in results:
         lines += _scale(results["scale"])
+    if "console" in results:
+        lines += _console(results["console"])
     return "\n".join(lines)
+
+
+def _console(c: dict[str, Any]) -> list[str]:
+    return ["## Console (target: each under 200 ms with 100,000 studies)", "",
+            f"With {c['studies']:,} studies: dashboard {c['dashboard_ms']:.0f} ms, studies search {c['studies_search_ms']:.0f} ms, "
+            f"`/api/studies` {c['api_studies_ms']:.0f} ms (filtered by priority and model {c['api_studies_filtered_ms']:.0f} ms), "
+            f"`/metrics` {c['metrics_ms']:.0f} ms (medians of 7, through the ASGI app).", ""]
 
 
 def _result_objects(r: dict[str, Any]) -> list[str]:

@@ -203,6 +203,7 @@ def _console_accounts(db: Database) -> None:
     db.table("events").create_index(["kind", "at"])
     db.table("outbox").create_index(["state", "sent_at"])  # the dashboard's and /metrics' turnaround
     db.table("outbox").create_index(["kind", "state", "created_at"])  # sends per carrier, without reading rows
+    db.table("instances").create_index(["calling_aet", "receive_count"])  # /metrics: instances per calling AE
 
 
 @migrations(name="011_model_switches")

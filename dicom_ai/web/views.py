@@ -33,9 +33,10 @@ def turnaround(ctx: WebContext, now: float) -> dict[str, Any]:
     return {"n": len(values), "p50_s": p50, "p95_s": p95, "p50": _shown(p50), "p95": _shown(p95)}
 
 
-def carriers(ctx: WebContext) -> list[dict[str, Any]]:
+def carriers(ctx: WebContext, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Sends per carrier by state; `rows` (kind, state, n) when the caller counted them already (health)."""
     by_kind: dict[str, dict[str, Any]] = {}
-    for row in ctx.reports.sends_by_carrier():
+    for row in ctx.reports.sends_by_carrier() if rows is None else rows:
         entry = by_kind.setdefault(row["kind"], {"kind": row["kind"], "pending": 0, "failed": 0, "sent": 0, "discarded": 0})
         entry[row["state"]] = row["n"]
     return list(by_kind.values())
@@ -113,6 +114,6 @@ def dashboard(ctx: WebContext) -> dict[str, Any]:
         "waiting": counts.get(StudyState.COMPLETE, 0),
         "processing": counts.get(StudyState.PROCESSING, 0),
         "turnaround": turnaround(ctx, now),
-        "carriers": carriers(ctx),
+        "carriers": carriers(ctx, health.sends if health is not None else None),
         "failing": [{"row": row, "failed_sends": failed_sends.get(row.study_instance_uid, 0)} for row in failing_rows],
     }
