@@ -98,7 +98,7 @@ def test_explain_shows_window_order_and_completion(rules_dir: Path, write: Write
         ("    complete: {max_wait: -5}\n", "rules/x.yaml:4: rules[0].complete.max_wait: Input should be greater "
                                            "than 0"),
         ("    complete: {seres: 2}\n", "rules/x.yaml:4: rules[0].complete.seres: unknown field 'seres' (did you "
-                                       "mean 'series'?); allowed: series, series_descriptions, max_wait"),
+                                       "mean 'series'?); allowed: series, series_descriptions, max_wait, series_quiet"),
     ],
 )
 def test_each_new_field_is_checked_with_file_line_and_field(rules_dir: Path, write: Write, text: str,
