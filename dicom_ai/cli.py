@@ -118,6 +118,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
     """Validate every rules file (default: the configured rules_dir)."""
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
+    from dicom_ai.route.matcher import rule_tags
 
     settings = _settings(ctx)
     directory = directory or settings.rules_dir
@@ -129,7 +130,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
         raise click.ClickException(f"{len(exc.errors)} error(s) in {directory}") from None
     for rule in ruleset.rules:
         state = "" if rule.enabled else " (disabled)"
-        click.echo(f"ok  {rule.name}{state}: models {', '.join(rule.models)}")
+        click.echo(f"ok  {rule.name}{state}{rule_tags(rule)}: models {', '.join(rule.models)}")
     click.echo(f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s) are valid")
 
 
@@ -142,6 +143,8 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
     from dicom_ai.route.matcher import explain
+    from dicom_ai.route.rules import TimeWindow
+    from dicom_ai.route.windows import plan_windows
 
     settings = _settings(ctx)
     try:
@@ -160,6 +163,23 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
             click.echo(f"  {verdict}")
         if not any(v.matched for v in verdicts):
             click.echo("  -> no rule matches: the study is stored and passed through without AI results")
+            continue
+        decisions = [v.decision for v in verdicts if v.decision is not None]
+        windows: dict[str, list[TimeWindow | None]] = {}
+        for decision in decisions:
+            for model in decision.models:
+                windows.setdefault(model, []).append(decision.rule.window)
+        now = datetime.now()
+        plan = plan_windows(windows, now)
+        if plan.wait_until is not None:
+            click.echo(f"  -> now ({now:%a %H:%M}) the study would wait until {plan.wait_until:%a %Y-%m-%d %H:%M} "
+                       f"for the time window of {', '.join(plan.waiting_for)}")
+        for model, why in plan.left_out.items():
+            click.echo(f"  -> {model} would not run: {why}")
+        shadow = sorted({m for d in decisions if d.shadow for m in d.models}
+                        - {m for d in decisions if not d.shadow for m in d.models})
+        if shadow:
+            click.echo(f"  -> shadow: {', '.join(shadow)} would run with results kept here, nothing sent")
 
 
 def _known_models(settings: Settings) -> list[str]:

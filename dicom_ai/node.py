@@ -1,7 +1,8 @@
 """The running node: the SCP receives, and the scheduler is the clock that drives every other stage.
 
 Jobs (apscheduler, each never overlapping itself):
-- assemble: every `tick` seconds, studies quiet for `stable_after` become complete; it also books
+- assemble: every `tick` seconds, studies quiet for `stable_after` become complete, and so do those
+  whose matching rule's `complete` expectation is met (Pipeline.complete_expected); it also books
   itself for the moment the next receiving study will have been quiet that long, so a study is
   complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble); a study it could
@@ -152,6 +153,7 @@ class Node:
         completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
         for uid in completed:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
+        completed += self.pipeline.complete_expected()
         if completed:
             self._wake("pipeline")
         last = self.stores.studies.earliest_receiving_activity()

@@ -45,6 +45,7 @@ from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
+from dicom_ai.route.completion import completion_due, needs_completion_check
 from dicom_ai.route.matcher import route
 from dicom_ai.route.windows import plan_windows
 from dicom_ai.send.carriers import Publication, dicom, stow
@@ -138,6 +139,40 @@ class Pipeline:
 
     deferred: dict[str, Deferral] = field(default_factory=dict)
     clock: Callable[[], float] = time.time  # the time windows of rules are read on it (tests move it)
+    _receiving: dict[str, tuple[tuple[int, int], Study]] = field(default_factory=dict)  # headers of receiving studies
+
+    def complete_expected(self, now: float | None = None) -> list[str]:
+        """Complete the receiving studies whose matching rule's `complete` expectation is met (see
+        route/completion.py). Headers are read once per series, and again only when instances come."""
+        now = self.clock() if now is None else now
+        ruleset = self.rules.ruleset
+        if not needs_completion_check(ruleset):
+            self._receiving.clear()
+            return []
+        completed = []
+        receiving = self.studies.receiving_studies()
+        for item in receiving:
+            uid = item.study_instance_uid
+            key = (item.instance_count, item.revision)
+            cached = self._receiving.get(uid)
+            if cached is None or cached[0] != key:
+                instances = self.studies.instances_of(uid)
+                if not instances:
+                    continue
+                try:
+                    cached = (key, build_study(instances))
+                except StudyReadError as exc:  # quiet time will complete it; the pipeline then reports the file
+                    log.debug("study %s: no early completion: %s", uid, exc)
+                    continue
+                self._receiving[uid] = cached
+            reason = completion_due(cached[1], ruleset, item.first_received_at, now,
+                                    self.studies.series_last_received(uid))
+            if reason is not None and self.studies.complete_study(uid, reason):
+                log.info("study %s complete before its quiet time: %s", uid, reason)
+                completed.append(uid)
+        for uid in set(self._receiving) - {item.study_instance_uid for item in receiving} | set(completed):
+            self._receiving.pop(uid, None)
+        return completed
 
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""

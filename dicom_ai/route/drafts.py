@@ -204,7 +204,12 @@ def _stored_study(study_uid: str, instances: list[Instance]) -> Study:
 
 
 def _models(study: Study, ruleset: RuleSet) -> tuple[str, ...]:
-    return tuple(sorted({model for decision in route(study, ruleset) for model in decision.models}))
+    """The models the study goes to; a model only shadow rules name shows as 'name (shadow)'."""
+    decisions = route(study, ruleset)
+    live = {model for decision in decisions if not decision.shadow for model in decision.models}
+    shadow = {f"{model} (shadow)" for decision in decisions if decision.shadow for model in decision.models
+              if model not in live}
+    return tuple(sorted(live | shadow))
 
 
 def activate_draft(stores: Stores, rules_dir: Path, file_name: str, text: str, author: str,

@@ -30,6 +30,7 @@ __all__ = [
     "explain",
     "image_series_problem",
     "route",
+    "rule_tags",
 ]
 
 # Modalities of series that hold no image for a model: reports, presentation states, key
@@ -73,13 +74,13 @@ class RuleVerdict:
     decision: RouteDecision | None = None
 
     def __str__(self) -> str:
-        head = f"{self.rule.name}{_tags(self.rule)}: {'MATCH' if self.matched else 'no match'}"
+        head = f"{self.rule.name}{rule_tags(self.rule)}: {'MATCH' if self.matched else 'no match'}"
         if self.decision is not None:
             head += f" -> {', '.join(self.decision.models)} ({len(self.decision.series)} series)"
         return "\n".join([head, *(f"  {reason}" for reason in self.reasons)])
 
 
-def _tags(rule: Rule) -> str:
+def rule_tags(rule: Rule) -> str:
     """What an admin must know about how a rule acts besides its conditions, e.g. ' [shadow, fallback]'."""
     tags = [f"order {rule.order}"] if rule.order else []
     tags += ["fallback"] if rule.fallback else []

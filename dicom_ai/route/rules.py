@@ -327,6 +327,7 @@ class Completion(BaseModel):
     series: Annotated[int, Field(ge=1, strict=True)] | None = None
     series_descriptions: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
     max_wait: Annotated[float, Field(gt=0)] | None = None
+    series_quiet: Annotated[float, Field(ge=0)] = 2.0  # a series counts once no instance of it came this long
 
     @model_validator(mode="after")
     def _something(self) -> Self:

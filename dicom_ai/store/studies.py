@@ -52,6 +52,16 @@ class StoredCopy:
 
 
 @dataclass(frozen=True)
+class ReceivingStudy:
+    """A study still receiving: what per-rule completion needs to know about it."""
+
+    study_instance_uid: str
+    first_received_at: float
+    instance_count: int
+    revision: int
+
+
+@dataclass(frozen=True)
 class CurrentResult:
     """A result object of one model on a study that no later run has superseded."""
 
@@ -204,6 +214,28 @@ class StudyStore(Part):
                 )
                 self._event(db, "study_complete", uid)
         return uids
+
+    def receiving_studies(self) -> list[ReceivingStudy]:
+        """The studies still receiving, for completion by the rules' expectations."""
+        return [ReceivingStudy(row["study_instance_uid"], row["first_received_at"] or 0.0, row["instance_count"] or 0,
+                               row["revision"] or 0)
+                for row in self._query("select study_instance_uid, first_received_at, instance_count, revision"
+                                       " from studies where state = ?", [StudyState.RECEIVING])]
+
+    def series_last_received(self, study_uid: str) -> dict[str, float]:
+        """Series Instance UID -> when its latest instance arrived."""
+        rows = self._query("select series_instance_uid, max(received_at) as t from instances"
+                           " where study_instance_uid = ? group by series_instance_uid", [study_uid])
+        return {row["series_instance_uid"]: row["t"] for row in rows}
+
+    def complete_study(self, study_uid: str, reason: str) -> bool:
+        """A receiving study is complete before its quiet time (a rule's expectation is met): receiving -> complete."""
+        with self._transaction() as db:
+            cursor = db.execute("update studies set state = ?, completed_at = ? where study_instance_uid = ?"
+                                " and state = ?", [StudyState.COMPLETE, time.time(), study_uid, StudyState.RECEIVING])
+            if cursor.rowcount:
+                self._event(db, "study_complete", study_uid, reason=reason)
+            return cursor.rowcount == 1
 
     def earliest_receiving_activity(self) -> float | None:
         """When the quiet period of the quietest receiving study began (None: none is receiving)."""

@@ -37,7 +37,7 @@ class Bench:
     files: list[Path]
     make_pipeline: Callable[[str], Pipeline]
 
-    def receive(self) -> str:
+    def receive(self, complete: bool = True) -> str:
         for path in self.files:
             identity = read_identity(path, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID), "TEST",
                                      "1.2.840.10008.1.2.1")
@@ -47,7 +47,8 @@ class Bench:
             shutil.copyfile(path, final)
             self.store.studies.record_instance(ReceivedInstance(**{**identity.__dict__, "path": final,
                                                                    "size": final.stat().st_size}))
-        self.store.studies.complete_quiet_studies(time.time() + 10)
+        if complete:
+            self.store.studies.complete_quiet_studies(time.time() + 10)
         return identity.study_instance_uid
 
     def row(self, study_uid: str):  # type: ignore[no-untyped-def]
@@ -134,3 +135,30 @@ def test_a_closed_window_makes_the_study_wait_and_it_runs_when_the_window_opens(
     assert pipeline.process_next() == study_uid
     assert bench.row(study_uid).state == StudyState.DONE
     assert bench.row(study_uid).waiting_until is None
+
+
+def test_a_rule_that_expects_one_series_completes_the_study_before_its_quiet_time(bench: Bench) -> None:
+    pipeline = bench.make_pipeline(MR_RULE.format(name="mr") + "    complete: {series: 1, series_quiet: 5}\n")
+    study_uid = bench.receive(complete=False)
+    now = time.time()
+    assert pipeline.complete_expected(now) == []  # the series is still within its series_quiet
+    assert bench.row(study_uid).state == StudyState.RECEIVING
+    assert pipeline.complete_expected(now + 6) == [study_uid]
+    assert bench.row(study_uid).state == StudyState.COMPLETE
+    assert bench.events(study_uid)["study_complete"]["reason"] == "rule mr: 1 of 1 expected series arrived"
+    assert pipeline.process_next() == study_uid and bench.row(study_uid).state == StudyState.DONE
+
+
+def test_max_wait_completes_a_study_whose_instances_keep_coming(bench: Bench) -> None:
+    pipeline = bench.make_pipeline(MR_RULE.format(name="mr") + "    complete: {max_wait: 60}\n")
+    study_uid = bench.receive(complete=False)
+    now = time.time()
+    assert pipeline.complete_expected(now) == []
+    assert pipeline.complete_expected(now + 61) == [study_uid]
+
+
+def test_without_completion_rules_receiving_studies_are_left_to_quiet_time(bench: Bench) -> None:
+    pipeline = bench.make_pipeline(MR_RULE.format(name="mr"))
+    study_uid = bench.receive(complete=False)
+    assert pipeline.complete_expected(time.time() + 3600) == []
+    assert bench.row(study_uid).state == StudyState.RECEIVING

@@ -249,3 +249,10 @@ def test_cli_activate_history_restore_replay(tmp_path: Path, rules: Path, stores
     assert restored.exit_code == 0, restored.output
     assert (rules / "a-chest.yaml").read_text() == CHEST
     assert run("rules", "restore", "999").exit_code == 1
+
+
+def test_replay_shows_a_rule_turned_shadow(stores: Stores, spool: Spool, rules: Path) -> None:
+    now = time.time()
+    chest = receive(stores, spool, "RG1_UNCR.dcm", now - 60)
+    diff = replay_draft(stores, spool, rules, "a-chest.yaml", CHEST + "    shadow: true\n", days=1, now=now)
+    assert diff.changes == [RoutingChange(chest, ("chest-xray-demo",), ("chest-xray-demo (shadow)",))]

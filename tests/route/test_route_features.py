@@ -98,7 +98,7 @@ def test_explain_shows_window_order_and_completion(rules_dir: Path, write: Write
         ("    complete: {max_wait: -5}\n", "rules/x.yaml:4: rules[0].complete.max_wait: Input should be greater "
                                            "than 0"),
         ("    complete: {seres: 2}\n", "rules/x.yaml:4: rules[0].complete.seres: unknown field 'seres' (did you "
-                                       "mean 'series'?); allowed: series, series_descriptions, max_wait"),
+                                       "mean 'series'?); allowed: series, series_descriptions, max_wait, series_quiet"),
     ],
 )
 def test_each_new_field_is_checked_with_file_line_and_field(rules_dir: Path, write: Write, text: str,
@@ -131,3 +131,40 @@ def test_shipped_rules_keep_their_behaviour(shipped_rules: Path) -> None:
     assert all(not r.shadow and not r.fallback and r.window is None and r.complete is None for r in rules)
     assert [r.name for r in rules] == [r.name for r in sorted(rules, key=lambda r: (r.source.file.name,  # type: ignore[union-attr]
                                                                                       r.source.line))]  # type: ignore[union-attr]
+
+
+def test_rules_check_and_test_show_shadow_window_and_fallback(rules_dir: Path, write: Write) -> None:
+    from datetime import timedelta
+
+    from click.testing import CliRunner
+
+    from dicom_ai.cli import main
+    from tests.conftest import sample
+
+    opens = datetime.now().replace(second=0, microsecond=0) + timedelta(hours=2)
+    write("a.yaml", f"""rules:
+  - name: chest-candidate
+    shadow: true
+    series: {{Modality: CR}}
+    models: [mammography-demo]
+  - name: chest-at-night
+    window: '{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}'
+    series: {{Modality: CR}}
+    models: [chest-xray-demo]
+  - name: catch-all
+    fallback: true
+    models: [brain-mr-demo]
+""")
+    env = {"DICOM_AI_RULES_DIR": str(rules_dir)}
+    checked = CliRunner().invoke(main, ["rules", "check"], env=env)
+    assert checked.exit_code == 0, checked.output
+    assert "ok  chest-candidate [shadow: results kept, not sent]: models mammography-demo" in checked.output
+    assert "ok  catch-all [fallback]: models brain-mr-demo" in checked.output
+
+    tested = CliRunner().invoke(main, ["rules", "test", str(sample("RG1_UNCR.dcm"))], env=env)
+    assert tested.exit_code == 0, tested.output
+    assert "catch-all [fallback]: no match" in tested.output
+    assert "fallback not needed: rule chest-at-night matched" in tested.output
+    assert f"the study would wait until {opens:%a %Y-%m-%d %H:%M} for the time window of chest-xray-demo" \
+        in tested.output
+    assert "-> shadow: mammography-demo would run with results kept here, nothing sent" in tested.output
