@@ -106,8 +106,8 @@ class Settings(BaseModel):
     smtp_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
     email_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that send an e-mail, comma-separated")
-    http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
-    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
+    http_host: str = Field(default="127.0.0.1", description="address of the web console")
+    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the web console (0: none)")
     stow_receive: bool = Field(
         default=False, validate_default=True, description="the node's HTTP server takes studies by STOW-RS at /dicom-web/studies")
     stow_receive_user: str | None = Field(default=None, description="HTTP Basic user STOW-RS senders must give, if any")
