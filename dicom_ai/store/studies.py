@@ -335,6 +335,21 @@ class StudyStore(Part):
                 self._event(db, "study_requeued", study_uid, by=by)
             return cursor.rowcount == 1
 
+    def discard_failed(self, study_uid: str, by: str) -> bool:
+        """An admin gives up on a failed study (e.g. its data cannot be read by any model): it becomes
+        no_match (stored, no results) and leaves the open problems; its error stays, prefixed with who
+        discarded it, and `retry` still works. False unless the study is failed."""
+        with self._transaction() as db:
+            rows = list(db.query("select error from studies where study_instance_uid = ? and state = ?",
+                                 [study_uid, StudyState.FAILED]))
+            if not rows:
+                return False
+            db.execute("update studies set state = ?, error = ? where study_instance_uid = ?",
+                       [StudyState.NO_MATCH, f"discarded by {by} after: {rows[0]['error'] or 'a failure'}", study_uid])
+            self._event(db, "study_discarded", study_uid, by=by, before={"state": StudyState.FAILED.value},
+                        after={"state": StudyState.NO_MATCH.value}, error=rows[0]["error"])
+        return True
+
     # process -------------------------------------------------------------------------------
 
     def record_model_run(self, study_uid: str, model: str, version: str, seconds: float, images: int) -> None:

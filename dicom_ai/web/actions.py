@@ -65,6 +65,13 @@ def set_model_enabled(ctx: WebContext, user: User, name: str, enabled: bool) -> 
     return f"{name} switched {state}" if changed else f"{name} was already {state}"
 
 
+def discard_study(ctx: WebContext, user: User, study_uid: str) -> str:
+    stores, _ = _stores(ctx)
+    if not stores.studies.discard_failed(study_uid, by=user.name):
+        raise ActionError(BAD_REQUEST, f"{study_uid} is not a failed study: only failed studies can be discarded")
+    return f"{study_uid}: discarded (kept as no_match, without results; retry still processes it)"
+
+
 def resend(ctx: WebContext, user: User, study_uid: str) -> str:
     stores, _ = _stores(ctx)
     queued = stores.outbox.requeue_sends([study_uid], by=user.name)

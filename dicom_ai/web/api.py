@@ -3,7 +3,7 @@
 GET /api/studies (search: patient_id, accession_number, study_date, state, model, priority, limit),
 /api/studies/{uid}, /api/worklist, /api/status, /api/models, /api/audit, /api/users (admin),
 /api/schema (this list as OpenAPI). POST /api/studies/{uid}/priority {"level", "reason"} (radiologist),
-/api/studies/{uid}/retry, /resend, /discard-sends (admin), /api/users {"name", "role", "password"} (admin).
+/api/studies/{uid}/retry, /discard, /resend, /discard-sends (admin), /api/users {"name", "role", "password"} (admin).
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/api/studies/{uid}/priority", change(Role.RADIOLOGIST, lambda r, u, b: actions.override_priority(
             ctx, u, uid(r), str(b.get("level", "")), str(b.get("reason", "")))), methods=["POST"]),
         Route("/api/studies/{uid}/retry", change(Role.ADMIN, lambda r, u, b: actions.retry_study(ctx, u, uid(r))),
+              methods=["POST"]),
+        Route("/api/studies/{uid}/discard", change(Role.ADMIN, lambda r, u, b: actions.discard_study(ctx, u, uid(r))),
               methods=["POST"]),
         Route("/api/studies/{uid}/resend", change(Role.ADMIN, lambda r, u, b: actions.resend(ctx, u, uid(r))),
               methods=["POST"]),

@@ -214,6 +214,8 @@ class Pages:
                 ctx, u, uid(r), str(f.get("level", "")), str(f.get("reason", "")))), methods=["POST"]),
             Route("/studies/{uid}/retry", self._change(Role.ADMIN, lambda r, u, f: actions.retry_study(ctx, u, uid(r))),
                   methods=["POST"]),
+            Route("/studies/{uid}/discard", self._change(Role.ADMIN, lambda r, u, f: actions.discard_study(ctx, u, uid(r))),
+                  methods=["POST"]),
             Route("/studies/{uid}/resend", self._change(Role.ADMIN, lambda r, u, f: actions.resend(ctx, u, uid(r))),
                   methods=["POST"]),
             Route("/studies/{uid}/discard-sends", self._change(

@@ -284,3 +284,25 @@ def test_a_shadow_models_findings_are_shown_as_not_sent(ctx: WebContext) -> None
     client, _ = signed_in(ctx, "vera")
     page = client.get("/studies/1.1").text
     assert re.search(r"shadow-model 2 <b class=\"URGENT\">shadow: not sent</b>", page)
+
+
+def test_admins_discard_a_failed_study_which_leaves_the_open_problems(ctx: WebContext) -> None:
+    from dicom_ai.domain import StudyState
+
+    assert ctx.stores is not None and ctx.status is not None
+    ctx.stores.studies.requeue("1.1", by="test")
+    ctx.stores.studies.claim_complete_study()
+    ctx.stores.studies.finish_without_results("1.1", StudyState.FAILED, "model x failed on the study: boom")
+    assert any("1 failed study" in a for a in ctx.status().attention)
+    client, token = signed_in(ctx, "ada")
+    assert "/studies/1.1/discard" in client.get("/").text
+    api = TestClient(build_app(ctx))
+    assert api.post("/api/studies/1.1/discard", json={}, headers=basic("rita")).status_code == 403
+    answer = client.post("/studies/1.1/discard", data={"csrf_token": token, "back": "/"})
+    assert "done=" in answer.headers["location"]
+    row = ctx.reports.study("1.1")
+    assert row is not None and row.state == "no_match" and row.error == "discarded by ada after: model x failed on the study: boom"
+    assert not any("failed study" in a for a in ctx.status().attention)
+    assert api.post("/api/studies/1.1/discard", json={}, headers=basic("ada")).status_code == 400  # not failed now
+    [event] = ctx.reports.audit(kind="study_discarded")
+    assert '"before": {"state": "failed"}, "after": {"state": "no_match"}' in event["detail"]
