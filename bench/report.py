@@ -176,7 +176,16 @@ def markdown(results: dict[str, Any]) -> str:
                   f"(each processed study reported, an assessment SR sent back; an unmatched report every "
                   f"{REPORT_INTERVAL_TEXT}): p50 {r['reports_p50_s']:.2f} s, p95 {r['reports_p95_s']:.2f} s "
                   f"({r['studies']} studies each; ACKs {r['answers']}).", ""]
+    if "console" in results:
+        lines += _console(results["console"])
     return "\n".join(lines)
+
+
+def _console(c: dict[str, Any]) -> list[str]:
+    return ["## Console (target: each under 200 ms with 100,000 studies)", "",
+            f"With {c['studies']:,} studies: dashboard {c['dashboard_ms']:.0f} ms, studies search {c['studies_search_ms']:.0f} ms, "
+            f"`/api/studies` {c['api_studies_ms']:.0f} ms (filtered by priority and model {c['api_studies_filtered_ms']:.0f} ms), "
+            f"`/metrics` {c['metrics_ms']:.0f} ms (medians of 7, through the ASGI app).", ""]
 
 
 def _result_objects(r: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from bench import (
+    console,
     fast_path,
     inference,
     receive,
@@ -124,6 +125,8 @@ def main() -> int:
         results["validation_turnaround"] = validation.turnaround_with_reports(WORKDIR / "validation_turnaround",
                                                                              max(3, round(10 * factor)))
         log.info("turnaround with reports done at %.0f s", time.monotonic() - started)
+        results["console"] = console.run(WORKDIR / "console", max(1000, round(100_000 * factor)))
+        log.info("console done at %.0f s", time.monotonic() - started)
     finally:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started

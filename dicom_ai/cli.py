@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
     """Validate every rules file (default: the configured rules_dir)."""
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
+    from dicom_ai.route.matcher import rule_tags
 
     settings = _settings(ctx)
     directory = directory or settings.rules_dir
@@ -131,7 +133,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
         raise click.ClickException(f"{len(exc.errors)} error(s) in {directory}") from None
     for rule in ruleset.rules:
         state = "" if rule.enabled else " (disabled)"
-        click.echo(f"ok  {rule.name}{state}: models {', '.join(rule.models)}")
+        click.echo(f"ok  {rule.name}{state}{rule_tags(rule)}: models {', '.join(rule.models)}")
     click.echo(f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s) are valid")
 
 
@@ -144,6 +146,8 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
     from dicom_ai.route.matcher import explain
+    from dicom_ai.route.rules import TimeWindow
+    from dicom_ai.route.windows import plan_windows
 
     settings = _settings(ctx)
     try:
@@ -162,6 +166,156 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
             click.echo(f"  {verdict}")
         if not any(v.matched for v in verdicts):
             click.echo("  -> no rule matches: the study is stored and passed through without AI results")
+            continue
+        decisions = [v.decision for v in verdicts if v.decision is not None]
+        windows: dict[str, list[TimeWindow | None]] = {}
+        for decision in decisions:
+            for model in decision.models:
+                windows.setdefault(model, []).append(decision.rule.window)
+        now = datetime.now()
+        plan = plan_windows(windows, now)
+        if plan.wait_until is not None:
+            click.echo(f"  -> now ({now:%a %H:%M}) the study would wait until {plan.wait_until:%a %Y-%m-%d %H:%M} "
+                       f"for the time window of {', '.join(plan.waiting_for)}")
+        for model, why in plan.left_out.items():
+            click.echo(f"  -> {model} would not run: {why}")
+        shadow = sorted({m for d in decisions if d.shadow for m in d.models}
+                        - {m for d in decisions if not d.shadow for m in d.models})
+        if shadow:
+            click.echo(f"  -> shadow: {', '.join(shadow)} would run with results kept here, nothing sent")
+
+
+def _known_models(settings: Settings) -> list[str]:
+    from dicom_ai.infer.registry import ModelError, ModelRegistry
+
+    try:
+        return ModelRegistry(settings.models_dir).names()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _draft(path: Path, as_name: str | None) -> tuple[str, str]:
+    """(file name under rules_dir, text) of a draft file given on the command line."""
+    try:
+        return as_name or path.name, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot read the draft: {exc}") from None
+
+
+_AS_OPTION = click.option("--as", "as_name", metavar="NAME",
+                          help="The rules file the draft stands for (default: the draft's own file name).")
+
+
+@rules.command("replay")
+@click.argument("draft", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_AS_OPTION
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="Replay the studies received in this many days.")
+@click.option("--list", "show_list", is_flag=True, help="List each study whose models change.")
+@click.pass_context
+def rules_replay(ctx: click.Context, draft: Path, as_name: str | None, days: float, show_list: bool) -> None:
+    """Route the recent studies with the active rules and with DRAFT, and say what would change."""
+    from dicom_ai.route.drafts import DraftError, replay_draft
+    from dicom_ai.route.loader import RuleSetError
+    from dicom_ai.store import Spool
+
+    settings = _settings(ctx)
+    name, text = _draft(draft, as_name)
+    stores = _open_stores(settings)
+    try:
+        diff = replay_draft(stores, Spool(settings.spool_dir), settings.rules_dir, name, text, days,
+                            known_models=_known_models(settings))
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) in the draft; nothing replayed") from None
+    except RuleSetError as exc:
+        raise click.ClickException(f"the active rules in {settings.rules_dir} are invalid:\n{exc}") from None
+    finally:
+        stores.close()
+    if show_list:
+        for change in diff.changes:
+            click.echo(f"{change.study_uid}: {', '.join(change.before) or '-'} -> {', '.join(change.after) or '-'}")
+    skipped = f", {diff.skipped} skipped (files gone)" if diff.skipped else ""
+    click.echo(f"{diff.studies} studies replayed over {days:g} day(s){skipped}: {diff.summary()}")
+
+
+@rules.command("activate")
+@click.argument("draft", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_AS_OPTION
+@click.option("--author", default=None, help="Who activates it (default: the login name).")
+@click.pass_context
+def rules_activate(ctx: click.Context, draft: Path, as_name: str | None, author: str | None) -> None:
+    """Check DRAFT and write it into rules_dir (the node reloads it), keeping a version; audited."""
+    import getpass
+
+    from dicom_ai.route.drafts import DraftError, activate_draft
+
+    settings = _settings(ctx)
+    name, text = _draft(draft, as_name)
+    stores = _open_stores(settings, create=True)
+    try:
+        version = activate_draft(stores, settings.rules_dir, name, text, author or getpass.getuser(),
+                                 known_models=_known_models(settings))
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) in the draft; nothing activated") from None
+    except OSError as exc:
+        raise click.ClickException(f"{settings.rules_dir / name}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        stores.close()
+    click.echo(f"{settings.rules_dir / name}: version {version.id} by {version.author} is active")
+
+
+@rules.command("history")
+@click.argument("file_name", required=False)
+@click.option("--diff", "show_diff", is_flag=True, help="Show each version's diff.")
+@click.pass_context
+def rules_history(ctx: click.Context, file_name: str | None, show_diff: bool) -> None:
+    """The kept versions of the rules files (or of FILE_NAME), newest first."""
+    from dicom_ai.route.drafts import rule_versions
+
+    stores = _open_stores(_settings(ctx), create=True)
+    try:
+        versions = rule_versions(stores, file_name)
+    finally:
+        stores.close()
+    for version in versions:
+        when = datetime.fromtimestamp(version.created).astimezone().isoformat(timespec="seconds")
+        changed = sum(1 for line in version.diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+        click.echo(f"{version.id:>5}  {when}  {version.file_name}  {version.author}  ({changed} line(s) changed)")
+        if show_diff:
+            click.echo(version.diff)
+    if not versions:
+        click.echo("no versions kept yet (`dicom-ai rules activate` keeps one per activation)")
+
+
+@rules.command("restore")
+@click.argument("version_id", type=int)
+@click.option("--author", default=None, help="Who restores it (default: the login name).")
+@click.pass_context
+def rules_restore(ctx: click.Context, version_id: int, author: str | None) -> None:
+    """Activate an old version's text again (as a new version); audited."""
+    import getpass
+
+    from dicom_ai.route.drafts import DraftError, restore_version
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings, create=True)
+    try:
+        version = restore_version(stores, settings.rules_dir, version_id, author or getpass.getuser(),
+                                  known_models=_known_models(settings))
+    except LookupError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"version {version_id} no longer fits the other rules files; nothing restored") \
+            from None
+    finally:
+        stores.close()
+    click.echo(f"{settings.rules_dir / version.file_name}: version {version_id} restored as version {version.id}")
 
 
 @main.group()
@@ -297,6 +451,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"{', '.join(f'{n} {state}' for state, n in sorted(health.studies.items())) or 'no studies'}")
         click.echo(f"  last instance received {_when(health.last_received_at, 'never')}, "
                    f"last study processed {_when(health.last_processed_at, 'never')}")
+        if health.details.get("next_window_opens"):
+            click.echo(f"  {health.studies.get('waiting', 0)} study(ies) wait for a model's time window; the next "
+                       f"opens {_when(health.details['next_window_opens'])}")
         sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
         click.echo(f"  sends: {sends}; a failing send is retried for about {duration(settings.send_retry_window)} "
                    f"({settings.send_max_attempts} attempts), then given up until its destination answers again")
@@ -316,22 +473,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
     """Everything about one study: state, priority, findings, results and their sends, and its audit trail."""
-    from dataclasses import asdict
-
     store = _open_stores(_settings(ctx)).reports
     row = store.study(study_uid)
     if row is None:
         raise click.ClickException(f"no study {study_uid} in this node's database (see `dicom-ai studies`)")
-    findings = store.findings_of(study_uid)
-    sends = [{k: v for k, v in r.items() if k != "payload"} for r in store.outbox_rows(study_uid)]
-    events = list(reversed(store.events(study_uid, limit=1000)))
+    detail = store.study_detail(study_uid)
+    assert detail is not None
+    findings, sends, events = detail["findings"], detail["sends"], detail["events"]
     if as_json:
-        click.echo(json.dumps({"study": asdict(row), "findings": findings, "sends": sends, "events": events}, indent=2))
+        click.echo(json.dumps(detail, indent=2))
         return
 
     click.echo(f"study {row.study_instance_uid}  patient {row.patient_id or '-'}  accession {row.accession_number or '-'}")
     click.echo(f"  state {row.state}, {row.instance_count} instance(s), last received {_when(row.last_received_at)}"
-               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else ""))
+               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else "")
+               + (f", waits for a model's time window until {_when(row.waiting_until)}" if row.waiting_until else ""))
+    if row.models:
+        click.echo(f"  models {', '.join(row.models)}")
     if row.priority:
         override = f" (override {row.priority_override} by {row.priority_override_by})" if row.priority_override else ""
         click.echo(f"  priority {row.priority} {row.priority_score:.2f}{override}: {'; '.join(row.priority_reasons)}")
@@ -375,6 +533,8 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
         )
         if row.error:
             click.echo(f"    error: {row.error}")
+        if row.waiting_until:
+            click.echo(f"    waits for a model's time window until {_when(row.waiting_until)}")
         if row.purged_at is not None:
             click.echo(f"    files deleted {_when(row.purged_at, form='%Y-%m-%d')} (retention_days)")
         if row.priority_reasons:
@@ -616,10 +776,10 @@ def export_seismometer(ctx: click.Context, model: str, out: Path, since: str | N
     click.echo(f"open it: cd {written.folder} && python -c \"import seismometer; seismometer.run_startup(config_path='.')\"")
 
 
-def _open_stores(settings: Settings) -> Stores:
+def _open_stores(settings: Settings, create: bool = False) -> Stores:
     from dicom_ai.store import Stores
 
-    if not settings.database_path.exists():
+    if not create and not settings.database_path.exists():
         raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
     return Stores.open(settings.database_path)
 
@@ -855,6 +1015,10 @@ def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple[Any, ...
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a list of numbers separated by {separator!r}", param_hint=hint) from None
 
+
+from dicom_ai.web.users_cli import users  # noqa: E402 (a group in a module of its own)
+
+main.add_command(users)
 
 if __name__ == "__main__":
     main()

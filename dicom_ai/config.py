@@ -113,8 +113,8 @@ class Settings(BaseModel):
     smtp_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
     email_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that send an e-mail, comma-separated")
-    http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
-    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
+    http_host: str = Field(default="127.0.0.1", description="address of the web console")
+    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the web console (0: none)")
     stow_receive: bool = Field(
         default=False, validate_default=True, description="the node's HTTP server takes studies by STOW-RS at /dicom-web/studies")
     stow_receive_user: str | None = Field(default=None, description="HTTP Basic user STOW-RS senders must give, if any")
@@ -133,6 +133,10 @@ class Settings(BaseModel):
         "clients must present one")
     tls_receive: bool = Field(default=False, description="the DICOM SCP accepts TLS associations only")
     tls_send: bool = Field(default=False, description="associations we open (results, C-FIND, echo, send) use TLS")
+    http_tls: bool = Field(default=False, description="the console (http_port) serves HTTPS with tls_certificate and "
+                           "tls_private_key; session cookies are then Secure")
+    session_idle_minutes: float = Field(default=30, gt=0, le=YEAR_MINUTES,
+                                        description="a console session unused this long is signed out")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0: none advertised, 64 MiB enforced)")
     negotiation_timeout: float = Field(
         default=10.0, gt=0, le=300, description="seconds a new DICOM connection has to deliver its whole A-ASSOCIATE-RQ")
@@ -215,6 +219,25 @@ class Settings(BaseModel):
             except TlsError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("http_tls")
+    @classmethod
+    def _http_tls(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            certificate, key = info.data.get("tls_certificate"), info.data.get("tls_private_key")
+            if certificate is None or key is None:
+                raise ValueError("HTTPS for the console needs tls_certificate and tls_private_key")
+            try:
+                server_context(certificate, key, None)
+            except TlsError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def https_context(self) -> ssl.SSLContext | None:
+        """The console's TLS context (no client certificate asked: browsers sign in), or None for HTTP."""
+        if not self.http_tls or self.tls_certificate is None or self.tls_private_key is None:
+            return None
+        return server_context(self.tls_certificate, self.tls_private_key, None)
 
     def scp_tls(self) -> ssl.SSLContext | None:
         """The SCP's TLS context, or None for plain DICOM."""

@@ -23,6 +23,7 @@ class StudyState(enum.StrEnum):
     RECEIVING = "receiving"  # instances arriving; not yet quiet for stable_after seconds
     COMPLETE = "complete"  # quiet long enough: waiting for the pipeline
     PROCESSING = "processing"  # the pipeline has it (a crash here re-runs it on start-up)
+    WAITING = "waiting"  # routed to a model outside its rule's time window: complete again at waiting_until
     DONE = "done"  # results encoded and queued for sending
     NO_MATCH = "no_match"  # no rule matched: stored, no results
     FAILED = "failed"  # the pipeline raised; the error is kept on the study

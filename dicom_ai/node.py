@@ -1,11 +1,13 @@
 """The running node: the SCP receives, and the scheduler is the clock that drives every other stage.
 
 Jobs (apscheduler, each never overlapping itself):
-- assemble: every `tick` seconds, studies quiet for `stable_after` become complete; it also books
+- assemble: every `tick` seconds, studies quiet for `stable_after` become complete, and so do those
+  whose matching rule's `complete` expectation is met (Pipeline.complete_expected); it also books
   itself for the moment the next receiving study will have been quiet that long, so a study is
   complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble); a study it could
   not finish because the database or disk failed is queued again after a backoff (release_deferred);
+  a study waiting for a rule's time window is queued again when it opens (release_waiting);
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline); given-up
   sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
@@ -42,7 +44,7 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
-from dicom_ai.web.app import start_web
+from dicom_ai.web.app import start_web, web_context
 from dicom_ai.web.server import WebServer
 from dicom_ai.web.stow import StowReceive
 from dicom_ai.store import Spool, Stores
@@ -133,12 +135,16 @@ class Node:
             try:
                 stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
                                    s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
-                self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
+                console = web_context(self.stores.reports, s.turnaround_targets,
                                       lambda: node_health(self.stores.reports, s.home, s.retention_days,
                                                           send_retry_window_s=s.send_retry_window),
-                                      stow_receive=stow)
+                                      stores=self.stores, settings=s, spool=self.spool, models=self.models,
+                                      rules=self.rules, session_idle_s=s.session_idle_minutes * 60,
+                                      https=s.http_tls)
+                self._web = start_web(s.http_host, s.http_port, console, stow_receive=stow, tls=s.https_context(),
+                                      home=s.home)
             except OSError as exc:
-                raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
+                raise OSError(f"console {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
         listen = s.hl7_listen_address
         if listen is not None:
@@ -178,6 +184,7 @@ class Node:
         completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
         for uid in completed:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
+        completed += self.pipeline.complete_expected()
         if completed:
             self._wake("pipeline")
         last = self.stores.studies.earliest_receiving_activity()
@@ -199,6 +206,8 @@ class Node:
 
     def _process(self) -> None:
         self.pipeline.release_deferred()
+        for uid in self.stores.studies.release_waiting():
+            log.info("study %s: a time window it waited for is open; it is queued again", uid)
         processed = 0
         while self.pipeline.process_next() is not None:
             processed += 1

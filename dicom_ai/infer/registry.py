@@ -132,6 +132,11 @@ class ModelRegistry:
         with self._lock:
             return dict(self._problems)
 
+    def loaded(self, name: str) -> LoadedModel | None:
+        """The model if it is loaded already (None: not yet, or its load failed); never loads it."""
+        with self._lock:
+            return self._loaded.get(name)
+
     def folder(self, name: str) -> Path:
         """Where a model lives (for documentation links and the trainer)."""
         return self._entry(name)[0]

@@ -5,6 +5,7 @@
 - reports (reports.py): what people and monitors read;
 - feedback (feedback.py): judgements, final reports received over HL7, assessments sent back;
 - performance (performance.py): what the models predicted, with the truth, for evaluations and drift;
+- rule versions (rule_versions.py): every activated text of a rules file;
 - the spool (spool.py): received instances and our results as files.
 """
 
@@ -18,10 +19,12 @@ from dicom_ai.store.feedback import FeedbackStore
 from dicom_ai.store.outbox import OutboxStore
 from dicom_ai.store.performance import PerformanceStore
 from dicom_ai.store.reports import Reports, StudyRow
+from dicom_ai.store.rule_versions import RuleVersion, RuleVersionStore
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.studies import StudyStore
 
-__all__ = ["Database", "FeedbackStore", "OutboxStore", "PerformanceStore", "Reports", "Spool", "Stores", "StudyRow",
+__all__ = ["Database", "FeedbackStore", "OutboxStore", "PerformanceStore", "Reports", "RuleVersion", "RuleVersionStore",
+           "Spool", "Stores", "StudyRow",
            "StudyStore"]
 
 
@@ -35,12 +38,13 @@ class Stores:
     reports: Reports
     feedback: FeedbackStore
     performance: PerformanceStore
+    rule_versions: RuleVersionStore
 
     @classmethod
     def open(cls, path: Path, busy_timeout: float = 30.0) -> Stores:
         database = Database(path, busy_timeout)
         return cls(database, StudyStore(database), OutboxStore(database), Reports(database), FeedbackStore(database),
-                   PerformanceStore(database))
+                   PerformanceStore(database), RuleVersionStore(database))
 
     @property
     def path(self) -> Path:

@@ -76,6 +76,10 @@ def node_health(reports: Reports, home: Path, retention_days: float | None, now:
         attention.append(f"a study has been processing for {(now - counts['oldest_processing']) / 60:.0f} min: "
                          "check the log for the model it runs")
     attention.extend(drift_problems(reports.drift_flags()))
+    next_window = counts["next_window"]
+    if next_window is not None and now - next_window > STUCK_PROCESSING_S:
+        attention.append(f"a study waiting for a model's time window should have been queued "
+                         f"{(now - next_window) / 60:.0f} min ago: is the node running?")
     disk = shutil.disk_usage(home if home.exists() else home.parent)
     if disk.free < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * disk.total):
         hint = "lower retention_days" if retention_days else "set retention_days"
@@ -86,7 +90,8 @@ def node_health(reports: Reports, home: Path, retention_days: float | None, now:
         last_received_at=counts["last_received"], last_processed_at=counts["last_processed"],
         held_files=counts["held_files"], held_bytes=counts["held_bytes"], disk_free_bytes=disk.free,
         disk_total_bytes=disk.total, retention_days=retention_days,
-        details={"oldest_pending_send": oldest}, send_retry_window_s=send_retry_window_s,
+        details={"oldest_pending_send": oldest, "next_window_opens": next_window},
+        send_retry_window_s=send_retry_window_s,
     )
 
 

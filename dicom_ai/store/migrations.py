@@ -249,3 +249,52 @@ def _validation(db: Database) -> None:
     db.table("findings").create_index(["model", "study_instance_uid"])
     db.table("studies").create_index(["accession_number"])
     db.table("studies").create_index(["processed_at"])
+
+
+@migrations(name="008_rule_versions")
+def _rule_versions(db: Database) -> None:
+    """Every activated text of a rules file, with its author, time and unified diff, for history and restore."""
+    db.table("rule_versions").create(
+        {"id": int, "file_name": str, "author": str, "created": float, "text": str, "diff": str},
+        pk="id",
+        not_null={"file_name", "author", "created", "text", "diff"},
+    )
+    db.table("rule_versions").create_index(["file_name", "id"])
+
+
+@migrations(name="009_waiting_for_window")
+def _waiting_for_window(db: Database) -> None:
+    """When a study that waits for a model's time window (state waiting) is queued again."""
+    db.table("studies").add_column("waiting_until", float)
+
+
+@migrations(name="010_console_accounts")
+def _console_accounts(db: Database) -> None:
+    """The console's people: accounts (argon2 hashes), server-side sessions, and failed sign-ins.
+
+    - users: one row per account; `role` is admin, radiologist or viewer;
+    - sessions: a signed-in browser; only the SHA-256 of its cookie is kept (a copy of the database
+      signs nobody in), with its CSRF token and when it was last used (idle expiry);
+    - login_failures: per user name and per address, how many sign-ins failed in a row and when the
+      last did: the next try waits longer each time.
+    """
+    db.table("users").create(
+        {"name": str, "role": str, "password_hash": str, "created_at": float, "password_changed_at": float},
+        pk="name", not_null={"role", "password_hash"},
+    )
+    db.table("sessions").create(
+        {"token_hash": str, "user_name": str, "csrf_token": str, "created_at": float, "last_seen_at": float},
+        pk="token_hash", foreign_keys=[("user_name", "users", "name")],
+    )
+    db.table("sessions").create_index(["user_name"])
+    db.table("login_failures").create({"key": str, "failures": int, "last_at": float}, pk="key")
+    db.table("events").create_index(["kind", "at"])
+    db.table("outbox").create_index(["state", "sent_at"])  # the dashboard's and /metrics' turnaround
+    db.table("outbox").create_index(["kind", "state", "created_at"])  # sends per carrier, without reading rows
+    db.table("instances").create_index(["calling_aet", "receive_count"])  # /metrics: instances per calling AE
+
+
+@migrations(name="011_model_switches")
+def _model_switches(db: Database) -> None:
+    """Models an admin switched off in the console: kept in models_dir, routed to, but not run."""
+    db.table("model_switches").create({"name": str, "enabled": int, "by": str, "at": float}, pk="name")

@@ -213,3 +213,20 @@ def test_what_each_model_saw_of_each_image_is_kept_for_drift_and_subgroups(bench
         assert (row["rows"], row["columns"], row["field_strength"]) == (96, 96, 1.5)
         assert row["pixel_spacing"] == pytest.approx(float(header.PixelSpacing[0]))
         assert row["patient_sex"] == header.PatientSex and row["patient_age"] == pytest.approx(54.04, abs=0.01)
+
+
+def test_a_model_switched_off_in_the_console_is_not_run_and_the_study_says_so(bench: Bench) -> None:
+    from dicom_ai.store.model_switches import ModelSwitches
+
+    switches = ModelSwitches(bench.store.database)
+    assert switches.set_enabled("brain-mr-demo", False, by="ada")
+    for path in bench.files:
+        bench.receive(path)
+    study_uid = bench.process()
+    [row] = bench.store.reports.studies(study_uid=study_uid)
+    assert row.state == StudyState.NO_MATCH and bench.srs(study_uid) == []
+    [event] = [e for e in bench.store.reports.events(study_uid) if e["kind"] == "study_no_match"]
+    assert "brain-mr-demo not run: switched off in the console" in event["detail"]
+    assert switches.set_enabled("brain-mr-demo", True, by="ada")  # on again: a retry runs it, no restart
+    assert bench.store.studies.requeue(study_uid, by="ada")
+    assert bench.process() == study_uid and bench.state(study_uid) == StudyState.DONE and bench.srs(study_uid)
