@@ -22,6 +22,7 @@ Each change is logged with the file and the tag. The stored file is never touche
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -58,9 +59,19 @@ def _module_keywords(types: str) -> tuple[str, ...]:
     ))
 
 
-TYPE2 = frozenset(_module_keywords("2")) | frozenset(READ_BY_HIGHDICOM)
-# Every Patient and Study attribute an SR carries over from its source (whatever the source's IOD).
-PATIENT_AND_STUDY = _module_keywords("123")
+@functools.cache
+def type2() -> frozenset[str]:
+    """Root keywords that are Type 2 in COPIED_MODULES (present, possibly empty), and those highdicom reads.
+
+    Computed on first use, as patient_and_study(): highdicom's module table holds ~100 MB once read, which a
+    process that imports the pipeline but never encodes (the receiver, for its console) should not pay."""
+    return frozenset(_module_keywords("2")) | frozenset(READ_BY_HIGHDICOM)
+
+
+@functools.cache
+def patient_and_study() -> tuple[str, ...]:
+    """Every Patient and Study attribute an SR carries over from its source (whatever the source's IOD)."""
+    return _module_keywords("123")
 
 
 class _Normaliser:
@@ -85,11 +96,11 @@ class _Normaliser:
                 self._unusable(target, tag, keyword, getattr(raw, "value", None), f"cannot be read ({exc})", root)
                 continue
             if element.VR == "SQ":
-                if root and keyword not in PATIENT_AND_STUDY:
+                if root and keyword not in patient_and_study():
                     target.add(element)  # never copied into our outputs (e.g. per-frame groups): as it is
                 elif element.value:
                     target.add(DataElement(tag, "SQ", Sequence([self.walk(item, root=False) for item in element.value])))
-                elif root and keyword in TYPE2:
+                elif root and keyword in type2():
                     target.add(DataElement(tag, "SQ", Sequence()))
                 else:  # an empty sequence is valid only where the attribute is Type 2
                     self.note(tag, keyword, "", "is an empty sequence; left out of the results")
@@ -110,7 +121,7 @@ class _Normaliser:
 
     def _unusable(self, target: Dataset, tag: BaseTag, keyword: str, value: object, problem: str,
                   root: bool) -> None:
-        if root and keyword in TYPE2:
+        if root and keyword in type2():
             self.note(tag, keyword, value, f"{problem}; the results have it empty")
             target.add(DataElement(tag, str(dictionary_VR(tag)), None))
         else:

@@ -19,7 +19,7 @@ from highdicom._standard_utils import get_sop_class_iod_map
 from pydicom.sr.codedict import codes
 
 from dicom_ai.encode.charset import ensure_character_set
-from dicom_ai.encode.source import PATIENT_AND_STUDY
+from dicom_ai.encode.source import patient_and_study
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -235,7 +235,7 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
             return
         log.info("SOP class %s of %s is not a standard one highdicom knows: copying the common Patient and "
                  "Study attributes", dataset.SOPClassUID, dataset.SOPInstanceUID)
-        for keyword in PATIENT_AND_STUDY:
+        for keyword in patient_and_study():
             if keyword in dataset:
                 self.add(copy.deepcopy(dataset[keyword]))
 

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import RE_VALID_UID
 
@@ -323,6 +323,14 @@ class KeyRewrite(_Strict):
         return value
 
 
+ARCHITECTURE_CHECK = "check_architecture"  # validation context key: False skips the torch/MONAI network check
+
+
+def _checks_architecture(info: ValidationInfo) -> bool:
+    """Whether this validation checks the network class against MONAI (yes unless load_card said no)."""
+    return not isinstance(info.context, dict) or info.context.get(ARCHITECTURE_CHECK, True) is not False
+
+
 class ArchitectureSpec(_Strict):
     """A class of monai.networks.nets and the keyword arguments that rebuild the trained network.
 
@@ -338,7 +346,9 @@ class ArchitectureSpec(_Strict):
     key_map: list[KeyRewrite] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _layout_fits(self) -> ArchitectureSpec:
+    def _layout_fits(self, info: ValidationInfo) -> ArchitectureSpec:
+        if not _checks_architecture(info):
+            return self
         import monai.networks.nets as nets
 
         if self.weights_layout == "torchvision-densenet" and not issubclass(getattr(nets, self.name), nets.DenseNet):
@@ -347,7 +357,9 @@ class ArchitectureSpec(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _is_monai_network(cls, value: str) -> str:
+    def _is_monai_network(cls, value: str, info: ValidationInfo) -> str:
+        if not _checks_architecture(info):
+            return value
         import monai.networks.nets as nets
         import torch
 
@@ -633,8 +645,12 @@ class ModelCard(_Strict):
         return {label.name: label.code.to_code() for label in self.labels if label.code is not None and label.report}
 
 
-def load_card(path: Path) -> ModelCard:
-    """Read and validate a model.yaml; raise CardError naming the file and every bad field."""
+def load_card(path: Path, *, check_architecture: bool = True) -> ModelCard:
+    """Read and validate a model.yaml; raise CardError naming the file and every bad field.
+
+    `check_architecture=False` leaves the network class unchecked (that check imports torch and MONAI):
+    for processes that read cards but never load a model (the receiver's console, the sender's
+    validation jobs; dicom_ai/procs/). The workers, which load, check it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -648,7 +664,7 @@ def load_card(path: Path) -> ModelCard:
     if not isinstance(data, dict):
         raise CardError(f"{path}: expected a mapping of fields (name, version, weights, ...), got {type(data).__name__}")
     try:
-        return ModelCard.model_validate(data)
+        return ModelCard.model_validate(data, context={ARCHITECTURE_CHECK: check_architecture})
     except ValidationError as exc:
         raise CardError(f"{path}: {describe_errors(exc)}") from None
 

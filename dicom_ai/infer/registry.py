@@ -79,11 +79,12 @@ def monitoring_view(models_dir: Path, model: str) -> MonitoringView | None:
 class ModelRegistry:
     """Model cards by name, and their loaded models on demand (thread-safe)."""
 
-    def __init__(self, models_dir: Path, *, fast_path: bool = True) -> None:
+    def __init__(self, models_dir: Path, *, fast_path: bool = True, load: bool = True) -> None:
         if not models_dir.is_dir():
             raise ModelError(f"models folder {models_dir} does not exist (set models_dir to the folder holding <name>/{CARD_FILENAME})")
         self.models_dir = models_dir
         self.fast_path = fast_path
+        self.load = load  # False: cards only (no torch or MONAI import); get() refuses
         self._cards: dict[str, tuple[Path, ModelCard]] = {}
         self._problems: dict[str, str] = {}
         self._loaded: dict[str, LoadedModel] = {}
@@ -97,7 +98,7 @@ class ModelRegistry:
                 self._problem(folder.name, f"{folder}: no {CARD_FILENAME} in this folder")
                 continue
             try:
-                card = load_card(card_path)
+                card = load_card(card_path, check_architecture=self.load)
             except ModelError as exc:
                 self._problem(folder.name, str(exc))
                 continue
@@ -146,6 +147,8 @@ class ModelRegistry:
         from dicom_ai.infer.runner import LoadedModel
 
         folder, card = self._entry(name)
+        if not self.load:
+            raise ModelError(f"model {name}: this registry reads cards only (load=False); the pipeline workers load models")
         with self._lock:
             model = self._loaded.get(name)
             if model is not None:

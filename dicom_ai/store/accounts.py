@@ -80,7 +80,13 @@ class Accounts(Part):
     """Users, sessions and the failed sign-in counters."""
 
     _hasher = PasswordHasher()
-    _dummy_hash = _hasher.hash("no such user: verified anyway, so timing tells no names")
+    _dummy: list[str] = []  # the hash verified for unknown names, made at the first sign-in (argon2 takes 64 MiB)
+
+    @classmethod
+    def _dummy_hash(cls) -> str:
+        if not cls._dummy:
+            cls._dummy.append(cls._hasher.hash("no such user: verified anyway, so timing tells no names"))
+        return cls._dummy[0]
 
     # users -----------------------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class Accounts(Part):
     def verify(self, name: str, password: str) -> User | None:
         """The user when the password is right; None otherwise (a wrong name costs the same time)."""
         rows = self._query("select * from users where name = ?", [name])
-        digest = rows[0]["password_hash"] if rows else self._dummy_hash
+        digest = rows[0]["password_hash"] if rows else self._dummy_hash()
         try:
             self._hasher.verify(digest, password)
         except (VerificationError, InvalidHashError):

@@ -337,8 +337,13 @@ class StudyStore(Part):
             return cursor.rowcount == 1
 
     def release_waiting(self, now: float | None = None) -> list[str]:
-        """Studies whose wait for a time window is over are complete again (waiting -> complete)."""
+        """Studies whose wait for a time window is over are complete again (waiting -> complete).
+
+        A read first: polled every second by the receiver, it takes the write lock only when one is due."""
         now = time.time() if now is None else now
+        if not self._query("select 1 from studies where state = ? and waiting_until <= ? limit 1",
+                           [StudyState.WAITING, now]):
+            return []
         with self._transaction() as db:
             uids = [row["study_instance_uid"] for row in db.query(
                 "select study_instance_uid from studies where state = ? and waiting_until <= ?",
