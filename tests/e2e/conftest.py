@@ -23,7 +23,13 @@ STABLE_AFTER = 1.0  # our quiet time; Orthanc's StableAge is 1 s in the test con
 
 
 class RouterProcess:
-    """`dicom-ai serve` as an admin would run it, configured through the environment."""
+    """`dicom-ai serve` as an admin would run it, configured through the environment.
+
+    With one pipeline worker (DICOM_AI_WORKERS=1) unless a test passes its own: these tests do not test
+    parallelism, and on a 2-core CI machine the default (a worker per core) would load every model twice
+    at each start and split torch's threads between the workers, so each study would take longer.
+    test_worker_crash.py runs two workers, as do tests/integration/test_workers.py and the crash tests
+    (tests/integration: the default)."""
 
     def __init__(self, home: Path, port: int, orthanc: OrthancServer, webhook: str, mllp: int,
                  **settings: str) -> None:
@@ -45,6 +51,7 @@ class RouterProcess:
             "DICOM_AI_HL7_MLLP": f"127.0.0.1:{mllp}",
             "DICOM_AI_HTTP_PORT": str(self.http_port),
             "DICOM_AI_WEBHOOK_LEVELS": "STAT,URGENT,ROUTINE",  # notify whatever the demo model says
+            "DICOM_AI_WORKERS": "1",
             **settings,
         }
         cli = Path(sys.executable).parent / "dicom-ai"
