@@ -314,10 +314,11 @@ class StudyStore(Part):
     def release_waiting(self, now: float | None = None) -> list[str]:
         """Studies whose wait for a time window is over are complete again (waiting -> complete)."""
         now = time.time() if now is None else now
+        due = "select study_instance_uid from studies where state = ? and waiting_until <= ?"
+        if not self._query(due, [StudyState.WAITING, now]):  # the usual case: no write lock taken on every tick
+            return []
         with self._transaction() as db:
-            uids = [row["study_instance_uid"] for row in db.query(
-                "select study_instance_uid from studies where state = ? and waiting_until <= ?",
-                [StudyState.WAITING, now])]
+            uids = [row["study_instance_uid"] for row in db.query(due, [StudyState.WAITING, now])]
             for uid in uids:
                 db.execute("update studies set state = ?, completed_at = ?, waiting_until = null"
                            " where study_instance_uid = ?", [StudyState.COMPLETE, now, uid])
