@@ -339,15 +339,14 @@ class StudyStore(Part):
     def release_waiting(self, now: float | None = None) -> list[str]:
         """Studies whose wait for a time window is over are complete again (waiting -> complete).
 
-        A read first: polled every second by the receiver, it takes the write lock only when one is due."""
+        A read first: polled every second by the receiver (dicom_ai/procs/), it takes the write lock only
+        when one is due."""
         now = time.time() if now is None else now
-        if not self._query("select 1 from studies where state = ? and waiting_until <= ? limit 1",
-                           [StudyState.WAITING, now]):
+        due = "select study_instance_uid from studies where state = ? and waiting_until <= ?"
+        if not self._query(due, [StudyState.WAITING, now]):  # the usual case: no write lock taken on every tick
             return []
         with self._transaction() as db:
-            uids = [row["study_instance_uid"] for row in db.query(
-                "select study_instance_uid from studies where state = ? and waiting_until <= ?",
-                [StudyState.WAITING, now])]
+            uids = [row["study_instance_uid"] for row in db.query(due, [StudyState.WAITING, now])]
             for uid in uids:
                 db.execute("update studies set state = ?, completed_at = ?, waiting_until = null"
                            " where study_instance_uid = ?", [StudyState.COMPLETE, now, uid])

@@ -81,3 +81,24 @@ def test_a_study_done_with_a_skipped_carrier_is_shown_and_needs_attention(tmp_pa
     health = node_health(store.reports, tmp_path, None)
     assert not health.ok and any("1 study(ies) done with a result carrier skipped" in a for a in health.attention)
     store.close()
+
+
+def test_a_waiting_study_is_shown_and_only_an_overdue_wait_needs_attention(tmp_path: Path) -> None:
+    store, spool = Stores.open(tmp_path / "dicom-ai.sqlite"), Spool(tmp_path / "spool")
+    _receive(store, spool, "1.2.7", "1.2.7.1.1")
+    store.studies.complete_quiet_studies(time.time() + 1)
+    assert store.studies.claim_complete_study() == "1.2.7"
+    opens = time.time() + 3600
+    assert store.studies.wait_for_window("1.2.7", opens, ["heavy-model"])
+    health = node_health(store.reports, tmp_path, retention_days=None)
+    assert health.ok and health.studies == {"waiting": 1} and health.details["next_window_opens"] == opens
+    [row] = store.reports.studies()
+    assert row.state == StudyState.WAITING and row.waiting_until == opens
+    late = node_health(store.reports, tmp_path, retention_days=None, now=opens + 3600)
+    assert not late.ok and "should have been queued 60 min ago" in late.attention[0]
+    store.close()
+    outcome = CliRunner().invoke(main, ["status"], env={"DICOM_AI_HOME": str(tmp_path)})
+    assert outcome.exit_code == 0, outcome.output
+    assert "1 study(ies) wait for a model's time window; the next opens" in outcome.output
+    shown = CliRunner().invoke(main, ["study", "1.2.7"], env={"DICOM_AI_HOME": str(tmp_path)})
+    assert "waits for a model's time window until" in shown.output

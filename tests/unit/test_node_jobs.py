@@ -85,3 +85,35 @@ def test_with_hl7_listen_the_node_answers_reports_and_matches_kept_ones(tmp_path
         assert [r.control_id for r in node.stores.feedback.pending_reports()] == ["N1"]
     finally:
         node.stop()
+
+
+def test_assemble_completes_by_rule_and_the_pipeline_job_releases_waiting_studies(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import sample
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_text("rules:\n  - name: ct\n    series: {Modality: CT}\n    models: [ct-head-demo]\n"
+                                  "    complete: {max_wait: 0.2}\n", encoding="utf-8")
+    node = Node(Settings(home=tmp_path / "home", stable_after=300.0, http_port=0, rules_dir=rules))
+    node.scheduler.start(paused=True)
+    try:
+        path = tmp_path / "ct.dcm"
+        shutil.copyfile(sample("CT_small.dcm"), path)
+        node.stores.studies.record_instance(ReceivedInstance(**{**_instance("1.2.6").__dict__, "path": path}),
+                                            now=time.time())
+        node._assemble()
+        assert node.stores.reports.studies()[0].state == "receiving"
+        time.sleep(0.3)
+        node._assemble()  # max_wait is over although the quiet time (300 s) is not
+        assert node.stores.reports.studies()[0].state == "complete"
+
+        assert node.stores.studies.claim_complete_study() == "1.2.6"
+        assert node.stores.studies.wait_for_window("1.2.6", time.time() - 1, ["ct-head-demo"])
+        node._process()  # releases it (its time has come) and processes it
+        assert "window_open" in {event["kind"] for event in node.stores.reports.events("1.2.6")}
+        assert node.stores.reports.studies()[0].state != "waiting"
+    finally:
+        node.scheduler.shutdown(wait=False)
+        node.stores.close()
