@@ -133,19 +133,17 @@ def predecessor(result: CurrentResult) -> Dataset:
 
 
 @dataclass
-class Pipeline:
-    studies: StudyStore
-    spool: Spool
-    rules: RuleWatcher
-    models: ModelRegistry
-    settings: Settings
+class ExpectedCompletion:
+    """Completes receiving studies whose matching rule's `complete` expectation is met, before their quiet
+    time. Needs no model: the receiver process runs it (dicom_ai/procs/), the one-process node through
+    Pipeline.complete_expected."""
 
-    deferred: dict[str, Deferral] = field(default_factory=dict)
-    claimant: str | None = None  # this worker process's id, kept on the studies it claims (dicom_ai/procs/)
-    clock: Callable[[], float] = time.time  # the time windows of rules are read on it (tests move it)
+    studies: StudyStore
+    rules: RuleWatcher
+    clock: Callable[[], float] = time.time
     _receiving: dict[str, tuple[tuple[int, int], Study]] = field(default_factory=dict)  # headers of receiving studies
 
-    def complete_expected(self, now: float | None = None) -> list[str]:
+    def __call__(self, now: float | None = None) -> list[str]:
         """Complete the receiving studies whose matching rule's `complete` expectation is met (see
         route/completion.py). Headers are read once per series, and again only when instances come."""
         now = self.clock() if now is None else now
@@ -177,6 +175,26 @@ class Pipeline:
         for uid in set(self._receiving) - {item.study_instance_uid for item in receiving} | set(completed):
             self._receiving.pop(uid, None)
         return completed
+
+
+@dataclass
+class Pipeline:
+    studies: StudyStore
+    spool: Spool
+    rules: RuleWatcher
+    models: ModelRegistry
+    settings: Settings
+
+    deferred: dict[str, Deferral] = field(default_factory=dict)
+    claimant: str | None = None  # this worker process's id, kept on the studies it claims (dicom_ai/procs/)
+    clock: Callable[[], float] = time.time  # the time windows of rules are read on it (tests move it)
+    _completion: ExpectedCompletion | None = field(default=None, repr=False)
+
+    def complete_expected(self, now: float | None = None) -> list[str]:
+        """Complete the receiving studies whose matching rule's `complete` expectation is met (ExpectedCompletion)."""
+        if self._completion is None:
+            self._completion = ExpectedCompletion(self.studies, self.rules)
+        return self._completion(self.clock() if now is None else now)
 
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""

@@ -4,7 +4,7 @@ Keeping the models out of this process keeps it small (its RSS does not grow wit
 SCP's threads from waiting for the interpreter lock behind a model, so receive runs at the same pace
 while studies are processed. Assembly lives here because it only reads the receive timestamps and the
 rules: studies quiet for stable_after, and those whose rule's `complete` expectation is met
-(Pipeline.complete_expected, headers only), become complete; studies waiting for a rule's time window
+(ExpectedCompletion, headers only: no model, no executor), become complete; studies waiting for a rule's time window
 are queued again when it opens (release_waiting). The console reads the model cards (never loads a
 model) and the rules, which this process reloads as the workers do; /metrics is computed from the
 database, so it is the same whichever process serves it.
@@ -21,7 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_ai.config import Settings
 from dicom_ai.infer.registry import ModelRegistry
-from dicom_ai.pipeline import Pipeline
+from dicom_ai.pipeline import ExpectedCompletion
 from dicom_ai.receive.limits import ConnectionLimits
 from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
@@ -61,11 +61,11 @@ class Receiver:
         self._web: WebServer | None = None
         self.models: ModelRegistry | None = None
         self.rules: RuleWatcher | None = None
-        self.pipeline: Pipeline | None = None
+        self.complete_expected: ExpectedCompletion | None = None
         if primary:  # cards and rules only: the workers load the models
             self.models = ModelRegistry(settings.models_dir, load=False)
             self.rules = RuleWatcher(settings.rules_dir, known_models=self.models.names())
-            self.pipeline = Pipeline(self.stores.studies, self.spool, self.rules, self.models, settings)
+            self.complete_expected = ExpectedCompletion(self.stores.studies, self.rules)
 
     def start(self) -> None:
         if self.primary:
@@ -117,8 +117,8 @@ class Receiver:
         completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
         for uid in completed:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
-        if self.pipeline is not None:
-            self.pipeline.complete_expected()
+        if self.complete_expected is not None:
+            self.complete_expected()
         last = self.stores.studies.earliest_receiving_activity()
         if last is not None and self.scheduler.running:
             due = datetime.fromtimestamp(last + self.settings.stable_after + DUE_SLACK, self.scheduler.timezone)
