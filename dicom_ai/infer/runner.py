@@ -175,7 +175,7 @@ class ModelFront:
         """Findings and full-size heatmaps from what the network made of `inputs`."""
         if inputs.slice_count is None:
             findings = [tuple(self._findings(row)) for row in outputs.probabilities]
-            maps = [None if m is None else upsample(torch.from_numpy(m), display.shape[:2])
+            maps = [None if m is None else upsample(torch.tensor(m), display.shape[:2])
                     for m, display in zip(outputs.maps, inputs.displays)]
             log.info("model %s (%s): %d image(s), %d heatmap(s) in %.2f s", self.card.name, outputs.backend,
                      len(inputs.instances), sum(m is not None for m in maps), outputs.seconds)
@@ -188,7 +188,7 @@ class ModelFront:
             display = display_image(self._read(instance))
             heatmap = None
             if slice_map is not None:
-                heatmap = upsample(torch.from_numpy(slice_map)[None, None], display.shape, rescale=False)
+                heatmap = upsample(torch.tensor(slice_map)[None, None], display.shape, rescale=False)
             results.append(ImageResult(source=instance, findings=volume_findings, display=display, heatmap=heatmap))
         log.info(
             "model %s (%s): volume of %d slice(s) from series %s, heatmaps on slice(s) %s in %.2f s",
@@ -309,7 +309,7 @@ class LoadedModel(ModelFront):
         """The network on one prepared batch (`ModelInputs.batch`): probabilities and heatmaps at the
         network's resolution. Needs no file: this is the half a Ray actor runs."""
         started = time.perf_counter()
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        tensor = torch.tensor(batch, dtype=torch.float32)  # a copy: arrays from Ray's object store are read-only
         with self._lock:
             probs = self.probabilities(tensor)
             findings = [self._findings(row) for row in probs]
