@@ -222,7 +222,7 @@ class RayExecutor:
         with self._lock:
             actors = [a for a in self._actors.get(model_name, []) if a.node_id in nodes]
             missing = [n for n in nodes if n not in {a.node_id for a in actors}]
-        started = [self._start(model_name, node_id) for node_id in missing]
+        started = self._start(model_name, missing)
         with self._lock:
             actors.extend(a for a in started if a is not None)
             self._actors[model_name] = actors
@@ -236,28 +236,42 @@ class RayExecutor:
         return [node["NodeID"] for node in self._ray.nodes()
                 if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) >= self.actor_cpus]
 
-    def _start(self, model_name: str, node_id: str) -> _Actor | None:
+    def _start(self, model_name: str, node_ids: list[str]) -> list[_Actor | None]:
+        """An actor on each node, all loading at once; None where one did not start in time."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         front = self.registry.front(model_name)
-        handle: Any = self._remote.options(
+        models_dir = str(self.registry.models_dir.resolve())
+        handles: list[Any] = [self._remote.options(
             num_cpus=self.actor_cpus, max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(str(self.registry.models_dir.resolve()), model_name, self.registry.fast_path, self.actor_cpus)
-        try:
-            version, device_uid, error, pid = self._ray.get(handle.ready.remote(), timeout=RAY_ACTOR_START_S)
-        except self._ray.exceptions.RayError as exc:  # GetTimeoutError too: no free CPU, or the node died
-            log.warning("Ray: model %s could not start on node %s: %s", model_name, node_id[:8], type(exc).__name__)
-            self._ray.kill(handle)
-            return None
-        if error:
-            self._ray.kill(handle)
-            raise ModelError(error)
-        if (version, device_uid) != (front.info.version, front.info.device_uid):
-            self._ray.kill(handle)
-            raise ModelError(f"model {model_name} on Ray node {node_id[:8]} is version {version} (device UID "
-                             f"{device_uid}), not {front.info.version} ({front.info.device_uid}) as here: install "
-                             f"the same model folder on every Ray node")
-        log.info("Ray: model %s %s loaded by pid %d on node %s (%d CPU(s))", model_name, version, pid, node_id[:8],
-                 self.actor_cpus)
-        return _Actor(handle, node_id, pid)
+        ).remote(models_dir, model_name, self.registry.fast_path, self.actor_cpus) for node_id in node_ids]
+        readies = [handle.ready.remote() for handle in handles]
+        started: list[_Actor | None] = []
+        problem: ModelError | None = None
+        for node_id, handle, ready in zip(node_ids, handles, readies):
+            try:
+                version, device_uid, error, pid = self._ray.get(ready, timeout=RAY_ACTOR_START_S)
+            except self._ray.exceptions.RayError as exc:  # GetTimeoutError too: no free CPU, or the node died
+                log.warning("Ray: model %s could not start on node %s: %s", model_name, node_id[:8], type(exc).__name__)
+                self._ray.kill(handle)
+                started.append(None)
+                continue
+            if not error and (version, device_uid) != (front.info.version, front.info.device_uid):
+                error = (f"model {model_name} on Ray node {node_id[:8]} is version {version} (device UID {device_uid}), "
+                         f"not {front.info.version} ({front.info.device_uid}) as here: install the same model folder "
+                         "on every Ray node")
+            if error:
+                self._ray.kill(handle)
+                problem = problem or ModelError(error)
+                started.append(None)
+                continue
+            log.info("Ray: model %s %s loaded by pid %d on node %s (%d CPU(s))", model_name, version, pid,
+                     node_id[:8], self.actor_cpus)
+            started.append(_Actor(handle, node_id, pid))
+        if problem is not None:  # the model itself is wrong somewhere: not a loss to retry
+            for actor in started:
+                if actor is not None:
+                    self._ray.kill(actor.handle)
+            raise problem
+        return started
