@@ -148,6 +148,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _inference(results["inference"])
     if "fast_path" in results:
         lines += _fast_path(results["fast_path"])
+    if "executors" in results:
+        lines += _executors(results["executors"])
     if "scale" in results:
         lines += _scale(results["scale"])
     return "\n".join(lines)
@@ -169,3 +171,17 @@ def _result_objects(r: dict[str, Any]) -> list[str]:
                          f"{row['processing_sc_p50_s'] or 0:.2f} / {row['processing_sc_pm_p50_s'] or 0:.2f} s |")
     return [*lines, "", f"{r['studies']} studies per case after a warm-up; radiographs get no Parametric Map "
             "(no frame of reference), so their ratio is the noise of the run.", ""]
+
+
+def _executors(e: dict[str, Any]) -> list[str]:
+    out = [f"## Executors: head CT demo studies/min ({e['studies']} studies, read + prepare + infer + Grad-CAM, "
+           f"{e['cpus']} CPUs; each Ray node 1 CPU, one actor)", "",
+           "| executor | Ray nodes | callers | studies/min |", "|---|---|---|---|"]
+    for r in e["throughput"]:
+        out.append(f"| {r['executor']} | {r['ray_nodes'] or '-'} | {r['callers']} | {r['studies_per_min']:.0f} |")
+    out += ["", "| model (one study, local, 1 torch thread) | backend | images | s/study | studies/hour/core |",
+            "|---|---|---|---|---|"]
+    for r in e["capacity"]:
+        out.append(f"| {r['model']} | {r['backend']} | {r['images']} | {r['study_s']:.3f} | "
+                   f"{r['studies_per_hour_per_core']:.0f} |")
+    return out + [""]

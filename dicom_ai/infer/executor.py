@@ -181,7 +181,7 @@ class RayExecutor:
                 outputs: ModelOutputs = self._ray.get(actor.handle.run.remote(batch, heatmaps, slice_count))
                 return outputs
             except exceptions.RayTaskError as exc:  # the model itself failed: the same on any actor
-                raise ModelError(f"model {model_name} on Ray node {actor.node_id[:8]}: {exc.cause or exc}") from exc
+                raise ModelError(f"model {model_name} on Ray node {actor.node_id[:8]}: {getattr(exc, 'cause', None) or exc}") from exc
             except exceptions.RayError as exc:  # the actor, its worker process, its node or the object is gone
                 failures.append(f"{type(exc).__name__} on node {actor.node_id[:8]}")
                 log.warning("Ray: model %s lost its actor (pid %d on node %s): %s; trying another",
@@ -202,9 +202,8 @@ class RayExecutor:
     def _drop(self, model_name: str, actor: _Actor) -> None:
         with self._lock:
             live = self._actors.get(model_name, [])
-            if actor in live:
+            if actor in live:  # the others take the retry now; its node gets a new one at the next look
                 live.remove(actor)
-            self._checked.pop(model_name, None)  # look at the nodes again: a new actor replaces it
         try:
             self._ray.kill(actor.handle)
         except Exception:  # already gone with its node
