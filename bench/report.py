@@ -175,7 +175,7 @@ def _result_objects(r: dict[str, Any]) -> list[str]:
 
 def _executors(e: dict[str, Any]) -> list[str]:
     out = [f"## Executors: head CT demo studies/min ({e['studies']} studies, read + prepare + infer + Grad-CAM, "
-           f"{e['cpus']} CPUs; each Ray node 1 CPU, one actor)", "",
+           f"{e['cpus']} CPUs, load average {e.get('load_average', 0):.1f} at the end; each Ray node 1 CPU, one actor)", "",
            "| executor | Ray nodes | callers | studies/min |", "|---|---|---|---|"]
     for r in e["throughput"]:
         out.append(f"| {r['executor']} | {r['ray_nodes'] or '-'} | {r['callers']} | {r['studies_per_min']:.0f} |")
