@@ -43,6 +43,10 @@ RAY_NODES_REFRESH_S = 30.0  # how often the executor looks for Ray nodes that jo
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # a local Ray's object store: prepared inputs are a few MB
 
 
+class ExecutorError(Exception):
+    """The executor the settings name cannot start (Ray not installed, its cluster unreachable)."""
+
+
 class ExecutorLost(Exception):
     """The compute a study needs went away (a Ray actor, worker or node died): process it again later."""
 
@@ -124,19 +128,27 @@ class RayExecutor:
     """Models on Ray actors, one per model per Ray node with at least `actor_cpus` CPUs."""
 
     def __init__(self, registry: ModelRegistry, *, address: str | None = None, actor_cpus: int = 1) -> None:
-        import ray
+        try:
+            import ray
+        except ImportError as exc:
+            raise ExecutorError("executor 'ray' needs Ray: pip install -e '.[ray]' (make install does)") from exc
 
         self.registry = registry
         self.actor_cpus = actor_cpus
         self._ray = ray
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
         self._actors: dict[str, list[_Actor]] = {}
         self._checked: dict[str, float] = {}
         self._started_ray = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
             if address:
-                ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+                try:
+                    ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ExecutorError(f"config key 'ray_address' ({address}): cannot join a Ray cluster there: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
                 log.info("Ray: joined the cluster at %s (%d node(s))", address, len(self._alive_nodes()))
             else:
                 context: Any = ray.init(namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
@@ -216,6 +228,15 @@ class RayExecutor:
             actors = list(self._actors.get(model_name, []))
             fresh = time.monotonic() - self._checked.get(model_name, -RAY_NODES_REFRESH_S) < RAY_NODES_REFRESH_S
         if actors and fresh:
+            return actors
+        with self._starting:  # one caller starts a model's actors; the others wait and take them
+            return self._refresh(model_name)
+
+    def _refresh(self, model_name: str) -> list[_Actor]:
+        with self._lock:
+            actors = list(self._actors.get(model_name, []))
+            fresh = time.monotonic() - self._checked.get(model_name, -RAY_NODES_REFRESH_S) < RAY_NODES_REFRESH_S
+        if actors and fresh:  # another caller did it while this one waited
             return actors
         nodes = self._alive_nodes()
         with self._lock:
