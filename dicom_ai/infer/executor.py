@@ -152,7 +152,7 @@ class RayExecutor:
                 log.info("Ray: joined the cluster at %s (%d node(s))", address, len(self._alive_nodes()))
             else:
                 context: Any = ray.init(namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
-                                   object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+                                        object_store_memory=LOCAL_OBJECT_STORE_BYTES)
                 info = context.address_info
                 log.info("Ray: no ray_address; started a local Ray at %s (logs in %s/logs)",
                          info.get("gcs_address"), info.get("session_dir"))
@@ -193,7 +193,8 @@ class RayExecutor:
                 outputs: ModelOutputs = self._ray.get(actor.handle.run.remote(batch, heatmaps, slice_count))
                 return outputs
             except exceptions.RayTaskError as exc:  # the model itself failed: the same on any actor
-                raise ModelError(f"model {model_name} on Ray node {actor.node_id[:8]}: {getattr(exc, 'cause', None) or exc}") from exc
+                cause = getattr(exc, "cause", None) or exc
+                raise ModelError(f"model {model_name} on Ray node {actor.node_id[:8]}: {cause}") from exc
             except exceptions.RayError as exc:  # the actor, its worker process, its node or the object is gone
                 failures.append(f"{type(exc).__name__} on node {actor.node_id[:8]}")
                 log.warning("Ray: model %s lost its actor (pid %d on node %s): %s; trying another",

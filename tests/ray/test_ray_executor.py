@@ -1,7 +1,8 @@
 """The Ray executor gives the local executor's results: the same probabilities and heatmaps from a
 demo model whose weights sit in an actor, with only the prepared batch crossing to it. A killed
 actor process is replaced and the pass retried; a model that fails on the actor is the model's
-error (not retried); no Ray at all sends the study back to the queue (ExecutorLost)."""
+error (not retried). tests/integration/test_pipeline_executor.py: what the pipeline does when every
+retry was lost (ExecutorLost)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from dicom_ai.domain import ImageResult, Instance
+from dicom_ai.infer.card import ModelError
 from dicom_ai.infer.executor import LocalExecutor, RayExecutor
 from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.train.phantom_dicom import write_chest_cr_study, write_ct_volume_study
@@ -80,3 +82,13 @@ def test_a_killed_actor_process_is_replaced_and_the_pass_retried(tmp_path: Path,
     _same(expected, again)
     [replacement] = ray_executor.actor_pids("ct-head-demo")
     assert replacement != pid
+
+
+def test_a_model_failing_on_its_actor_is_the_models_error_and_not_retried(ray_executor: RayExecutor) -> None:
+    import ray
+
+    before = ray_executor.actor_pids("ct-head-demo")
+    wrong = ray.put(np.zeros((1, 1, 3, 3), dtype=np.float32))  # a 2-D input for a 3-D network
+    with pytest.raises(ModelError, match=r"model ct-head-demo on Ray node \w+: "):
+        ray_executor._run("ct-head-demo", wrong, "none", None)
+    assert ray_executor.actor_pids("ct-head-demo") == before  # the actor is fine: nothing was replaced
