@@ -20,7 +20,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import fast_path, inference, ray_executor, receive, result_objects, scale, turnaround, turnaround_ct
+from bench import (
+    console,
+    fast_path,
+    inference,
+    ray_executor,
+    receive,
+    result_objects,
+    scale,
+    turnaround,
+    turnaround_ct,
+    validation,
+)
 from bench.corpus import FULL_SPECS, bench_scale, generate, scaled
 from bench.report import markdown
 
@@ -112,6 +123,13 @@ def main() -> int:
         log.info("fast path done at %.0f s", time.monotonic() - started)
         results["scale"] = scale.run(WORKDIR / "scale", (max(100, round(1000 * factor)), max(1000, round(10_000 * factor))))
         log.info("scale done at %.0f s", time.monotonic() - started)
+        results["validation"] = validation.run(WORKDIR / "validation", max(1000, round(validation.PREDICTIONS * factor)))
+        log.info("validation done at %.0f s", time.monotonic() - started)
+        results["validation_turnaround"] = validation.turnaround_with_reports(WORKDIR / "validation_turnaround",
+                                                                             max(3, round(10 * factor)))
+        log.info("turnaround with reports done at %.0f s", time.monotonic() - started)
+        results["console"] = console.run(WORKDIR / "console", max(1000, round(100_000 * factor)))
+        log.info("console done at %.0f s", time.monotonic() - started)
     finally:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,8 @@ from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load
 from dicom_ai.train.names import DEMO_FOLDERS, DEMO_NAMES
 
 if TYPE_CHECKING:
+    from dicom_ai.domain import Reference
+    from dicom_ai.infer.registry import MonitoringView
     from dicom_ai.store import Stores
 
 log = logging.getLogger("dicom_ai")
@@ -120,6 +124,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
     """Validate every rules file (default: the configured rules_dir)."""
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
+    from dicom_ai.route.matcher import rule_tags
 
     settings = _settings(ctx)
     directory = directory or settings.rules_dir
@@ -131,7 +136,7 @@ def rules_check(ctx: click.Context, directory: Path | None) -> None:
         raise click.ClickException(f"{len(exc.errors)} error(s) in {directory}") from None
     for rule in ruleset.rules:
         state = "" if rule.enabled else " (disabled)"
-        click.echo(f"ok  {rule.name}{state}: models {', '.join(rule.models)}")
+        click.echo(f"ok  {rule.name}{state}{rule_tags(rule)}: models {', '.join(rule.models)}")
     click.echo(f"{len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s) are valid")
 
 
@@ -144,6 +149,8 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.route.loader import RuleSetError, load_ruleset
     from dicom_ai.route.matcher import explain
+    from dicom_ai.route.rules import TimeWindow
+    from dicom_ai.route.windows import plan_windows
 
     settings = _settings(ctx)
     try:
@@ -162,6 +169,156 @@ def rules_test(ctx: click.Context, paths: tuple[Path, ...]) -> None:
             click.echo(f"  {verdict}")
         if not any(v.matched for v in verdicts):
             click.echo("  -> no rule matches: the study is stored and passed through without AI results")
+            continue
+        decisions = [v.decision for v in verdicts if v.decision is not None]
+        windows: dict[str, list[TimeWindow | None]] = {}
+        for decision in decisions:
+            for model in decision.models:
+                windows.setdefault(model, []).append(decision.rule.window)
+        now = datetime.now()
+        plan = plan_windows(windows, now)
+        if plan.wait_until is not None:
+            click.echo(f"  -> now ({now:%a %H:%M}) the study would wait until {plan.wait_until:%a %Y-%m-%d %H:%M} "
+                       f"for the time window of {', '.join(plan.waiting_for)}")
+        for model, why in plan.left_out.items():
+            click.echo(f"  -> {model} would not run: {why}")
+        shadow = sorted({m for d in decisions if d.shadow for m in d.models}
+                        - {m for d in decisions if not d.shadow for m in d.models})
+        if shadow:
+            click.echo(f"  -> shadow: {', '.join(shadow)} would run with results kept here, nothing sent")
+
+
+def _known_models(settings: Settings) -> list[str]:
+    from dicom_ai.infer.registry import ModelError, ModelRegistry
+
+    try:
+        return ModelRegistry(settings.models_dir).names()
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _draft(path: Path, as_name: str | None) -> tuple[str, str]:
+    """(file name under rules_dir, text) of a draft file given on the command line."""
+    try:
+        return as_name or path.name, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot read the draft: {exc}") from None
+
+
+_AS_OPTION = click.option("--as", "as_name", metavar="NAME",
+                          help="The rules file the draft stands for (default: the draft's own file name).")
+
+
+@rules.command("replay")
+@click.argument("draft", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_AS_OPTION
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="Replay the studies received in this many days.")
+@click.option("--list", "show_list", is_flag=True, help="List each study whose models change.")
+@click.pass_context
+def rules_replay(ctx: click.Context, draft: Path, as_name: str | None, days: float, show_list: bool) -> None:
+    """Route the recent studies with the active rules and with DRAFT, and say what would change."""
+    from dicom_ai.route.drafts import DraftError, replay_draft
+    from dicom_ai.route.loader import RuleSetError
+    from dicom_ai.store import Spool
+
+    settings = _settings(ctx)
+    name, text = _draft(draft, as_name)
+    stores = _open_stores(settings)
+    try:
+        diff = replay_draft(stores, Spool(settings.spool_dir), settings.rules_dir, name, text, days,
+                            known_models=_known_models(settings))
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) in the draft; nothing replayed") from None
+    except RuleSetError as exc:
+        raise click.ClickException(f"the active rules in {settings.rules_dir} are invalid:\n{exc}") from None
+    finally:
+        stores.close()
+    if show_list:
+        for change in diff.changes:
+            click.echo(f"{change.study_uid}: {', '.join(change.before) or '-'} -> {', '.join(change.after) or '-'}")
+    skipped = f", {diff.skipped} skipped (files gone)" if diff.skipped else ""
+    click.echo(f"{diff.studies} studies replayed over {days:g} day(s){skipped}: {diff.summary()}")
+
+
+@rules.command("activate")
+@click.argument("draft", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_AS_OPTION
+@click.option("--author", default=None, help="Who activates it (default: the login name).")
+@click.pass_context
+def rules_activate(ctx: click.Context, draft: Path, as_name: str | None, author: str | None) -> None:
+    """Check DRAFT and write it into rules_dir (the node reloads it), keeping a version; audited."""
+    import getpass
+
+    from dicom_ai.route.drafts import DraftError, activate_draft
+
+    settings = _settings(ctx)
+    name, text = _draft(draft, as_name)
+    stores = _open_stores(settings, create=True)
+    try:
+        version = activate_draft(stores, settings.rules_dir, name, text, author or getpass.getuser(),
+                                 known_models=_known_models(settings))
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) in the draft; nothing activated") from None
+    except OSError as exc:
+        raise click.ClickException(f"{settings.rules_dir / name}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        stores.close()
+    click.echo(f"{settings.rules_dir / name}: version {version.id} by {version.author} is active")
+
+
+@rules.command("history")
+@click.argument("file_name", required=False)
+@click.option("--diff", "show_diff", is_flag=True, help="Show each version's diff.")
+@click.pass_context
+def rules_history(ctx: click.Context, file_name: str | None, show_diff: bool) -> None:
+    """The kept versions of the rules files (or of FILE_NAME), newest first."""
+    from dicom_ai.route.drafts import rule_versions
+
+    stores = _open_stores(_settings(ctx), create=True)
+    try:
+        versions = rule_versions(stores, file_name)
+    finally:
+        stores.close()
+    for version in versions:
+        when = datetime.fromtimestamp(version.created).astimezone().isoformat(timespec="seconds")
+        changed = sum(1 for line in version.diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+        click.echo(f"{version.id:>5}  {when}  {version.file_name}  {version.author}  ({changed} line(s) changed)")
+        if show_diff:
+            click.echo(version.diff)
+    if not versions:
+        click.echo("no versions kept yet (`dicom-ai rules activate` keeps one per activation)")
+
+
+@rules.command("restore")
+@click.argument("version_id", type=int)
+@click.option("--author", default=None, help="Who restores it (default: the login name).")
+@click.pass_context
+def rules_restore(ctx: click.Context, version_id: int, author: str | None) -> None:
+    """Activate an old version's text again (as a new version); audited."""
+    import getpass
+
+    from dicom_ai.route.drafts import DraftError, restore_version
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings, create=True)
+    try:
+        version = restore_version(stores, settings.rules_dir, version_id, author or getpass.getuser(),
+                                  known_models=_known_models(settings))
+    except LookupError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    except DraftError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"version {version_id} no longer fits the other rules files; nothing restored") \
+            from None
+    finally:
+        stores.close()
+    click.echo(f"{settings.rules_dir / version.file_name}: version {version_id} restored as version {version.id}")
 
 
 @main.group()
@@ -297,6 +454,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"{', '.join(f'{n} {state}' for state, n in sorted(health.studies.items())) or 'no studies'}")
         click.echo(f"  last instance received {_when(health.last_received_at, 'never')}, "
                    f"last study processed {_when(health.last_processed_at, 'never')}")
+        if health.details.get("next_window_opens"):
+            click.echo(f"  {health.studies.get('waiting', 0)} study(ies) wait for a model's time window; the next "
+                       f"opens {_when(health.details['next_window_opens'])}")
         sends = ", ".join(f"{row['n']} {row['kind']} {row['state']}" for row in health.sends) or "none"
         click.echo(f"  sends: {sends}; a failing send is retried for about {duration(settings.send_retry_window)} "
                    f"({settings.send_max_attempts} attempts), then given up until its destination answers again")
@@ -316,22 +476,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def study_detail(ctx: click.Context, study_uid: str, as_json: bool) -> None:
     """Everything about one study: state, priority, findings, results and their sends, and its audit trail."""
-    from dataclasses import asdict
-
     store = _open_stores(_settings(ctx)).reports
     row = store.study(study_uid)
     if row is None:
         raise click.ClickException(f"no study {study_uid} in this node's database (see `dicom-ai studies`)")
-    findings = store.findings_of(study_uid)
-    sends = [{k: v for k, v in r.items() if k != "payload"} for r in store.outbox_rows(study_uid)]
-    events = list(reversed(store.events(study_uid, limit=1000)))
+    detail = store.study_detail(study_uid)
+    assert detail is not None
+    findings, sends, events = detail["findings"], detail["sends"], detail["events"]
     if as_json:
-        click.echo(json.dumps({"study": asdict(row), "findings": findings, "sends": sends, "events": events}, indent=2))
+        click.echo(json.dumps(detail, indent=2))
         return
 
     click.echo(f"study {row.study_instance_uid}  patient {row.patient_id or '-'}  accession {row.accession_number or '-'}")
     click.echo(f"  state {row.state}, {row.instance_count} instance(s), last received {_when(row.last_received_at)}"
-               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else ""))
+               + (f", files deleted {_when(row.purged_at)}" if row.purged_at else "")
+               + (f", waits for a model's time window until {_when(row.waiting_until)}" if row.waiting_until else ""))
+    if row.models:
+        click.echo(f"  models {', '.join(row.models)}")
     if row.priority:
         override = f" (override {row.priority_override} by {row.priority_override_by})" if row.priority_override else ""
         click.echo(f"  priority {row.priority} {row.priority_score:.2f}{override}: {'; '.join(row.priority_reasons)}")
@@ -375,6 +536,8 @@ def studies(ctx: click.Context, state: str | None, limit: int, as_json: bool) ->
         )
         if row.error:
             click.echo(f"    error: {row.error}")
+        if row.waiting_until:
+            click.echo(f"    waits for a model's time window until {_when(row.waiting_until)}")
         if row.purged_at is not None:
             click.echo(f"    files deleted {_when(row.purged_at, form='%Y-%m-%d')} (retention_days)")
         if row.priority_reasons:
@@ -436,10 +599,190 @@ def priority(ctx: click.Context, study_uid: str, level: str | None, reason: str,
     click.echo(f"{study_uid}: priority {override.describe()}")
 
 
-def _open_stores(settings: Settings) -> Stores:
+@main.command()
+@click.argument("study_uid")
+@click.option("--model", required=True, help="The model whose result is judged (as `dicom-ai study` lists it).")
+@click.option("--finding", required=True, help="The finding (label) judged, e.g. Consolidation.")
+@click.option("--truth", type=click.Choice(["present", "absent", "uncertain"]), required=True,
+              help="The finding as you read the study (agreement with the AI follows from it).")
+@click.option("--comment", default="", help="Why, or what else (kept in the audit trail and the assessment SR).")
+@click.option("--by", "by", default=None, help="Who (default: the login name).")
+@click.pass_context
+def feedback(ctx: click.Context, study_uid: str, model: str, finding: str, truth: str, comment: str,
+             by: str | None) -> None:
+    """A radiologist's judgement of one AI finding (revisable, audited); an assessment SR goes to the PACS."""
+    import getpass
+
+    from dicom_ai.domain import Judgement, Truth, TruthSource
+    from dicom_ai.validation import FeedbackError, record_feedback
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings)
+    judgement = Judgement(study_uid, model, finding, Truth(truth), TruthSource.RADIOLOGIST, by or getpass.getuser(),
+                          comment.strip())
+    try:
+        assessment = record_feedback(stores, settings, judgement)
+    except FeedbackError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = f"; assessment SR {assessment} queued for the PACS" if assessment else ""
+    click.echo(f"{study_uid}: {model} {finding} judged {truth} by {judgement.by}{where}")
+
+
+def _date(value: str | None, option: str) -> float | None:
+    """YYYY-MM-DD as the epoch of that local midnight."""
+    if value is None:
+        return None
+    try:
+        return time.mktime(time.strptime(value, "%Y-%m-%d"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date written YYYY-MM-DD", param_hint=option) from None
+
+
+def _monitoring(settings: Settings, model: str) -> MonitoringView | None:
+    """The model's thresholds and drift reference from its card in models_dir (None when it has no card there)."""
+    from dicom_ai.infer.card import CardError
+    from dicom_ai.infer.registry import monitoring_view
+
+    try:
+        return monitoring_view(settings.models_dir, model)
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _reference(settings: Settings, model: str) -> dict[str, Reference] | None:
+    """The drift reference in the model's card, when the model is in models_dir and has one."""
+    view = _monitoring(settings, model)
+    return view.references if view is not None and view.references else None
+
+
+@main.command()
+@click.argument("model")
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="Only studies processed from this day on.")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Only studies processed before this day.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder (default: HOME/reports/MODEL-<date and time>).")
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Evaluate on a labelled dataset folder instead of the node's studies.")
+@click.option("--layout", default="auto", show_default=True, help="The dataset's layout (as `train dataset` reads).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Layout option (repeatable).")
+@click.option("--finding", default=None, help="The model label the dataset's positive class is (multi-label models).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the dataset's first N samples.")
+@click.option("--set-reference", is_flag=True, help="With --dataset: store the run as the drift reference in the card.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of the table.")
+@click.pass_context
+def evaluate(ctx: click.Context, model: str, since: str | None, until: str | None, out: Path | None,
+             dataset: Path | None, layout: str, options: tuple[str, ...], finding: str | None, limit: int | None,
+             set_reference: bool, as_json: bool) -> None:
+    """How MODEL does: on the judged studies the node processed, or on a labelled dataset (same inference path);
+    prints the table and writes a report folder (ROC, calibration, scores over time, subgroups, index.html)."""
+    from dicom_ai import validation
+    from dicom_ai.monitor.report import summary_table
+
+    settings = _settings(ctx)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if dataset is not None:
+        evaluated, title, notes = _evaluate_dataset(ctx, settings, model, dataset, layout, options, finding, limit,
+                                                    set_reference)
+    else:
+        if set_reference:
+            raise click.UsageError("--set-reference needs --dataset (the reference is validation data, not live)")
+        stores = _open_stores(settings)
+        evaluated = validation.evaluate_model(stores, settings, model, _reference(settings, model),
+                                              since=_date(since, "--since"), until=_date(until, "--until"))
+        if not evaluated.predictions:
+            known = ", ".join(stores.performance.models()) or "none"
+            raise click.ClickException(f"no predictions of model {model!r} in the period on this node "
+                                       f"(models with predictions: {known})")
+        period = f"from {since or 'the start'} to {until or 'now'}"
+        title = f"{model}: live evaluation, studies processed {period}"
+        notes = []
+    folder = out or settings.home / "reports" / f"{model}-{stamp}"
+    files = validation.report_evaluation(evaluated, folder, title, settings, notes)
+    if as_json:
+        click.echo(files.metrics.read_text(encoding="utf-8"))
+        return
+    click.echo(title)
+    click.echo(summary_table(evaluated.labels))
+    flagged = [c for c in evaluated.drift if c.flagged]
+    if evaluated.drift:
+        click.echo(f"drift: {len(flagged)} of {len(evaluated.drift)} weekly check(s) flagged"
+                   + "".join(f"\n  {c.week} {c.variable}: PSI {c.psi:.2f}" + (f", KS p {c.ks_p:.1g}" if c.ks_p is not None
+                                                                             else "") for c in flagged))
+    click.echo(f"report: {files.html}")
+    for path in files.figures.values():
+        click.echo(f"  {path}")
+
+
+def _evaluate_dataset(ctx: click.Context, settings: Settings, model: str, root: Path, layout: str,
+                      options: tuple[str, ...], finding: str | None, limit: int | None,
+                      set_reference: bool) -> tuple[Any, str, list[str]]:
+    """A labelled dataset through the model's own inference path (train/dataset_eval.py)."""
+    from dicom_ai import validation
+    from dicom_ai.infer.card import CARD_FILENAME, ModelError, ReferenceSpec, load_card, set_card_reference
+    from dicom_ai.infer.runner import LoadedModel
+    from dicom_ai.train.dataset_eval import DatasetEvaluationError, evaluate_dataset
+    from dicom_ai.train.layouts import LayoutError
+    from dicom_ai.train.reference import reference_from_studies
+
+    folder = _model_folder(ctx, model)
+    try:
+        card = load_card(folder / CARD_FILENAME)
+        loaded = LoadedModel.load(folder, card, fast_path=settings.onnx_fast_path)
+        run = evaluate_dataset(loaded, root, layout, tuple(_layout_option(o) for o in options), finding, limit)
+    except (ModelError, LayoutError, DatasetEvaluationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    notes = [f"{len(run.predictions)} sample(s) of the {run.dataset.layout} dataset at {root}: "
+             f"{run.dataset.classes[1]} as {run.label}"]
+    if set_reference:
+        command = shlex.join(["dicom-ai", "evaluate", card.name, "--dataset", str(root), "--layout", run.dataset.layout,
+                              *[f"--option={o}" for o in options], "--set-reference"])
+        source = (f"{len(run.studies)} sample(s) of the {run.dataset.layout} dataset at {root}, through "
+                  f"LoadedModel.predict ({loaded.backend})")
+        set_card_reference(folder / CARD_FILENAME, ReferenceSpec.model_validate(
+            reference_from_studies(run.studies, source=source, command=command)))
+        notes.append(f"the drift reference in {folder / CARD_FILENAME} was replaced by this run")
+    reference = card.reference.references() if card.reference is not None else None
+    evaluated = validation.evaluate_predictions(card.name, run.predictions, settings, reference)
+    return evaluated, f"{card.name}: evaluation on the {run.dataset.layout} dataset at {root}", notes
+
+
+@main.group("export")
+def export_group() -> None:
+    """Export what the node knows for other tools."""
+
+
+@export_group.command("seismometer")
+@click.argument("model")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write.")
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="Only studies processed from this day on.")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Only studies processed before this day.")
+@click.option("--finding", default=None, help="The primary target of a multi-label model (default: the first label).")
+@click.pass_context
+def export_seismometer(ctx: click.Context, model: str, out: Path, since: str | None, until: str | None,
+                       finding: str | None) -> None:
+    """MODEL's judged studies as seismometer 0.5 loads them (pseudonymised; open with run_startup from OUT)."""
+    from dicom_ai.validation import ExportError, export_for_seismometer
+
+    settings = _settings(ctx)
+    stores = _open_stores(settings)
+    view = _monitoring(settings, model)
+    thresholds = view.thresholds if view is not None else None
+    try:
+        written = export_for_seismometer(stores, settings, model, out, thresholds, since=_date(since, "--since"),
+                                         until=_date(until, "--until"), primary=finding)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {written.rows} judged study(ies) of {model} to {written.folder} "
+               f"({written.left_out} left out: not judged present or absent for every label)")
+    for path in written.files:
+        click.echo(f"  {path}")
+    click.echo(f"open it: cd {written.folder} && python -c \"import seismometer; seismometer.run_startup(config_path='.')\"")
+
+
+def _open_stores(settings: Settings, create: bool = False) -> Stores:
     from dicom_ai.store import Stores
 
-    if not settings.database_path.exists():
+    if not create and not settings.database_path.exists():
         raise click.ClickException(f"no database at {settings.database_path}: nothing received yet (is DICOM_AI_HOME right?)")
     return Stores.open(settings.database_path)
 
@@ -571,6 +914,34 @@ def train_demo(ctx: click.Context, name: str, out: Path | None, seed: int, quick
         click.echo(json.dumps(report, indent=2, default=str))
 
 
+@train.command("reference")
+@click.argument("name", type=click.Choice(["all", *DEMO_NAMES]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose card gets the reference (default: models_dir/<model name>; with 'all', "
+                   "the parent folder).")
+@click.option("--cases", type=click.IntRange(10, 100_000), default=None,
+              help="Phantom studies to score (default per demo: 80-200).")
+@click.option("--seed", default=900_000, show_default=True, help="First phantom seed (held out of training).")
+@click.pass_context
+def train_reference(ctx: click.Context, name: str, out: Path | None, cases: int | None, seed: int) -> None:
+    """Store a demo model's drift reference in its card: phantom studies through the node's inference path."""
+    from dicom_ai.infer.card import ModelError
+    from dicom_ai.train.reference import demo_reference
+
+    _setup_logging("INFO")
+    names = DEMO_NAMES if name == "all" else (name,)
+    parent = out if (out is not None and name == "all") else _settings(ctx).models_dir
+    for demo in names:
+        target = out if (out is not None and name != "all") else parent / DEMO_FOLDERS[demo]
+        try:
+            card = demo_reference(demo, target, cases=cases, seed=seed)
+        except (ModelError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        reference = card.reference
+        shown = ", ".join(sorted((reference.scores if reference else {}) | (reference.properties if reference else {})))
+        click.echo(f"{target}: reference of {shown}")
+
+
 @train.command("dataset")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
@@ -647,6 +1018,10 @@ def _numbers(text: str, separator: str, kind: type, hint: str) -> tuple[Any, ...
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a list of numbers separated by {separator!r}", param_hint=hint) from None
 
+
+from dicom_ai.web.users_cli import users  # noqa: E402 (a group in a module of its own)
+
+main.add_command(users)
 
 if __name__ == "__main__":
     main()

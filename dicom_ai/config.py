@@ -101,6 +101,13 @@ class Settings(BaseModel):
     hl7_mllp: str | None = Field(default=None, description="send an HL7 v2.5 ORU^R01 per result to this host:port (MLLP)")
     hl7_receiving_application: str = Field(default="RIS", max_length=20, description="MSH-5 of those messages")
     hl7_receiving_facility: str = Field(default="", max_length=20, description="MSH-6 of those messages")
+    hl7_listen: str | None = Field(
+        default=None, description="receive final reports (HL7 ORU^R01 over MLLP) on this host:port, e.g. 127.0.0.1:2575")
+    drift_psi: float = Field(
+        default=0.25, gt=0, le=100, description="flag a model whose week of scores or input properties reaches this "
+        "population stability index against its card's reference (numeric ones also need KS p < 0.01)")
+    drift_min_cases: int = Field(default=50, ge=1, le=1_000_000, description="values a week needs before it is checked for drift")
+    drift_interval: float = Field(default=3600.0, gt=0, le=WEEK_S, description="seconds between drift checks of the running node")
     webhook_url: str | None = Field(default=None, description="POST a JSON notice here for results at webhook_levels")
     webhook_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that notify, comma-separated")
@@ -111,8 +118,8 @@ class Settings(BaseModel):
     smtp_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
     email_levels: tuple[Literal["STAT", "URGENT", "ROUTINE"], ...] = Field(
         default=("STAT",), description="priorities that send an e-mail, comma-separated")
-    http_host: str = Field(default="127.0.0.1", description="address of the worklist page")
-    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the worklist page (0: no page)")
+    http_host: str = Field(default="127.0.0.1", description="address of the web console")
+    http_port: int = Field(default=8089, ge=0, le=65535, description="port of the web console (0: none)")
     stow_receive: bool = Field(
         default=False, validate_default=True, description="the node's HTTP server takes studies by STOW-RS at /dicom-web/studies")
     stow_receive_user: str | None = Field(default=None, description="HTTP Basic user STOW-RS senders must give, if any")
@@ -131,6 +138,10 @@ class Settings(BaseModel):
         "clients must present one")
     tls_receive: bool = Field(default=False, description="the DICOM SCP accepts TLS associations only")
     tls_send: bool = Field(default=False, description="associations we open (results, C-FIND, echo, send) use TLS")
+    http_tls: bool = Field(default=False, description="the console (http_port) serves HTTPS with tls_certificate and "
+                           "tls_private_key; session cookies are then Secure")
+    session_idle_minutes: float = Field(default=30, gt=0, le=YEAR_MINUTES,
+                                        description="a console session unused this long is signed out")
     max_pdu: int = Field(default=131072, ge=0, description="maximum PDU we receive (0: none advertised, 64 MiB enforced)")
     negotiation_timeout: float = Field(
         default=10.0, gt=0, le=300, description="seconds a new DICOM connection has to deliver its whole A-ASSOCIATE-RQ")
@@ -214,6 +225,25 @@ class Settings(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("http_tls")
+    @classmethod
+    def _http_tls(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            certificate, key = info.data.get("tls_certificate"), info.data.get("tls_private_key")
+            if certificate is None or key is None:
+                raise ValueError("HTTPS for the console needs tls_certificate and tls_private_key")
+            try:
+                server_context(certificate, key, None)
+            except TlsError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def https_context(self) -> ssl.SSLContext | None:
+        """The console's TLS context (no client certificate asked: browsers sign in), or None for HTTP."""
+        if not self.http_tls or self.tls_certificate is None or self.tls_private_key is None:
+            return None
+        return server_context(self.tls_certificate, self.tls_private_key, None)
+
     def scp_tls(self) -> ssl.SSLContext | None:
         """The SCP's TLS context, or None for plain DICOM."""
         if not self.tls_receive or self.tls_certificate is None or self.tls_private_key is None:
@@ -273,7 +303,7 @@ class Settings(BaseModel):
             raise ValueError("STOW-RS is served by the node's HTTP server, which http_port 0 turns off")
         return value
 
-    @field_validator("hl7_mllp")
+    @field_validator("hl7_mllp", "hl7_listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -302,6 +332,14 @@ class Settings(BaseModel):
         """Seconds from a send's first failure until it is given up (send_max_attempts attempts,
         the delay doubling from send_retry_initial up to send_retry_max)."""
         return sum(min(self.send_retry_initial * 2**n, self.send_retry_max) for n in range(self.send_max_attempts - 1))
+
+    @property
+    def hl7_listen_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HL7 listener, or None when it is off."""
+        if not self.hl7_listen:
+            return None
+        host, _, port = self.hl7_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def database_path(self) -> Path:

@@ -23,6 +23,7 @@ class StudyState(enum.StrEnum):
     RECEIVING = "receiving"  # instances arriving; not yet quiet for stable_after seconds
     COMPLETE = "complete"  # quiet long enough: waiting for the pipeline
     PROCESSING = "processing"  # the pipeline has it (a crash here re-runs it on start-up)
+    WAITING = "waiting"  # routed to a model outside its rule's time window: complete again at waiting_until
     DONE = "done"  # results encoded and queued for sending
     NO_MATCH = "no_match"  # no rule matched: stored, no results
     FAILED = "failed"  # the pipeline raised; the error is kept on the study
@@ -257,7 +258,7 @@ class ResultFile:
 
     sop_instance_uid: str
     series_instance_uid: str
-    kind: str  # SR, SC, PM
+    kind: str  # SR, SC, PM; AS for an assessment of an SR (the validation loop)
     model: str
     model_version: str
     path: Path
@@ -294,3 +295,137 @@ class OutboxItem:
     destination: str
     payload: str
     attempts: int
+
+
+# --- the validation loop: ground truth, what the models saw, how they did -------------------------
+
+
+class Truth(enum.StrEnum):
+    """A finding as a radiologist reads the study; stored as text, so the values never change."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNCERTAIN = "uncertain"  # kept and shown, but neither a positive nor a negative case
+
+
+class TruthSource(enum.StrEnum):
+    """Where a judgement came from; an explicit radiologist judgement outranks one derived from a report."""
+
+    RADIOLOGIST = "radiologist"  # `dicom-ai feedback`, or the console's study page
+    REPORT = "report"  # derived from the final report (HL7 ORU^R01) by the card's report_terms
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One judgement of one label of one model's result on a study; revisable: the latest of a source counts."""
+
+    study_instance_uid: str
+    model: str
+    label: str
+    truth: Truth
+    source: TruthSource
+    by: str
+    comment: str = ""
+    report_id: int | None = None  # the inbound report it was derived from (source report)
+
+
+@dataclass(frozen=True)
+class ReportRule:
+    """How a final report says one label is present or absent (a model card's `labels[].report_terms`)."""
+
+    model: str
+    label: str
+    codes: tuple[str, ...] = ()  # OBX-3 identifiers whose OBX-5 / OBX-8 gives the finding directly
+    keywords: tuple[str, ...] = ()  # phrases looked for in the report text, with negation handling
+
+
+@dataclass(frozen=True)
+class ImageProperties:
+    """What a model saw of one analysed image, kept for drift and subgroup analysis (no pixels).
+
+    Empty strings and None mean the header did not say.
+    """
+
+    sop_instance_uid: str
+    model: str
+    manufacturer: str = ""
+    station_name: str = ""
+    body_part: str = ""
+    modality: str = ""
+    photometric: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    pixel_spacing: float | None = None  # mm, the row spacing (PixelSpacing, else ImagerPixelSpacing)
+    kvp: float | None = None
+    field_strength: float | None = None  # MR, tesla
+    patient_sex: str = ""
+    patient_age: float | None = None  # years at the study (PatientAge, else birth and study date)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model's study-level score for one label, with its truth when judged: a row of every evaluation."""
+
+    study_instance_uid: str
+    model: str
+    model_version: str
+    label: str
+    score: float  # the highest probability over the study's analysed images
+    threshold: float
+    predicted_at: float  # when the node processed the study (epoch seconds)
+    truth: Truth | None = None
+    truth_source: TruthSource | None = None
+    patient_id: str = ""
+    accession_number: str = ""
+    subgroups: tuple[tuple[str, str], ...] = ()  # (name, value): sex, age band, manufacturer, station...
+
+    @property
+    def called(self) -> bool:
+        """The AI said present (the score reached the label's operating threshold)."""
+        return self.score >= self.threshold
+
+    def subgroup(self, name: str) -> str:
+        for key, value in self.subgroups:  # a handful of pairs: a scan beats building a dict (called per row)
+            if key == name:
+                return value
+        return ""
+
+
+@dataclass(frozen=True)
+class NumericReference:
+    """A numeric variable's distribution at validation time: bins (for PSI) and quantiles (for KS)."""
+
+    n: int
+    edges: tuple[float, ...]  # interior bin edges: bins are (-inf, e0), [e0, e1), ..., [e_last, inf)
+    proportions: tuple[float, ...]  # share of the reference in each bin (len(edges) + 1)
+    quantiles: tuple[float, ...]  # evenly spaced quantiles from 0 to 1 (inclusive)
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    """A categorical variable's distribution at validation time."""
+
+    n: int
+    proportions: tuple[tuple[str, float], ...]
+
+
+Reference = NumericReference | CategoricalReference
+
+
+# Input properties whose distribution is watched for drift (names of ImageProperties fields).
+NUMERIC_PROPERTIES = ("rows", "columns", "pixel_spacing", "kvp", "field_strength")
+CATEGORICAL_PROPERTIES = ("manufacturer", "photometric")
+SCORE_PREFIX = "score:"  # drift variable of a label's score: "score:Consolidation"
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """One variable of one model in one ISO week, against the model card's reference."""
+
+    model: str
+    week: str  # ISO week, e.g. "2026-W48"
+    variable: str  # "score:<label>" or an input property (rows, manufacturer...)
+    cases: int
+    psi: float
+    ks_p: float | None  # None for a categorical variable
+    flagged: bool  # PSI at or above the threshold and, for a numeric variable, KS p below DRIFT_KS_ALPHA

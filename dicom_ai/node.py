@@ -1,15 +1,24 @@
 """The running node: the SCP receives, and the scheduler is the clock that drives every other stage.
 
 Jobs (apscheduler, each never overlapping itself):
-- assemble: every `tick` seconds, studies quiet for `stable_after` become complete; it also books
+- assemble: every `tick` seconds, studies quiet for `stable_after` become complete, and so do those
+  whose matching rule's `complete` expectation is met (Pipeline.complete_expected); it also books
   itself for the moment the next receiving study will have been quiet that long, so a study is
   complete stable_after seconds after its last instance, not up to a tick later;
 - pipeline: processes complete studies one at a time (woken at once by assemble); a study it could
   not finish because the database or disk failed is queued again after a backoff (release_deferred);
+  a study waiting for a rule's time window is queued again when it opens (release_waiting);
 - outbox: delivers results and flags, retrying with backoff (woken at once by the pipeline); given-up
   sends are probed once per send_retry_max and resume when their destination answers again;
 - rules: reloads rules/*.yaml when a file changes (a bad edit keeps the previous rules);
-- retention: hourly, with retention_days set, deletes the files of studies finished that long ago.
+- retention: hourly, with retention_days set, deletes the files of studies finished that long ago;
+- drift: every drift_interval seconds, each model with a reference in its card is checked week by
+  week (scores and input properties, PSI and KS); a flag is logged and shown by `dicom-ai status`;
+- reports: with hl7_listen set, every few seconds, final reports kept for studies that had not
+  arrived (or been processed) are matched again (validation.match_pending_reports).
+
+With hl7_listen set, an MLLP listener (feedback/listener.py, a thread of its own) takes final
+reports and answers each with an ACK (validation.receive_report).
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dicom_ai import validation
 from dicom_ai.config import Settings
+from dicom_ai.domain import ReportRule
+from dicom_ai.feedback.listener import Hl7Listener
 from dicom_ai.infer.registry import ModelRegistry
 from dicom_ai.pipeline import Pipeline
 from dicom_ai.receive.limits import ConnectionLimits
@@ -32,7 +44,7 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
-from dicom_ai.web.app import start_web
+from dicom_ai.web.app import start_web, web_context
 from dicom_ai.web.server import WebServer
 from dicom_ai.web.stow import StowReceive
 from dicom_ai.store import Spool, Stores
@@ -45,6 +57,7 @@ ASSEMBLE_DUE = "assemble-due"  # the one-shot assemble run booked for when the n
 RETENTION_INTERVAL = 3600.0  # seconds between retention runs (when retention_days is set)
 RETENTION_FIRST_RUN = 60.0  # seconds after start: let the node settle first
 DUE_SLACK = 0.01  # seconds after the due moment, so `last_received_at <= now - stable_after` holds
+REPORT_MATCH_INTERVAL = 2.0  # seconds between attempts to match kept reports to studies
 
 
 class Node:
@@ -67,6 +80,11 @@ class Node:
         )
         self._server: GuardedServer | None = None
         self._web: WebServer | None = None
+        self._hl7: Hl7Listener | None = None
+
+    def report_rules(self) -> dict[str, list[ReportRule]]:
+        """Model -> the report_terms of its labels, from the cards read at start."""
+        return {name: card.report_rules for name, card in self.models.cards().items()}
 
     def start(self) -> None:
         strays = self.spool.sweep_incoming()
@@ -92,6 +110,9 @@ class Node:
         self.scheduler.add_job(self._process, "interval", seconds=max(self.tick * 4, 1.0), id="pipeline")
         self.scheduler.add_job(self._deliver, "interval", seconds=max(self.tick * 4, 1.0), id="outbox")
         self.scheduler.add_job(self.rules.refresh, "interval", seconds=2, id="rules")
+        self.scheduler.add_job(self._check_drift, "interval", seconds=self.settings.drift_interval, id="drift")
+        if self.settings.hl7_listen:
+            self.scheduler.add_job(self._match_reports, "interval", seconds=REPORT_MATCH_INTERVAL, id="reports")
         if self.settings.retention_days is not None:
             first = datetime.now(self.scheduler.timezone) + timedelta(seconds=RETENTION_FIRST_RUN)
             self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
@@ -114,13 +135,26 @@ class Node:
             try:
                 stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
                                    s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
-                self._web = start_web(s.http_host, s.http_port, self.stores.reports, s.turnaround_targets,
+                console = web_context(self.stores.reports, s.turnaround_targets,
                                       lambda: node_health(self.stores.reports, s.home, s.retention_days,
                                                           send_retry_window_s=s.send_retry_window),
-                                      stow_receive=stow)
+                                      stores=self.stores, settings=s, spool=self.spool, models=self.models,
+                                      rules=self.rules, session_idle_s=s.session_idle_minutes * 60,
+                                      https=s.http_tls)
+                self._web = start_web(s.http_host, s.http_port, console, stow_receive=stow, tls=s.https_context(),
+                                      home=s.home)
             except OSError as exc:
-                raise OSError(f"worklist page {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
+                raise OSError(f"console {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
                               f"{exc.strerror or exc}") from exc
+        listen = s.hl7_listen_address
+        if listen is not None:
+            self._hl7 = Hl7Listener(*listen, lambda text: validation.receive_report(
+                self.stores, s, self.report_rules(), text))
+            try:
+                self._hl7.start()
+            except OSError as exc:
+                self._hl7 = None
+                raise OSError(f"HL7 listener {s.hl7_listen} (DICOM_AI_HL7_LISTEN): {exc.strerror or exc}") from exc
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",
@@ -128,6 +162,9 @@ class Node:
         )
 
     def stop(self) -> None:
+        if self._hl7 is not None:
+            self._hl7.stop()
+            self._hl7 = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -147,6 +184,7 @@ class Node:
         completed = self.stores.studies.complete_quiet_studies(time.time() - self.settings.stable_after)
         for uid in completed:
             log.info("study %s complete (quiet for %.1f s)", uid, self.settings.stable_after)
+        completed += self.pipeline.complete_expected()
         if completed:
             self._wake("pipeline")
         last = self.stores.studies.earliest_receiving_activity()
@@ -158,8 +196,18 @@ class Node:
         if self.settings.retention_days is not None:
             purge_expired(self.stores.studies, self.spool, self.settings.retention_days)
 
+    def _check_drift(self) -> None:
+        references = {name: card.reference.references() for name, card in self.models.cards().items()
+                      if card.reference is not None}
+        validation.check_drift(self.stores, self.settings, references, since=time.time() - validation.DRIFT_WINDOW_S)
+
+    def _match_reports(self) -> None:
+        validation.match_pending_reports(self.stores, self.settings, self.report_rules())
+
     def _process(self) -> None:
         self.pipeline.release_deferred()
+        for uid in self.stores.studies.release_waiting():
+            log.info("study %s: a time window it waited for is open; it is queued again", uid)
         processed = 0
         while self.pipeline.process_next() is not None:
             processed += 1

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset
@@ -26,11 +27,13 @@ from dicom_ai.assemble.study import StudyReadError, build_study, read_header
 from dicom_ai.crashpoints import crash_point
 from dicom_ai.domain import (
     FindingRow,
+    ImageProperties,
     ImageResult,
     Instance,
     ModelInfo,
     Override,
     PriorFinding,
+    Priority,
     PriorityDecision,
     ResultFile,
     Series,
@@ -40,20 +43,24 @@ from dicom_ai.domain import (
 from dicom_ai.encode import encode_results
 from dicom_ai.errors import one_line, out_of_resources
 from dicom_ai.infer.executor import ExecutorLost, InferenceExecutor, make_executor
+from dicom_ai.infer.properties import image_properties
 from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.override import with_override
 from dicom_ai.prioritize.pacs_history import PacsHistoryError, comparison_reasons, prior_studies
 from dicom_ai.prioritize.policy import combine, decide_priority
+from dicom_ai.route.completion import completion_due, needs_completion_check
 from dicom_ai.route.matcher import route
+from dicom_ai.route.windows import plan_windows
 from dicom_ai.send.carriers import Publication, dicom, stow
 from dicom_ai.send.publish import priority_change, publications
+from dicom_ai.store.model_switches import disabled_models
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
     from dicom_ai.infer.registry import ModelRegistry
     from dicom_ai.infer.runner import ModelFront
     from dicom_ai.route.loader import RuleWatcher
-    from dicom_ai.route.rules import PriorityPolicy
+    from dicom_ai.route.rules import PriorityPolicy, TimeWindow
     from dicom_ai.store import Spool, Stores, StudyStore
     from dicom_ai.store.studies import CurrentResult
 
@@ -79,11 +86,14 @@ class Deferral:
 
 @dataclass
 class _ModelJob:
-    """The series one model will see for a study, and the policy of the first rule that asked for it."""
+    """The series one model will see for a study, and the policy of the first rule that asked for it
+    (the first non-shadow one: a model that any non-shadow rule names is not shadow)."""
 
     rule: str
     policy: PriorityPolicy | None
+    shadow: bool
     series: list[Series] = field(default_factory=list)
+    windows: list[TimeWindow | None] = field(default_factory=list)  # of every rule naming the model
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +107,8 @@ class ModelOutcome:
     findings: tuple[FindingRow, ...]
     results: tuple[ResultFile, ...]
     supersede: Mapping[str, str]  # earlier result UID -> the SR that replaces it
+    properties: tuple[ImageProperties, ...] = ()  # what the model saw of each analysed image (drift, subgroups)
+    shadow: bool = False  # recorded only: nothing sent, no part in the published priority
 
 
 class Headers:
@@ -131,6 +143,41 @@ class Pipeline:
     executor: InferenceExecutor | None = None  # None: the one the settings name (local or Ray)
 
     deferred: dict[str, Deferral] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # the time windows of rules are read on it (tests move it)
+    _receiving: dict[str, tuple[tuple[int, int], Study]] = field(default_factory=dict)  # headers of receiving studies
+
+    def complete_expected(self, now: float | None = None) -> list[str]:
+        """Complete the receiving studies whose matching rule's `complete` expectation is met (see
+        route/completion.py). Headers are read once per series, and again only when instances come."""
+        now = self.clock() if now is None else now
+        ruleset = self.rules.ruleset
+        if not needs_completion_check(ruleset):
+            self._receiving.clear()
+            return []
+        completed = []
+        receiving = self.studies.receiving_studies()
+        for item in receiving:
+            uid = item.study_instance_uid
+            key = (item.instance_count, item.revision)
+            cached = self._receiving.get(uid)
+            if cached is None or cached[0] != key:
+                instances = self.studies.instances_of(uid)
+                if not instances:
+                    continue
+                try:
+                    cached = (key, build_study(instances))
+                except StudyReadError as exc:  # quiet time will complete it; the pipeline then reports the file
+                    log.debug("study %s: no early completion: %s", uid, exc)
+                    continue
+                self._receiving[uid] = cached
+            reason = completion_due(cached[1], ruleset, item.first_received_at, now,
+                                    self.studies.series_last_received(uid))
+            if reason is not None and self.studies.complete_study(uid, reason):
+                log.info("study %s complete before its quiet time: %s", uid, reason)
+                completed.append(uid)
+        for uid in set(self._receiving) - {item.study_instance_uid for item in receiving} | set(completed):
+            self._receiving.pop(uid, None)
+        return completed
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -214,9 +261,25 @@ class Pipeline:
             modalities = sorted({str(s.header.get("Modality", "?")) for s in study.series})
             self._no_results(study_uid, f"no rule matched ({len(study.series)} series: {', '.join(modalities)})")
             return
+        skipped: list[str] = []
+        for name in sorted(disabled_models(self.studies.database) & set(jobs)):
+            skipped.append(f"{name} not run: switched off in the console (Models page)")
+            del jobs[name]
+        if not jobs:
+            self._no_results(study_uid, "; ".join(skipped))
+            return
+        plan = plan_windows({name: job.windows for name, job in jobs.items()}, datetime.fromtimestamp(self.clock()))
+        if plan.wait_until is not None:
+            until = plan.wait_until.timestamp()
+            log.info("study %s waits until %s: the time window of %s is closed", study_uid,
+                     plan.wait_until.isoformat(timespec="minutes"), ", ".join(plan.waiting_for))
+            self.studies.wait_for_window(study_uid, until, plan.waiting_for)
+            return
+        for name, why in plan.left_out.items():
+            skipped.append(f"{name} not run: {why}")
+            del jobs[name]
         revision = self.studies.study_revision(study_uid)
         priors = self.studies.prior_findings(study_uid)
-        skipped: list[str] = []
         outcomes = [outcome for name, job in jobs.items()
                     if (outcome := self._run_model(study, name, job, headers, priors, revision, skipped))]
         for reason in skipped:
@@ -233,8 +296,12 @@ class Pipeline:
         for decision in route(study, self.rules.ruleset):
             rule_names.append(decision.rule.name)
             for model_name in decision.models:
-                job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority))
+                job = jobs.setdefault(model_name, _ModelJob(rule=decision.rule.name, policy=decision.priority,
+                                                            shadow=decision.shadow))
+                if job.shadow and not decision.shadow:
+                    job.rule, job.policy, job.shadow = decision.rule.name, decision.priority, False
                 job.series.extend(s for s in decision.series if s not in job.series)
+                job.windows.append(decision.rule.window)
         return jobs, rule_names
 
     def _run_model(self, study: Study, model_name: str, job: _ModelJob, headers: Headers,
@@ -257,6 +324,7 @@ class Pipeline:
         except Exception as exc:
             raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
         info = model.info
+        self.studies.record_model_run(study_uid, info.name, info.version, time.monotonic() - started, len(images))
         findings = [f for image in images for f in image.findings]
         decision = apply_history(decide_priority(findings, job.policy), findings, priors)
         earlier = self.studies.current_results(study_uid, info.name)
@@ -284,6 +352,9 @@ class Pipeline:
             results=tuple(results),
             supersede={r.sop_instance_uid: str(encoded.sr.SOPInstanceUID) for r in earlier
                        if r.sop_instance_uid not in written},
+            properties=tuple(image_properties(headers.of(image.source), image.source.sop_instance_uid, info.name)
+                             for image in images),
+            shadow=job.shadow,
         )
 
     @staticmethod
@@ -318,26 +389,33 @@ class Pipeline:
                 priors: Sequence[PriorFinding], revision: int) -> None:
         """The study's priority from all its models, its publications, and one transaction for all of it."""
         study_uid = study.study_instance_uid
-        priority = self._with_pacs_history(study, combine([o.decision for o in outcomes]), priors)
-        published = with_override(priority, self.studies.priority_override(study_uid))
-        results = [result for outcome in outcomes for result in outcome.results]
-        publication = Publication(study_uid, study.header, published,
-                                  tuple(finding for o in outcomes for image in o.images for finding in image.findings),
-                                  tuple(o.model for o in outcomes))
-        carried, skipped_carriers = publications(publication, self.settings)
+        live = [outcome for outcome in outcomes if not outcome.shadow]
+        if live:
+            priority = self._with_pacs_history(study, combine([o.decision for o in live]), priors)
+            published = with_override(priority, self.studies.priority_override(study_uid))
+            publication = Publication(study_uid, study.header, published,
+                                      tuple(finding for o in live for image in o.images for finding in image.findings),
+                                      tuple(o.model for o in live))
+            carried, skipped_carriers = publications(publication, self.settings)
+        else:  # only shadow models ran: nothing is published
+            priority = PriorityDecision(Priority.ROUTINE, 0.0, ("only shadow models ran: nothing published",))
+            carried, skipped_carriers = [], []
+        live_results = [result for outcome in live for result in outcome.results]
         supersede = {old: new for outcome in outcomes for old, new in outcome.supersede.items()}
         self.studies.save_outcome(
             study_uid,
             rules=rule_names,
-            models=[f"{o.model.name}@{o.model.version}" for o in outcomes],
+            models=[f"{o.model.name}@{o.model.version}{' (shadow)' if o.shadow else ''}" for o in outcomes],
             findings=[row for outcome in outcomes for row in outcome.findings],
-            results=results,
+            results=[result for outcome in outcomes for result in outcome.results],
             priority=priority,
-            outbox=[*dicom.build_results(results, self.settings), *stow.build_results(results, self.settings),
-                    *carried],
+            outbox=[*dicom.build_results(live_results, self.settings),
+                    *stow.build_results(live_results, self.settings), *carried],
             skipped=skipped_carriers,
             supersede=supersede,
             revision=revision,
+            images=[image for outcome in outcomes for image in outcome.properties],
+            shadow_models=[o.model.name for o in outcomes if o.shadow],
         )
         crash_point("pipeline.after_save_outcome")
         if supersede:

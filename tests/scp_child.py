@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dicom_ai.domain import TurnaroundTargets  # noqa: E402
 from dicom_ai.receive.scp import start_scp  # noqa: E402
 from dicom_ai.store import Spool, Stores  # noqa: E402
-from dicom_ai.web.app import start_web  # noqa: E402
+from dicom_ai.web.app import start_web, web_context  # noqa: E402
 from dicom_ai.web.stow import StowReceive  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     start_scp("DICOM_AI", "127.0.0.1", args.port, 131072, spool, store.studies)
     if args.http_port:
         stow = StowReceive(spool, store.studies, int(args.stow_max_mb * 1e6)) if args.stow_max_mb else None
-        start_web("127.0.0.1", args.http_port, store.reports, TurnaroundTargets(), stow_receive=stow)
+        start_web("127.0.0.1", args.http_port, web_context(store.reports, TurnaroundTargets()), stow_receive=stow)
     print("ready", flush=True)
     while True:
         time.sleep(60)

@@ -7,9 +7,11 @@ the studies in reading order. Everything listens on loopback; Ctrl-C stops it al
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +32,8 @@ from pydicom.uid import generate_uid
 from dicom_ai.config import Peer
 from dicom_ai.demo.orthanc import ORTHANC_BINARY, OrthancServer, free_port
 from dicom_ai.send.cstore import send_files
+from dicom_ai.store.accounts import Accounts, Role
+from dicom_ai.store.database import Database
 from dicom_ai.train import phantom_dicom
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,13 @@ class NodeProcess:
                "DICOM_AI_ORTHANC_URL": orthanc.http_url, "DICOM_AI_MWL_DIR": str(orthanc.worklist_dir),
                "DICOM_AI_HTTP_PORT": str(http_port), "DICOM_AI_STABLE_AFTER": str(STABLE_S),
                "DICOM_AI_ALLOWED_CALLING_AETS": orthanc.aet}
+        # The console asks everyone to sign in: the demo makes an admin with a fresh password it prints.
+        self.console_user, self.console_password = "demo", secrets.token_urlsafe(12)
+        database = Database(home / "dicom-ai.sqlite")
+        try:
+            Accounts(database).add_user(self.console_user, Role.ADMIN, self.console_password, by="dicom-ai demo")
+        finally:
+            database.close()
         self._log = open(self.log_path, "wb")
         cli = Path(sys.executable).with_name("dicom-ai")
         self.process = subprocess.Popen([str(cli), "serve"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -172,7 +183,7 @@ def run_demo(home: Path, out: Callable[[str], None], exit_when_done: bool = Fals
             out(f"sent {study.label} ({len(files)} image(s)) to Orthanc")
         out("waiting for Orthanc to forward each study and for the node's results to come back ...")
         results = _wait_for_results(orthanc, sent)
-        _summary(orthanc, http_port, sent, results, out)
+        _summary(orthanc, node, http_port, sent, results, out)
         if not exit_when_done:
             out("\nPress Ctrl-C to stop Orthanc and the node.")
             stop = threading.Event()
@@ -202,15 +213,17 @@ def _wait_for_results(orthanc: OrthancServer, sent: dict[str, str]) -> dict[str,
     return results
 
 
-def _summary(orthanc: OrthancServer, http_port: int, sent: dict[str, str], results: dict[str, dict[str, str]],
-             out: Callable[[str], None]) -> None:
+def _summary(orthanc: OrthancServer, node: NodeProcess, http_port: int, sent: dict[str, str],
+             results: dict[str, dict[str, str]], out: Callable[[str], None]) -> None:
     node_url = f"http://127.0.0.1:{http_port}/"
-    with urllib.request.urlopen(node_url + "api/worklist", timeout=10) as answer:
+    login = base64.b64encode(f"{node.console_user}:{node.console_password}".encode()).decode()
+    request = urllib.request.Request(node_url + "api/worklist", headers={"Authorization": f"Basic {login}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
         worklist: list[dict[str, Any]] = json.loads(answer.read())
     out("\nResults are back. Where to look:")
     out(f"  Orthanc Explorer (each study now holds an AI SR and heatmaps): {orthanc.http_url}/app/explorer.html")
     out(f"  Orthanc's AI reading worklist:                                 {orthanc.http_url}/dicom-ai/worklist.html")
-    out(f"  the node's reading worklist:                                   {node_url}")
+    out(f"  the node's console (user {node.console_user}, password {node.console_password}): {node_url}worklist")
     out("\nReading order (most urgent first), as the node's worklist gives it:")
     for rank, entry in enumerate((e for e in worklist if e["study_instance_uid"] in sent), 1):
         flags = results[entry["study_instance_uid"]]

@@ -58,3 +58,13 @@ def result_uid(kind: str, study_instance_uid: str, model: ModelInfo, source_uids
     if revision:
         parts.append(f"revision {revision}")
     return derive_uid(*parts, *sorted(set(source_uids)))
+
+# The assessment of an AI SR by a radiologist or a report (encode/assessment.py).
+ASSESSMENT_SERIES = "assessment-series"
+ASSESSMENT_INSTANCE = "assessment-instance"
+
+
+def assessment_uid(kind: str, study_instance_uid: str, assessed_sop_instance_uid: str, content: str = "") -> str:
+    """The UID of an assessment SR or its series: the same judgements of the same AI SR give the same UID,
+    a revised judgement a new one (`content` is a digest of what the assessment says; the series has none)."""
+    return derive_uid(study_instance_uid, assessed_sop_instance_uid, kind, *([content] if content else []))

@@ -20,7 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import RE_VALID_UID
 
-from dicom_ai.domain import Code
+from dicom_ai.domain import (
+    CATEGORICAL_PROPERTIES,
+    NUMERIC_PROPERTIES,
+    SCORE_PREFIX,
+    CategoricalReference,
+    Code,
+    NumericReference,
+    Reference,
+    ReportRule,
+)
 
 CARD_FILENAME = "model.yaml"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
@@ -100,6 +109,53 @@ class CodeSpec(_Strict):
         return Code(value=self.value, scheme=self.scheme, meaning=self.meaning)
 
 
+_KEYWORD = re.compile(r"^[\w][\w '/-]{0,62}[\w]$|^\w$")
+_REPORT_CODE = re.compile(r"^[^|^~\\&\s]{1,64}$")
+
+
+class ReportTermsSpec(_Strict):
+    """How a final report (HL7 ORU^R01) says this label is present or absent.
+
+    `codes` are OBX-3 identifiers (their first component) whose OBX-5 (present/absent, yes/no,
+    positive/negative, or SNOMED CT Present 52101004 / Absent 2667000) or OBX-8 abnormal flag
+    (A / N) states the finding; `keywords` are phrases looked for in the report's text, case
+    insensitively on word boundaries, with negation ("no consolidation", "without evidence of
+    consolidation") and hedging ("possible consolidation": uncertain) handled. A coded OBX wins
+    over the text; a report that names none of them says nothing about the label.
+    """
+
+    codes: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if not _REPORT_CODE.match(code):
+                raise ValueError(f"code {code!r} must be 1-64 characters without spaces or HL7 delimiters (|^~\\&)")
+        if len(set(value)) != len(value):
+            raise ValueError("codes must differ")
+        return value
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        for keyword in value:
+            if not _KEYWORD.match(keyword.strip()) or keyword != keyword.strip():
+                raise ValueError(f"keyword {keyword!r} must be 1-64 letters, digits, spaces, hyphens or "
+                                 "apostrophes, starting and ending with a letter or digit")
+        lowered = [k.lower() for k in value]
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("keywords must differ (they are matched case-insensitively)")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ReportTermsSpec:
+        if not self.codes and not self.keywords:
+            raise ValueError("list at least one code or keyword")
+        return self
+
+
 class LabelSpec(_Strict):
     """One model output: its name, its code and the operating point chosen on validation data.
 
@@ -115,6 +171,7 @@ class LabelSpec(_Strict):
     threshold: float | Literal["site"] | None = None
     report: bool = True
     prompts: list[str] | None = None  # zero_shot models: text prompts whose embeddings stand for this label
+    report_terms: ReportTermsSpec | None = None  # how a final report states this label (the validation loop)
 
     def describe(self) -> str:
         if not self.report or self.code is None or self.threshold is None:
@@ -160,7 +217,94 @@ class LabelSpec(_Strict):
         if self.report and (self.code is None or self.threshold is None):
             missing = " and ".join(n for n, v in (("code", self.code), ("threshold", self.threshold)) if v is None)
             raise ValueError(f"label {self.name!r} is reported, so it needs a {missing} (or report: false)")
+        if not self.report and self.report_terms is not None:
+            raise ValueError(f"label {self.name!r} is not reported, so nothing can be judged: remove report_terms")
         return self
+
+
+class NumericReferenceSpec(_Strict):
+    """A numeric variable at validation time: PSI bins (interior edges, shares) and quantiles for KS."""
+
+    kind: Literal["numeric"] = "numeric"
+    n: int = Field(ge=1)
+    edges: list[float]
+    proportions: list[float]
+    quantiles: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NumericReferenceSpec:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.edges)} edges make {len(self.edges) + 1} bins, but {len(self.proportions)} "
+                             "proportions are given")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError("edges must increase")
+        if any(b < a for a, b in zip(self.quantiles, self.quantiles[1:])):
+            raise ValueError("quantiles must not decrease")
+        _shares(self.proportions)
+        return self
+
+    def to_reference(self) -> NumericReference:
+        return NumericReference(self.n, tuple(self.edges), tuple(self.proportions), tuple(self.quantiles))
+
+
+class CategoricalReferenceSpec(_Strict):
+    """A categorical variable at validation time: each value's share."""
+
+    kind: Literal["categorical"] = "categorical"
+    n: int = Field(ge=1)
+    proportions: dict[str, float] = Field(min_length=1)
+
+    @field_validator("proportions")
+    @classmethod
+    def _sum(cls, value: dict[str, float]) -> dict[str, float]:
+        _shares(list(value.values()))
+        return value
+
+    def to_reference(self) -> CategoricalReference:
+        return CategoricalReference(self.n, tuple(self.proportions.items()))
+
+
+def _shares(values: list[float]) -> None:
+    if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-3:
+        raise ValueError(f"proportions must be shares that sum to 1, got {sum(values):.4f}")
+
+
+class ReferenceSpec(_Strict):
+    """What the model saw at validation, for drift checks: per reported label the distribution of its
+    study-level score, and per input property (rows, columns, pixel_spacing, kvp, field_strength,
+    manufacturer, photometric) the distribution over the analysed images. Written by `dicom-ai train`
+    and `dicom-ai models reference`, never by hand."""
+
+    source: str = Field(min_length=1)  # which data, how many, how they were run
+    command: str = Field(min_length=1)  # the command that wrote it (reproducible)
+    scores: dict[str, NumericReferenceSpec] = Field(default_factory=dict)
+    properties: dict[str, NumericReferenceSpec | CategoricalReferenceSpec] = Field(default_factory=dict)
+
+    @field_validator("properties")
+    @classmethod
+    def _known(cls, value: dict[str, NumericReferenceSpec | CategoricalReferenceSpec]) -> dict[str, Any]:
+        for name, spec in value.items():
+            expected = ("numeric" if name in NUMERIC_PROPERTIES else "categorical" if name in CATEGORICAL_PROPERTIES
+                        else None)
+            if expected is None:
+                raise ValueError(f"{name!r} is not a watched property (one of "
+                                 f"{', '.join(NUMERIC_PROPERTIES + CATEGORICAL_PROPERTIES)})")
+            if spec.kind != expected:
+                raise ValueError(f"property {name!r} is {expected}, not {spec.kind}")
+        return value
+
+    def references(self) -> dict[str, Reference]:
+        """Drift variable -> its reference: "score:<label>" and the property names."""
+        found: dict[str, Reference] = {f"{SCORE_PREFIX}{label}": spec.to_reference() for label, spec in self.scores.items()}
+        found.update({name: spec.to_reference() for name, spec in self.properties.items()})
+        return found
+
+
+class MonitoringSpec(_Strict):
+    """The two sections of a card that evaluation and export read (see registry.monitoring_view)."""
+
+    labels: list[LabelSpec] = Field(default_factory=list)
+    reference: ReferenceSpec | None = None
 
 
 class KeyRewrite(_Strict):
@@ -372,6 +516,7 @@ class ModelCard(_Strict):
     not_for_clinical_use: bool = True
     training: dict[str, Any] = Field(default_factory=dict)  # free-form record of how it was made
     metrics: dict[str, Any] = Field(default_factory=dict)  # held-out results
+    reference: ReferenceSpec | None = None  # validation-time distributions that drift is measured against
 
     @field_validator("name")
     @classmethod
@@ -430,6 +575,11 @@ class ModelCard(_Strict):
                 raise ValueError(f"architecture.kwargs.in_channels is {kwargs['in_channels']} but input.channels is {self.input.channels}")
             if "spatial_dims" in kwargs and kwargs["spatial_dims"] != self.input.dims:
                 raise ValueError(f"architecture.kwargs.spatial_dims is {kwargs['spatial_dims']} but input.size has {self.input.dims} dimensions")
+        if self.reference is not None:
+            reported = {label.name for label in self.labels if label.report}
+            unknown = sorted(set(self.reference.scores) - reported)
+            if unknown:
+                raise ValueError(f"reference.scores names {', '.join(unknown)}, which is not a reported label")
         if self.input.window is not None and self.input.dims != 3:
             raise ValueError("input.window applies to 3-D (volume) models; 2-D models see the display image, already windowed")
         return self
@@ -472,6 +622,12 @@ class ModelCard(_Strict):
         return [i for i, label in enumerate(self.labels) if label.report]
 
     @property
+    def report_rules(self) -> list[ReportRule]:
+        """The labels a final report can judge, as the validation loop reads them."""
+        return [ReportRule(self.name, label.name, tuple(label.report_terms.codes), tuple(label.report_terms.keywords))
+                for label in self.labels if label.report and label.report_terms is not None]
+
+    @property
     def codes(self) -> dict[str, Code]:
         """Reported label name -> coded concept, in output order."""
         return {label.name: label.code.to_code() for label in self.labels if label.code is not None and label.report}
@@ -494,13 +650,47 @@ def load_card(path: Path) -> ModelCard:
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:
-        raise CardError(f"{path}: {_describe_errors(exc)}") from None
+        raise CardError(f"{path}: {describe_errors(exc)}") from None
+
+
+class _FlowNumbers(yaml.SafeDumper):
+    """Lists of numbers on one line: a reference's edges and quantiles stay readable."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    numbers = bool(data) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=numbers)
+
+
+_FlowNumbers.add_representer(list, _represent_list)
+
+
+def _card_text(data: dict[str, Any]) -> str:
+    """The card's YAML in field order; the reference (long lists of numbers) last, lists on one line."""
+    data = dict(data)
+    reference = data.pop("reference", None)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    if reference is not None:
+        text += yaml.dump({"reference": reference}, Dumper=_FlowNumbers, sort_keys=False, allow_unicode=True, width=100)
+    return text
 
 
 def dump_card(card: ModelCard, path: Path) -> None:
     """Write a card as YAML in field order, so that the file reads like the schema."""
-    data = card.model_dump(mode="json")
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
+    path.write_text(_card_text(card.model_dump(mode="json")), encoding="utf-8")
+
+
+def set_card_reference(path: Path, reference: ReferenceSpec) -> ModelCard:
+    """Put `reference` into the card at `path`, every other line left as it was; returns the new card."""
+    load_card(path)  # the card as it is must be valid first: its own errors are named as such
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["reference"] = reference.model_dump(mode="json")
+    try:
+        updated = ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise CardError(f"{path}: {describe_errors(exc)}") from None
+    path.write_text(_card_text(data), encoding="utf-8")
+    return updated
 
 
 def file_sha256(path: Path) -> str:
@@ -524,7 +714,7 @@ def derive_device_uid(weights: Path) -> str:
     return f"2.25.{uuid.uuid5(DEVICE_UID_NAMESPACE, 'sha256:' + sha).int}"
 
 
-def _describe_errors(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         location = _location(error["loc"])

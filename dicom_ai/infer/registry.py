@@ -11,10 +11,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dicom_ai.infer.card import CARD_FILENAME, SITE_THRESHOLD, ModelCard, ModelError, load_card
-from dicom_ai.infer.runner import LoadedModel, ModelFront
+import yaml
+from pydantic import ValidationError
+
+from dicom_ai.domain import Reference
+from dicom_ai.infer.card import (
+    CARD_FILENAME,
+    SITE_THRESHOLD,
+    CardError,
+    ModelCard,
+    ModelError,
+    MonitoringSpec,
+    describe_errors,
+    load_card,
+)
+
+if TYPE_CHECKING:  # torch and MONAI come with the runner: only loading a model needs them, not reading cards
+    from dicom_ai.infer.runner import LoadedModel, ModelFront
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +41,39 @@ EXAMPLES_FOLDER = "examples"  # example cards to copy into a model folder; never
 def model_folders(models_dir: Path) -> list[Path]:
     """The sub-folders of models_dir that are meant to be models (not hidden, _private or examples/)."""
     return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and p.name != EXAMPLES_FOLDER)
+
+
+@dataclass(frozen=True)
+class MonitoringView:
+    """What evaluating or exporting a model's results needs from its card: the labels' operating
+    thresholds and the drift reference (variable -> reference; empty when the card has none)."""
+
+    thresholds: dict[str, float]
+    references: dict[str, Reference]
+
+
+def monitoring_view(models_dir: Path, model: str) -> MonitoringView | None:
+    """The thresholds and drift reference of the card named `model` (None when no card has that name).
+
+    Only those parts are validated: checking the architecture needs torch and MONAI, seconds that
+    `dicom-ai evaluate` and `export` should not pay for reading two sections. Raises CardError."""
+    if not models_dir.is_dir():
+        return None
+    for folder in model_folders(models_dir):
+        path = folder / CARD_FILENAME
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # a broken folder is the registry's problem to report, not this model's
+        if not isinstance(data, dict) or data.get("name") != model:
+            continue
+        try:
+            spec = MonitoringSpec.model_validate({key: data[key] for key in ("labels", "reference") if data.get(key)})
+        except ValidationError as exc:
+            raise CardError(f"{path}: {describe_errors(exc)}") from None
+        return MonitoringView({label.name: label.threshold for label in spec.labels if isinstance(label.threshold, float)},
+                              spec.reference.references() if spec.reference is not None else {})
+    return None
 
 
 class ModelRegistry:
@@ -83,12 +133,19 @@ class ModelRegistry:
         with self._lock:
             return dict(self._problems)
 
+    def loaded(self, name: str) -> LoadedModel | None:
+        """The model if it is loaded already (None: not yet, or its load failed); never loads it."""
+        with self._lock:
+            return self._loaded.get(name)
+
     def folder(self, name: str) -> Path:
         """Where a model lives (for documentation links and the trainer)."""
         return self._entry(name)[0]
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model `name`; loaded on first call, then shared. Raises ModelError."""
+        from dicom_ai.infer.runner import LoadedModel
+
         folder, card = self._entry(name)
         with self._lock:
             model = self._loaded.get(name)
@@ -117,6 +174,8 @@ class ModelRegistry:
         with self._lock:
             front = self._loaded.get(name) or self._fronts.get(name)
             if front is None:
+                from dicom_ai.infer.runner import ModelFront
+
                 try:
                     front = ModelFront.from_folder(folder, card)
                 except ModelError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from dicom_ai.route.rules import OPERATORS, PriorityPolicy, Rule, RuleSet, RuleSource, suggest
+from dicom_ai.route.rules import (
+    OPERATORS,
+    Completion,
+    PriorityPolicy,
+    Rule,
+    RuleSet,
+    RuleSource,
+    suggest,
+)
 
 __all__ = [
     "RULE_FILE_SUFFIXES",
@@ -36,6 +44,7 @@ RULE_FILE_SUFFIXES = (".yaml", ".yml")
 TOP_LEVEL_FIELDS = ("rules",)
 _RULE_FIELDS = tuple(info.alias or name for name, info in Rule.model_fields.items())
 _POLICY_FIELDS = tuple(PriorityPolicy.model_fields)
+_COMPLETION_FIELDS = tuple(Completion.model_fields)
 
 Loc = Sequence[str | int]
 _PYTHON_CLASS = re.compile(r" or instance of \w+")
@@ -82,13 +91,20 @@ def rule_files(directory: Path) -> list[Path]:
     )
 
 
-def load_ruleset(directory: Path, known_models: Collection[str] | None = None) -> RuleSet:
+def load_ruleset(
+    directory: Path,
+    known_models: Collection[str] | None = None,
+    drafts: Mapping[str, str] | None = None,
+) -> RuleSet:
     """Load and validate every `*.yaml`/`*.yml` file in `directory`.
 
     Files are read in sorted name order and rules keep their order in the file. With
-    `known_models`, every model a rule names must be one of them. Raises `RuleSetError` listing
-    every problem of every file.
+    `known_models`, every model a rule names must be one of them. `drafts` maps a file name to
+    a text that stands in for that file (new or edited, not yet written): a draft is checked with
+    the other files as context, exactly as it would load once written. Raises `RuleSetError`
+    listing every problem of every file.
     """
+    drafts = dict(drafts or {})
     directory = Path(directory)
     if not directory.is_dir():
         raise RuleSetError(
@@ -106,10 +122,12 @@ def load_ruleset(directory: Path, known_models: Collection[str] | None = None) -
     except OSError as exc:
         problem = f"cannot list the rules directory: {exc.strerror or exc}"
         raise RuleSetError([RuleError(directory, None, "", problem)]) from exc
+    if drafts:
+        files = sorted({*files, *(directory / name for name in drafts)}, key=lambda path: path.name)
     errors: list[RuleError] = []
     loaded: list[tuple[Rule, _Document, int]] = []
     for path in files:
-        document = _Document.parse(path, errors)
+        document = _Document.parse(path, errors, drafts.get(path.name))
         if document is not None:
             loaded.extend(document.rules(errors))
 
@@ -138,7 +156,8 @@ def load_ruleset(directory: Path, known_models: Collection[str] | None = None) -
         order = {path: position for position, path in enumerate(files)}
         errors.sort(key=lambda error: (order.get(error.path, -1), error.line or 0))
         raise RuleSetError(errors)
-    rules = tuple(rule for rule, _, _ in loaded)
+    # `order` first (sorted() is stable: equal orders keep file-name order, then file order).
+    rules = tuple(sorted((rule for rule, _, _ in loaded), key=lambda rule: rule.order))
     if not rules:
         logger.warning(
             "no routing rules in %s: every study will be stored and left unrouted", directory
@@ -171,10 +190,10 @@ class _Document:
         self.data = data
 
     @classmethod
-    def parse(cls, path: Path, errors: list[RuleError]) -> _Document | None:
-        """Read and parse `path`; on failure append the error and return None."""
+    def parse(cls, path: Path, errors: list[RuleError], text: str | None = None) -> _Document | None:
+        """Read (unless `text` is given) and parse `path`; on failure append the error and return None."""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8") if text is None else text
         except UnicodeDecodeError as exc:
             errors.append(
                 RuleError(path, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
@@ -391,7 +410,7 @@ def _unknown_field(loc: Loc) -> str:
     if where == "condition":
         operators = ", ".join(OPERATORS)
         return f"unknown operator {name!r}{suggest(name, OPERATORS)}; operators are {operators}"
-    candidates = {"rule": _RULE_FIELDS, "priority": _POLICY_FIELDS}.get(where, ())
+    candidates = {"rule": _RULE_FIELDS, "priority": _POLICY_FIELDS, "complete": _COMPLETION_FIELDS}.get(where, ())
     allowed = f"; allowed: {', '.join(candidates)}" if candidates else ""
     return f"unknown field {name!r}{suggest(name, candidates)}{allowed}"
 
@@ -406,8 +425,8 @@ def _schema_at(loc: Loc) -> str:
             state = "rule"
         elif state == "rule" and segment in ("study", "series"):
             state = "conditions"
-        elif state == "rule" and segment == "priority":
-            state = "priority"
+        elif state == "rule" and segment in ("priority", "complete"):
+            state = str(segment)
         elif state == "conditions" or (state == "condition" and segment == "not"):
             state = "condition"
         else:
@@ -445,6 +464,8 @@ class RuleWatcher:
         self._refresh_lock = threading.Lock()
         self._fingerprint = _fingerprint(self.directory)
         self._ruleset = load_ruleset(self.directory, known_models)
+        self.reloads = 0  # reloads that took effect, and edits refused as invalid (for /metrics)
+        self.reload_errors = 0
 
     @property
     def ruleset(self) -> RuleSet:
@@ -463,6 +484,7 @@ class RuleWatcher:
             try:
                 ruleset = load_ruleset(self.directory, self.known_models)
             except RuleSetError as exc:
+                self.reload_errors += 1
                 for error in exc.errors:
                     logger.error("%s", error)
                 logger.error(
@@ -474,6 +496,7 @@ class RuleWatcher:
                 return False
             with self._lock:
                 self._ruleset = ruleset
+            self.reloads += 1
             logger.info(
                 "routing rules in %s reloaded: %d rules", self.directory, len(ruleset.rules)
             )

@@ -30,6 +30,7 @@ __all__ = [
     "explain",
     "image_series_problem",
     "route",
+    "rule_tags",
 ]
 
 # Modalities of series that hold no image for a model: reports, presentation states, key
@@ -53,6 +54,11 @@ class RouteDecision:
     models: tuple[str, ...]
     priority: PriorityPolicy | None
 
+    @property
+    def shadow(self) -> bool:
+        """The models run and their results are kept, but nothing is sent or published."""
+        return self.rule.shadow
+
     def __str__(self) -> str:
         uids = ", ".join(series.series_instance_uid for series in self.series)
         return f"{self.rule.name} -> {', '.join(self.models)}: series {uids}"
@@ -68,10 +74,25 @@ class RuleVerdict:
     decision: RouteDecision | None = None
 
     def __str__(self) -> str:
-        head = f"{self.rule.name}: {'MATCH' if self.matched else 'no match'}"
+        head = f"{self.rule.name}{rule_tags(self.rule)}: {'MATCH' if self.matched else 'no match'}"
         if self.decision is not None:
             head += f" -> {', '.join(self.decision.models)} ({len(self.decision.series)} series)"
         return "\n".join([head, *(f"  {reason}" for reason in self.reasons)])
+
+
+def rule_tags(rule: Rule) -> str:
+    """What an admin must know about how a rule acts besides its conditions, e.g. ' [shadow, fallback]'."""
+    tags = [f"order {rule.order}"] if rule.order else []
+    tags += ["fallback"] if rule.fallback else []
+    tags += ["shadow: results kept, not sent"] if rule.shadow else []
+    tags += [f"window {rule.window}"] if rule.window is not None else []
+    if rule.complete is not None:
+        expected = [f"{rule.complete.series} series"] if rule.complete.series else []
+        expected += [f"series {', '.join(rule.complete.series_descriptions)}"] if rule.complete.series_descriptions \
+            else []
+        expected += [f"at most {rule.complete.max_wait:g} s"] if rule.complete.max_wait else []
+        tags.append(f"complete: {'; '.join(expected)}")
+    return f" [{', '.join(tags)}]" if tags else ""
 
 
 @dataclass(frozen=True)
@@ -89,9 +110,27 @@ def explain(study: Study, ruleset: RuleSet) -> list[RuleVerdict]:
     """Evaluate every rule on the study and keep the reasons.
 
     Study conditions stop at the first that fails. Each image series lists its conditions up to
-    and including the first that fails; non-image series say why they were skipped.
+    and including the first that fails; non-image series say why they were skipped. A fallback
+    rule counts only when no other rule (but a shadow one) matched, and only the first that
+    matches does.
     """
-    return [_evaluate(rule, study) for rule in ruleset.rules]
+    verdicts = [_evaluate(rule, study) for rule in ruleset.rules]
+    routed = [v.rule.name for v in verdicts if v.matched and not v.rule.fallback and not v.rule.shadow]
+    caught: str | None = None
+    for position, verdict in enumerate(verdicts):
+        if not (verdict.rule.fallback and verdict.matched):
+            continue
+        if routed:
+            why = f"fallback not needed: rule {', '.join(routed)} matched"
+        elif caught is not None:
+            why = f"fallback not needed: fallback rule {caught} caught the study first"
+        else:
+            caught = verdict.rule.name
+            verdicts[position] = RuleVerdict(verdict.rule, True, (*verdict.reasons, "fallback: no other rule matched"),
+                                             verdict.decision)
+            continue
+        verdicts[position] = RuleVerdict(verdict.rule, False, (*verdict.reasons, why))
+    return verdicts
 
 
 def image_series_problem(series: Series) -> str | None:

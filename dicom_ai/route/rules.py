@@ -11,6 +11,7 @@ import datetime
 import difflib
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -29,11 +30,13 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 __all__ = [
     "DERIVED_STUDY_KEYWORDS",
     "OPERATORS",
+    "Completion",
     "Condition",
     "PriorityPolicy",
     "Rule",
     "RuleSet",
     "RuleSource",
+    "TimeWindow",
     "suggest",
 ]
 
@@ -235,6 +238,104 @@ class PriorityPolicy(BaseModel):
         return self
 
 
+DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MINUTES_PER_DAY = 24 * 60
+_WINDOW_PATTERN = re.compile(r"^(?:(?P<days>[A-Za-z,\- ]+?)\s+)?(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})$")
+_WINDOW_EXAMPLE = "e.g. '22:00-06:00' or 'Mon-Fri 22:00-06:00' or 'Sat,Sun 00:00-24:00'"
+
+
+def _minutes(text: str, *, end: bool) -> int:
+    hours, minutes = (int(part) for part in text.split(":"))
+    if minutes > 59 or hours > 24 or (hours == 24 and (minutes or not end)):
+        raise ValueError(f"{text!r} is not a time of day (HH:MM, 00:00 to 24:00); {_WINDOW_EXAMPLE}")
+    return hours * 60 + minutes
+
+
+def _day(token: str) -> int:
+    name = token.strip()[:1].upper() + token.strip()[1:3].lower()
+    if len(token.strip()) != 3 or name not in DAY_NAMES:
+        raise ValueError(f"unknown day {token.strip()!r}{suggest(name, DAY_NAMES)}; days are {', '.join(DAY_NAMES)}")
+    return DAY_NAMES.index(name)
+
+
+def _days(text: str) -> tuple[int, ...]:
+    days: set[int] = set()
+    for item in text.split(","):
+        if "-" in item:
+            first, last = (_day(part) for part in item.split("-", 1))
+            days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
+        else:
+            days.add(_day(item))
+    return tuple(sorted(days))
+
+
+class TimeWindow(BaseModel):
+    """When a rule's models may run, in the node's local time: `[DAYS] HH:MM-HH:MM`.
+
+    A window that ends before it starts runs past midnight and belongs to the day it starts
+    ('Fri 22:00-06:00' is open on Saturday at 03:00). Without days it is open every day.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    days: tuple[int, ...]
+    start: int  # minutes after midnight
+    length: int  # minutes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        if isinstance(data, (TimeWindow, dict)):
+            return data
+        if not isinstance(data, str):
+            raise ValueError(f"window takes text, {_WINDOW_EXAMPLE}; got {data!r}")
+        match = _WINDOW_PATTERN.match(data.strip())
+        if match is None:
+            raise ValueError(f"window {data!r} is not [DAYS] HH:MM-HH:MM, {_WINDOW_EXAMPLE}")
+        start, end = _minutes(match["start"], end=False), _minutes(match["end"], end=True)
+        if start == end:
+            raise ValueError(f"window {data!r} is empty (it starts when it ends); for all day write 00:00-24:00")
+        days = _days(match["days"]) if match["days"] else tuple(range(7))
+        return {"text": data.strip(), "days": days, "start": start, "length": (end - start) % MINUTES_PER_DAY
+                or MINUTES_PER_DAY}
+
+    def _starts_near(self, when: datetime.datetime) -> list[datetime.datetime]:
+        midnight = when.replace(hour=0, minute=0, second=0, microsecond=0)
+        return [midnight + timedelta(days=offset, minutes=self.start) for offset in range(-1, 9)
+                if (midnight + timedelta(days=offset)).weekday() in self.days]
+
+    def is_open(self, when: datetime.datetime) -> bool:
+        """True when `when` (a local time) lies inside the window."""
+        return any(start <= when < start + timedelta(minutes=self.length) for start in self._starts_near(when))
+
+    def next_open(self, when: datetime.datetime) -> datetime.datetime:
+        """`when` itself when open, else the next moment the window opens (within a week)."""
+        if self.is_open(when):
+            return when
+        return min(start for start in self._starts_near(when) if start > when)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Completion(BaseModel):
+    """When a study matched by the rule is complete before (or despite) the quiet time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    series: Annotated[int, Field(ge=1, strict=True)] | None = None
+    series_descriptions: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    max_wait: Annotated[float, Field(gt=0)] | None = None
+    series_quiet: Annotated[float, Field(ge=0)] = 2.0  # a series counts once no instance of it came this long
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.series is None and self.series_descriptions is None and self.max_wait is None:
+            raise ValueError("complete needs series, series_descriptions, max_wait or several of them")
+        return self
+
+
 @dataclass(frozen=True)
 class RuleSource:
     """Where a rule was written, so messages can send an admin to the right line."""
@@ -280,6 +381,11 @@ class Rule(BaseModel):
         AfterValidator(_unique_models),
     ]
     priority: PriorityPolicy | None = None
+    order: Annotated[int, Field(strict=True)] = 0
+    fallback: Annotated[bool, Field(strict=True)] = False
+    shadow: Annotated[bool, Field(strict=True)] = False
+    window: TimeWindow | None = None
+    complete: Completion | None = None
 
     _source: RuleSource | None = PrivateAttr(default=None)
 
@@ -299,7 +405,7 @@ class Rule(BaseModel):
 
 
 class RuleSet(BaseModel):
-    """All rules loaded from a rules directory, in file-name order then file order."""
+    """All rules loaded from a rules directory, by `order`, then file-name order, then file order."""
 
     model_config = ConfigDict(frozen=True)
 

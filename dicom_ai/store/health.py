@@ -75,6 +75,11 @@ def node_health(reports: Reports, home: Path, retention_days: float | None, now:
     if counts["oldest_processing"] is not None and now - counts["oldest_processing"] > STUCK_PROCESSING_S:
         attention.append(f"a study has been processing for {(now - counts['oldest_processing']) / 60:.0f} min: "
                          "check the log for the model it runs")
+    attention.extend(drift_problems(reports.drift_flags()))
+    next_window = counts["next_window"]
+    if next_window is not None and now - next_window > STUCK_PROCESSING_S:
+        attention.append(f"a study waiting for a model's time window should have been queued "
+                         f"{(now - next_window) / 60:.0f} min ago: is the node running?")
     disk = shutil.disk_usage(home if home.exists() else home.parent)
     if disk.free < max(LOW_DISK_BYTES, LOW_DISK_FRACTION * disk.total):
         hint = "lower retention_days" if retention_days else "set retention_days"
@@ -85,8 +90,25 @@ def node_health(reports: Reports, home: Path, retention_days: float | None, now:
         last_received_at=counts["last_received"], last_processed_at=counts["last_processed"],
         held_files=counts["held_files"], held_bytes=counts["held_bytes"], disk_free_bytes=disk.free,
         disk_total_bytes=disk.total, retention_days=retention_days,
-        details={"oldest_pending_send": oldest}, send_retry_window_s=send_retry_window_s,
+        details={"oldest_pending_send": oldest, "next_window_opens": next_window},
+        send_retry_window_s=send_retry_window_s,
     )
+
+
+def drift_problems(flags: list[dict[str, Any]]) -> list[str]:
+    """One problem per model whose latest week drifted from its card's reference, naming each variable."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for flag in flags:
+        by_model.setdefault(flag["model"], []).append(flag)
+    problems = []
+    for model, rows in by_model.items():
+        shown = "; ".join(
+            f"{row['variable']} PSI {row['psi']:.2f}" + (f", KS p {row['ks_p']:.1g}" if row["ks_p"] is not None else "")
+            for row in rows[:4]) + (f" and {len(rows) - 4} more" if len(rows) > 4 else "")
+        problems.append(f"model {model} drifted from its validation reference in {rows[0]['week']} "
+                        f"({rows[0]['cases']} case(s)): {shown}; check what changed at the senders (scanner, protocol, "
+                        f"population), then `dicom-ai evaluate {model}`")
+    return problems
 
 
 def duration(seconds: float) -> str:

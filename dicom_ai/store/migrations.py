@@ -161,3 +161,140 @@ def _hardening(db: Database) -> None:
 def _studies_by_patient(db: Database) -> None:
     """The worklist of one patient and the patient's prior findings look studies up by PatientID."""
     db.table("studies").create_index(["patient_id"])
+
+
+@migrations(name="007_validation")
+def _validation(db: Database) -> None:
+    """The clinical validation loop: judgements, inbound reports, what each model saw, drift checks.
+
+    - feedback: every judgement of a model's label on a study, never updated (the latest of a
+      source counts; a radiologist's outranks one derived from a report);
+    - hl7_reports: final reports received over MLLP, matched to a study or waiting for it;
+    - analysed_images: the input properties of each image a model analysed (drift, subgroups);
+    - drift_checks: the latest PSI and KS test per model, ISO week and variable.
+    """
+    db.table("feedback").create(
+        {
+            "id": int,
+            "study_instance_uid": str,
+            "model": str,
+            "label": str,
+            "truth": str,  # present | absent | uncertain
+            "source": str,  # radiologist | report
+            "by": str,
+            "comment": str,
+            "report_id": int,
+            "at": float,
+        },
+        pk="id",
+        not_null={"study_instance_uid", "model", "label", "truth", "source"},
+    )
+    db.table("feedback").create_index(["model", "study_instance_uid", "label"])
+    db.table("hl7_reports").create(
+        {
+            "id": int,
+            "received_at": float,
+            "control_id": str,
+            "sender": str,
+            "accession_number": str,
+            "patient_id": str,
+            "study_date": str,
+            "status": str,  # pending | matched
+            "study_instance_uid": str,
+            "matched_at": float,
+            "message": str,  # the ER7 text as received
+            "outcome": str,  # what was derived, in words
+        },
+        pk="id",
+        not_null={"status"},
+    )
+    db.table("hl7_reports").create_index(["status"])
+    db.table("analysed_images").create(
+        {
+            "sop_instance_uid": str,
+            "model": str,
+            "study_instance_uid": str,
+            "calling_aet": str,
+            "manufacturer": str,
+            "station_name": str,
+            "body_part": str,
+            "modality": str,
+            "photometric": str,
+            "rows": int,
+            "columns": int,
+            "pixel_spacing": float,
+            "kvp": float,
+            "field_strength": float,
+            "patient_sex": str,
+            "patient_age": float,
+            "analysed_at": float,
+        },
+        pk=("sop_instance_uid", "model"),
+    )
+    db.table("analysed_images").create_index(["model", "analysed_at"])
+    db.table("analysed_images").create_index(["study_instance_uid"])
+    db.table("drift_checks").create(
+        {
+            "model": str,
+            "week": str,  # ISO week, e.g. 2026-W48
+            "variable": str,  # score:<label> or a property (rows, manufacturer...)
+            "cases": int,
+            "psi": float,
+            "ks_p": float,  # None for categorical variables
+            "flagged": int,
+            "checked_at": float,
+        },
+        pk=("model", "week", "variable"),
+    )
+    db.table("findings").create_index(["model", "study_instance_uid"])
+    db.table("studies").create_index(["accession_number"])
+    db.table("studies").create_index(["processed_at"])
+
+
+@migrations(name="008_rule_versions")
+def _rule_versions(db: Database) -> None:
+    """Every activated text of a rules file, with its author, time and unified diff, for history and restore."""
+    db.table("rule_versions").create(
+        {"id": int, "file_name": str, "author": str, "created": float, "text": str, "diff": str},
+        pk="id",
+        not_null={"file_name", "author", "created", "text", "diff"},
+    )
+    db.table("rule_versions").create_index(["file_name", "id"])
+
+
+@migrations(name="009_waiting_for_window")
+def _waiting_for_window(db: Database) -> None:
+    """When a study that waits for a model's time window (state waiting) is queued again."""
+    db.table("studies").add_column("waiting_until", float)
+
+
+@migrations(name="010_console_accounts")
+def _console_accounts(db: Database) -> None:
+    """The console's people: accounts (argon2 hashes), server-side sessions, and failed sign-ins.
+
+    - users: one row per account; `role` is admin, radiologist or viewer;
+    - sessions: a signed-in browser; only the SHA-256 of its cookie is kept (a copy of the database
+      signs nobody in), with its CSRF token and when it was last used (idle expiry);
+    - login_failures: per user name and per address, how many sign-ins failed in a row and when the
+      last did: the next try waits longer each time.
+    """
+    db.table("users").create(
+        {"name": str, "role": str, "password_hash": str, "created_at": float, "password_changed_at": float},
+        pk="name", not_null={"role", "password_hash"},
+    )
+    db.table("sessions").create(
+        {"token_hash": str, "user_name": str, "csrf_token": str, "created_at": float, "last_seen_at": float},
+        pk="token_hash", foreign_keys=[("user_name", "users", "name")],
+    )
+    db.table("sessions").create_index(["user_name"])
+    db.table("login_failures").create({"key": str, "failures": int, "last_at": float}, pk="key")
+    db.table("events").create_index(["kind", "at"])
+    db.table("outbox").create_index(["state", "sent_at"])  # the dashboard's and /metrics' turnaround
+    db.table("outbox").create_index(["kind", "state", "created_at"])  # sends per carrier, without reading rows
+    db.table("instances").create_index(["calling_aet", "receive_count"])  # /metrics: instances per calling AE
+
+
+@migrations(name="011_model_switches")
+def _model_switches(db: Database) -> None:
+    """Models an admin switched off in the console: kept in models_dir, routed to, but not run."""
+    db.table("model_switches").create({"name": str, "enabled": int, "by": str, "at": float}, pk="name")

@@ -92,6 +92,17 @@ class OutboxStore(Part):
                 total += cursor.rowcount
             return total
 
+    def discard_sends(self, study_uid: str, by: str) -> int:
+        """An admin gives up for good on a study's given-up sends (the destination will never take them):
+        they leave the failed count and are never probed again; audited. The files stay."""
+        with self._transaction() as db:
+            cursor = db.execute("update outbox set state = 'discarded' where study_instance_uid = ? and state = 'failed'",
+                                [study_uid])
+            if cursor.rowcount:
+                self._event(db, "sends_discarded", study_uid, by=by, sends=cursor.rowcount, before="failed",
+                            after="discarded")
+            return cursor.rowcount
+
     def latest_payloads(self, study_uid: str) -> dict[Carrier, str]:
         """The last payload queued for the study per priority carrier (to re-publish a changed priority)."""
         rows = self._query(

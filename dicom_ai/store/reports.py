@@ -7,7 +7,7 @@ for the SCP or the pipeline, and filters run in SQL, not over every study in mem
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dicom_ai.domain import StudyState
@@ -37,6 +37,7 @@ class StudyRow:
     priority_override_reason: str | None = None
     priority_override_by: str | None = None
     purged_at: float | None = None  # when its files were deleted after retention_days
+    waiting_until: float | None = None  # state waiting: when a model's time window opens and it is queued again
 
 
 class Reports(Reader):
@@ -47,13 +48,21 @@ class Reports(Reader):
         return rows[0] if rows else None
 
     def studies(self, limit: int = 50, state: str | None = None, study_uid: str | None = None,
-                patient_id: str | None = None, received_since: float | None = None) -> list[StudyRow]:
-        """Studies newest first, filtered in SQL (indexed: state, UID, patient, arrival)."""
+                patient_id: str | None = None, received_since: float | None = None,
+                accession_number: str | None = None, study_date: str | None = None, model: str | None = None,
+                priority: str | None = None) -> list[StudyRow]:
+        """Studies newest first, filtered in SQL (indexed: state, UID, patient, arrival). `model` is a
+        model's name (any version); `priority` the level in force (the override, else the AI's)."""
         # first_received_at <= last_received_at, so the second clause lets SQLite use the arrival index
         since = (("s.first_received_at >= ? and s.last_received_at >= ?", [received_since, received_since])
                  if received_since is not None else None)
-        clauses: list[tuple[str, list[Any]]] = [(c, [v]) for c, v in (("s.state = ?", state), ("s.study_instance_uid = ?", study_uid),
-                                         ("s.patient_id = ?", patient_id)) if v is not None]
+        clauses: list[tuple[str, list[Any]]] = [(c, [v]) for c, v in (
+            ("s.state = ?", state), ("s.study_instance_uid = ?", study_uid), ("s.patient_id = ?", patient_id),
+            ("s.accession_number = ?", accession_number), ("s.study_date = ?", study_date),
+            ("coalesce(s.priority_override, s.priority) = ?", priority),
+            ("exists (select 1 from json_each(s.models) m where m.value = ? or m.value like ? || '@%')",
+             model)) if v is not None]
+        clauses = [(c, v * c.count("?")) for c, v in clauses]
         clauses += [since] if since else []
         where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""
         params = [v for _, values in clauses for v in values]
@@ -86,9 +95,16 @@ class Reports(Reader):
                 priority_override_reason=row["priority_override_reason"],
                 priority_override_by=row["priority_override_by"],
                 purged_at=row["purged_at"],
+                waiting_until=row["waiting_until"],
             )
             for row in rows
         ]
+
+    def study_uids_received_since(self, since: float) -> list[str]:
+        """Studies whose last instance arrived at or after `since`, oldest first (replays of rules drafts)."""
+        rows = self._query("select study_instance_uid from studies where last_received_at >= ?"
+                           " order by last_received_at, study_instance_uid", [since])
+        return [row["study_instance_uid"] for row in rows]
 
     def findings_of(self, study_uid: str) -> list[dict[str, Any]]:
         """Per model and label: the highest probability over the study's images, and on how many it is present."""
@@ -115,13 +131,20 @@ class Reports(Reader):
             " order by created_at limit 1")
         times = self._query(
             "select max(last_received_at) as last_received, max(processed_at) as last_processed,"
-            " min(case when state = ? then completed_at end) as oldest_processing from studies",
-            [StudyState.PROCESSING])[0]
+            " min(case when state = ? then completed_at end) as oldest_processing,"
+            " min(case when state = ? then waiting_until end) as next_window from studies",
+            [StudyState.PROCESSING, StudyState.WAITING])[0]
         held = self._query("select coalesce(sum(size), 0) as bytes, count(*) as files from instances")[0]
         [partial] = self._query("select count(*) as n from studies where state = ? and error is not null",
                                 [StudyState.DONE])
         return {"studies": studies, "sends": sends, "oldest_pending": oldest[0] if oldest else None,
                 **times, "held_bytes": held["bytes"], "held_files": held["files"], "done_with_skips": partial["n"]}
+
+    def drift_flags(self) -> list[dict[str, Any]]:
+        """Flagged drift checks in each model's latest checked week (an earlier week's flags are history)."""
+        return self._query(
+            "select d.* from drift_checks d where d.flagged = 1 and d.week = (select max(week) from drift_checks e"
+            " where e.model = d.model) order by d.model, d.psi desc")
 
     def outbox_rows(self, study_uid: str) -> list[dict[str, Any]]:
         return self._query("select * from outbox where study_instance_uid = ? order by id", [study_uid])
@@ -132,3 +155,51 @@ class Reports(Reader):
                 "select * from events where study_instance_uid = ? order by id desc limit ?", [study_uid, limit]
             )
         return self._query("select * from events order by id desc limit ?", [limit])
+
+    def study_detail(self, study_uid: str) -> dict[str, Any] | None:
+        """One study with its findings, sends (without payloads) and audit trail, oldest event first:
+        what `dicom-ai study --json` prints and GET /api/studies/{uid} answers."""
+        row = self.study(study_uid)
+        if row is None:
+            return None
+        return {"study": asdict(row), "findings": self.findings_of(study_uid),
+                "sends": [{k: v for k, v in r.items() if k != "payload"} for r in self.outbox_rows(study_uid)],
+                "events": list(reversed(self.events(study_uid, limit=1000)))}
+
+    def results_of(self, study_uid: str) -> list[dict[str, Any]]:
+        """The study's current result objects (SR, SC...), not those a newer run replaced."""
+        return self._query("select * from results where study_instance_uid = ? and superseded_by is null"
+                           " order by kind desc, created_at", [study_uid])
+
+    def turnarounds(self, since: float) -> list[float]:
+        """Seconds from a study's last instance to its SR acknowledged by the PACS (C-STORE or STOW-RS),
+        for studies whose SR was acknowledged since `since`."""
+        rows = self._query(
+            "select max(o.sent_at) - s.last_received_at as seconds from outbox o"
+            " join results r on r.sop_instance_uid = o.key and r.kind = 'SR'"
+            " join studies s on s.study_instance_uid = o.study_instance_uid"
+            " where o.state = 'sent' and o.sent_at >= ? group by o.study_instance_uid", [since])
+        return sorted(max(float(row["seconds"]), 0.0) for row in rows if row["seconds"] is not None)
+
+    def studies_per_model(self, since: float) -> dict[str, int]:
+        """Studies processed since `since` per model name@version."""
+        rows = self._query("select m.value as model, count(*) as n from studies s, json_each(s.models) m"
+                           " where s.processed_at >= ? group by m.value", [since])
+        return {row["model"]: row["n"] for row in rows}
+
+    def sends_by_carrier(self) -> list[dict[str, Any]]:
+        """Outbox rows per carrier (kind) and state, with the oldest pending one's creation time."""
+        return self._query("select kind, state, count(*) as n, min(created_at) as oldest from outbox"
+                           " group by kind, state order by kind, state")
+
+    def audit(self, kind: str | None = None, by: str | None = None, study_uid: str | None = None,
+              since: float | None = None, until: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Audit events newest first; `by` matches the person recorded in the event's detail."""
+        clauses = [(c, v) for c, v in (("kind = ?", kind), ("coalesce(json_extract(detail, '$.by'), json_extract(detail, '$.author')) = ?", by),
+                                       ("study_instance_uid = ?", study_uid), ("at >= ?", since),
+                                       ("at < ?", until)) if v is not None]
+        where = "where " + " and ".join(c for c, _ in clauses) if clauses else ""
+        return self._query(f"select * from events {where} order by id desc limit ?", [*(v for _, v in clauses), limit])
+
+    def event_kinds(self) -> list[str]:
+        return [row["kind"] for row in self._query("select distinct kind from events order by kind")]

@@ -18,6 +18,7 @@ import sqlite_utils
 from dicom_ai.domain import (
     RESULT_CARRIERS,
     FindingRow,
+    ImageProperties,
     Instance,
     OutboxEntry,
     Override,
@@ -49,6 +50,16 @@ class StoredCopy:
 
     study_instance_uid: str
     path: Path
+
+
+@dataclass(frozen=True)
+class ReceivingStudy:
+    """A study still receiving: what per-rule completion needs to know about it."""
+
+    study_instance_uid: str
+    first_received_at: float
+    instance_count: int
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,7 @@ class StudyStore(Part):
             self._event(db, "study_reopened", study_uid, previous_state=row["state"])
         db.execute(
             "update studies set state = ?, last_received_at = ?, quiet_since = ?, error = null, purged_at = null,"
-            " instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
+            " waiting_until = null, instance_count = instance_count + ?, revision = revision + ? where study_instance_uid = ?",
             [StudyState.RECEIVING, now, now, count_change, int(revise), study_uid],
         )
 
@@ -204,6 +215,28 @@ class StudyStore(Part):
                 )
                 self._event(db, "study_complete", uid)
         return uids
+
+    def receiving_studies(self) -> list[ReceivingStudy]:
+        """The studies still receiving, for completion by the rules' expectations."""
+        return [ReceivingStudy(row["study_instance_uid"], row["first_received_at"] or 0.0, row["instance_count"] or 0,
+                               row["revision"] or 0)
+                for row in self._query("select study_instance_uid, first_received_at, instance_count, revision"
+                                       " from studies where state = ?", [StudyState.RECEIVING])]
+
+    def series_last_received(self, study_uid: str) -> dict[str, float]:
+        """Series Instance UID -> when its latest instance arrived."""
+        rows = self._query("select series_instance_uid, max(received_at) as t from instances"
+                           " where study_instance_uid = ? group by series_instance_uid", [study_uid])
+        return {row["series_instance_uid"]: row["t"] for row in rows}
+
+    def complete_study(self, study_uid: str, reason: str) -> bool:
+        """A receiving study is complete before its quiet time (a rule's expectation is met): receiving -> complete."""
+        with self._transaction() as db:
+            cursor = db.execute("update studies set state = ?, completed_at = ? where study_instance_uid = ?"
+                                " and state = ?", [StudyState.COMPLETE, time.time(), study_uid, StudyState.RECEIVING])
+            if cursor.rowcount:
+                self._event(db, "study_complete", study_uid, reason=reason)
+            return cursor.rowcount == 1
 
     def earliest_receiving_activity(self) -> float | None:
         """When the quiet period of the quietest receiving study began (None: none is receiving)."""
@@ -268,6 +301,29 @@ class StudyStore(Part):
                 self._event(db, "study_deferred", study_uid, reason=reason)
             return cursor.rowcount == 1
 
+    def wait_for_window(self, study_uid: str, until: float, models: Sequence[str]) -> bool:
+        """The study's models may not run now (their rules' time windows): processing -> waiting until `until`."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "update studies set state = ?, waiting_until = ? where study_instance_uid = ? and state = ?",
+                [StudyState.WAITING, until, study_uid, StudyState.PROCESSING])
+            if cursor.rowcount:
+                self._event(db, "waiting_for_window", study_uid, until=until, models=list(models))
+            return cursor.rowcount == 1
+
+    def release_waiting(self, now: float | None = None) -> list[str]:
+        """Studies whose wait for a time window is over are complete again (waiting -> complete)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            uids = [row["study_instance_uid"] for row in db.query(
+                "select study_instance_uid from studies where state = ? and waiting_until <= ?",
+                [StudyState.WAITING, now])]
+            for uid in uids:
+                db.execute("update studies set state = ?, completed_at = ?, waiting_until = null"
+                           " where study_instance_uid = ?", [StudyState.COMPLETE, now, uid])
+                self._event(db, "window_open", uid)
+        return uids
+
     def requeue(self, study_uid: str, by: str) -> bool:
         """An admin asks for a finished study to be processed again (after fixing a rule or model)."""
         with self._transaction() as db:
@@ -280,7 +336,28 @@ class StudyStore(Part):
                 self._event(db, "study_requeued", study_uid, by=by)
             return cursor.rowcount == 1
 
+    def discard_failed(self, study_uid: str, by: str) -> bool:
+        """An admin gives up on a failed study (e.g. its data cannot be read by any model): it becomes
+        no_match (stored, no results) and leaves the open problems; its error stays, prefixed with who
+        discarded it, and `retry` still works. False unless the study is failed."""
+        with self._transaction() as db:
+            rows = list(db.query("select error from studies where study_instance_uid = ? and state = ?",
+                                 [study_uid, StudyState.FAILED]))
+            if not rows:
+                return False
+            db.execute("update studies set state = ?, error = ? where study_instance_uid = ?",
+                       [StudyState.NO_MATCH, f"discarded by {by} after: {rows[0]['error'] or 'a failure'}", study_uid])
+            self._event(db, "study_discarded", study_uid, by=by, before={"state": StudyState.FAILED.value},
+                        after={"state": StudyState.NO_MATCH.value}, error=rows[0]["error"])
+        return True
+
     # process -------------------------------------------------------------------------------
+
+    def record_model_run(self, study_uid: str, model: str, version: str, seconds: float, images: int) -> None:
+        """How long a model took on a study (the console's latency and /metrics' inference histogram)."""
+        with self._transaction() as db:
+            self._event(db, "model_ran", study_uid, model=model, version=version, seconds=round(seconds, 4),
+                        images=images)
 
     def study_revision(self, study_uid: str) -> int:
         """How many times the study's instances were replaced or moved out (0: never)."""
@@ -288,12 +365,13 @@ class StudyStore(Part):
         return int(rows[0]["revision"] or 0) if rows else 0
 
     def current_results(self, study_uid: str, model: str) -> list[CurrentResult]:
-        """One model's results on a study that no later run superseded, and whether an archive has them."""
+        """One model's results on a study that no later run superseded, and whether an archive has them
+        (not the assessments of them: a re-run does not undo a radiologist's judgement)."""
         rows = self._query(
             "select r.sop_instance_uid, r.series_instance_uid, r.kind, exists(select 1 from outbox o where"
             f" o.kind in ({_RESULT_KINDS}) and o.key = r.sop_instance_uid and o.state = 'sent') as sent"
             " from results r where r.study_instance_uid = ? and r.model = ? and r.superseded_by is null"
-            " order by r.created_at, r.sop_instance_uid",
+            " and r.kind != 'AS' order by r.created_at, r.sop_instance_uid",
             [*sorted(RESULT_CARRIERS), study_uid, model])
         return [CurrentResult(row["sop_instance_uid"], row["series_instance_uid"], study_uid, row["kind"],
                               bool(row["sent"])) for row in rows]
@@ -380,14 +458,22 @@ class StudyStore(Part):
         skipped: Sequence[str] = (),
         supersede: Mapping[str, str] | None = None,
         revision: int = 0,
+        images: Sequence[ImageProperties] = (),
+        shadow_models: Sequence[str] = (),
     ) -> bool:
         """Record findings, result files and what to send, and mark the study done, atomically.
 
         `supersede` maps earlier result UIDs to the SR that replaces them (the study changed since):
         they are marked, and their sends that have not gone out yet are dropped.
 
+        `images` are the input properties of each analysed image (drift and subgroups of the validation
+        loop), kept with the calling AE title the image came from.
+
         `skipped` names result carriers whose message could not be built: the study is done (its
         other results go out) and keeps them as its error, for `dicom-ai studies` and `status`.
+
+        `shadow_models` ran for shadow rules: their findings and results are recorded (the caller
+        queues none of them) and a `shadow_results` event names them.
 
         A re-run of the same study replaces rather than duplicates: the outbox is unique per
         (carrier, key, destination) and an item already sent with the same payload is not sent again.
@@ -421,6 +507,8 @@ class StudyStore(Part):
                         now,
                     ],
                 )
+            for image in images:
+                save_image_properties(db, study_uid, image, now)
             for result in results:
                 db.table("results").upsert(
                     {
@@ -447,6 +535,9 @@ class StudyStore(Part):
             insert_outbox(db, study_uid, outbox, now, keep_sent_duplicates=True)
             for problem in skipped:
                 self._event(db, "publication_skipped", study_uid, problem=problem)
+            if shadow_models:
+                self._event(db, "shadow_results", study_uid, models=list(shadow_models),
+                            results=sum(1 for result in results if result.model in shadow_models))
             db.execute(
                 "update studies set state = ?, processed_at = ?, error = ?, priority = ?, priority_score = ?,"
                 " priority_reasons = ?, rules = ?, models = ? where study_instance_uid = ?",
@@ -536,6 +627,18 @@ class StudyStore(Part):
         return [row["study_instance_uid"] for row in self._query(
             "select study_instance_uid from studies where purged_at >= (select max(purged_at) from studies) - ?",
             [window])]
+
+
+def save_image_properties(db: sqlite_utils.Database, study_uid: str, image: ImageProperties, now: float) -> None:
+    """One analysed image's properties, in the caller's transaction (the calling AE from its instance row)."""
+    db.execute(
+        "insert or replace into analysed_images (sop_instance_uid, model, study_instance_uid, calling_aet,"
+        " manufacturer, station_name, body_part, modality, photometric, rows, columns, pixel_spacing, kvp,"
+        " field_strength, patient_sex, patient_age, analysed_at) values (?, ?, ?, coalesce((select calling_aet from"
+        " instances where sop_instance_uid = ?), ''), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [image.sop_instance_uid, image.model, study_uid, image.sop_instance_uid, image.manufacturer,
+         image.station_name, image.body_part, image.modality, image.photometric, image.rows, image.columns,
+         image.pixel_spacing, image.kvp, image.field_strength, image.patient_sex, image.patient_age, now])
 
 
 def insert_outbox(db: sqlite_utils.Database, study_uid: str, entries: Sequence[OutboxEntry], now: float,

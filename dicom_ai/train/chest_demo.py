@@ -32,6 +32,7 @@ from dicom_ai.infer.card import (
     InputSpec,
     LabelSpec,
     ModelCard,
+    ReportTermsSpec,
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker, upsample
@@ -58,6 +59,8 @@ GRADCAM_CANDIDATES = (
     "features.transition1",
 )
 THREADS = 2
+# How a final report states the finding (the validation loop reads radiologists' reports with it).
+REPORT_TERMS = ReportTermsSpec(codes=["95436008"], keywords=["consolidation", "airspace opacity", "airspace disease"])
 # SNOMED CT 95436008 "Lung consolidation".
 CONSOLIDATION = CodeSpec(value="95436008", scheme="SCT", meaning="Lung consolidation")
 ARCHITECTURE: dict[str, Any] = {
@@ -211,7 +214,7 @@ def _card(input_spec: InputSpec, threshold: float, training: dict[str, Any], met
         gate={"Modality": ["CR", "DX"]},
         input=input_spec,
         output="sigmoid",
-        labels=[LabelSpec(name="Consolidation", code=CONSOLIDATION, threshold=threshold)],
+        labels=[LabelSpec(name="Consolidation", code=CONSOLIDATION, threshold=threshold, report_terms=REPORT_TERMS)],
         gradcam=GradCamSpec(target_layer=target_layer),
         intended_use=INTENDED_USE,
         not_for_clinical_use=True,

@@ -33,9 +33,11 @@ from dicom_ai.infer.card import (
     LabelSpec,
     ModelCard,
     ModelError,
+    ReportTermsSpec,
     dump_card,
 )
 from dicom_ai.infer.gradcam import HeatmapMaker
+from dicom_ai.infer.reference import build_reference
 from dicom_ai.train.engine import FitConfig, FitResult, fit, predict_probabilities
 from dicom_ai.train.evaluate import binary_report, pointing_game, youden_threshold
 
@@ -70,6 +72,7 @@ class ClassifierPlan:
     flip: bool = True  # random left-right flips
     manufacturer: str = "dicom-ai"
     not_for_clinical_use: bool = True
+    report_terms: ReportTermsSpec | None = None  # how a final report states the label (the validation loop)
 
 
 @dataclass
@@ -159,6 +162,11 @@ def train_classifier(
         **binary_report(test_p, test_y, threshold, seed=config.seed),
     }
     layer = _explain(plan, network, splits, metrics)
+    unit = "volumes" if plan.input.dims == 3 else "images"
+    reference = build_reference({plan.label: [float(p) for p in test_p]}, [],
+                                source=f"test split scores ({test_y.size} {unit}), preprocessed tensors: no input "
+                                       "properties (`dicom-ai evaluate MODEL --dataset ROOT --set-reference` adds them)",
+                                command=str(record.get("command", "dicom-ai train")))
     card = ModelCard(
         name=plan.name,
         version=plan.version,
@@ -171,12 +179,13 @@ def train_classifier(
         select=plan.select,
         input=plan.input,
         output="sigmoid",
-        labels=[LabelSpec(name=plan.label, code=plan.code, threshold=threshold)],
+        labels=[LabelSpec(name=plan.label, code=plan.code, threshold=threshold, report_terms=plan.report_terms)],
         gradcam=GradCamSpec(target_layer=layer, slices=plan.gradcam_slices) if layer else None,
         intended_use=plan.intended_use,
         not_for_clinical_use=plan.not_for_clinical_use,
         training=_training_record(plan, splits, config, result, record, parameters, fit_s, time.perf_counter() - started),
         metrics=metrics,
+        reference=reference,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out_dir / WEIGHTS_FILE)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dicom_ai.infer.card import ArchitectureSpec, CodeSpec, InputSpec
+from dicom_ai.infer.card import ArchitectureSpec, CodeSpec, InputSpec, ReportTermsSpec
 from dicom_ai.infer.preprocess import preprocess, preprocess_volume
 from dicom_ai.train.classifier import ClassifierPlan, TensorSplit, mask_at, train_classifier
 from dicom_ai.train.engine import FitConfig
@@ -57,12 +57,14 @@ class DemoRecipe:
     limits: str
 
 
-def _plan(name: str, display: str, label: str, code: CodeSpec, spec: InputSpec, what: str, **extra: Any) -> ClassifierPlan:
+def _plan(name: str, display: str, label: str, code: CodeSpec, spec: InputSpec, what: str, keywords: list[str],
+          **extra: Any) -> ClassifierPlan:
     kwargs = {"spatial_dims": spec.dims, "in_channels": spec.channels, "out_channels": 1} | (SMALL_3D if spec.dims == 3 else SMALL_2D)
     return ClassifierPlan(
         name=name, version="1.0.0", display_name=display, label=label, code=code, input=spec,
         architecture=ArchitectureSpec(name="DenseNet", kwargs=kwargs), intended_use=SYNTHETIC.format(what=what),
-        gradcam_candidates=GRADCAM_LAYERS, pointing_weight=0.5, **extra,
+        gradcam_candidates=GRADCAM_LAYERS, pointing_weight=0.5,
+        report_terms=ReportTermsSpec(codes=[code.value], keywords=keywords), **extra,
     )
 
 
@@ -71,7 +73,7 @@ RECIPES: dict[str, DemoRecipe] = {
         plan=_plan(
             DEMO_FOLDERS["mammography"], "Mammography mass (demo)", "Mass",
             CodeSpec(value="4147007", scheme="SCT", meaning="Mass"),
-            InputSpec(size=(224, 176), channels=1), "screening mammograms (CC and MLO views)",
+            InputSpec(size=(224, 176), channels=1), "screening mammograms (CC and MLO views)", ["mass"],
             gate={"Modality": ["MG"]}, select={"ViewPosition": ["CC", "MLO"]}, pointing_tolerance_px=8, shift_px=6,
             flip=False,
         ),
@@ -84,7 +86,7 @@ RECIPES: dict[str, DemoRecipe] = {
             DEMO_FOLDERS["brain-mr"], "Brain MR mass lesion (demo)", "Brain mass lesion",
             CodeSpec(value="126952004", scheme="SCT", meaning="Neoplasm of brain"),
             InputSpec(size=(160, 160), channels=1), "axial T2/FLAIR-like brain MR slices",
-            gate={"Modality": ["MR"]}, pointing_tolerance_px=8, shift_px=6,
+            ["mass lesion", "mass", "tumour", "tumor", "neoplasm"], gate={"Modality": ["MR"]}, pointing_tolerance_px=8, shift_px=6,
         ),
         generator="dicom_ai.train.phantoms.brain_mr:brain_mr_phantom", render_size=(192, 192),
         counts=(1200, 240, 400), epochs=6, batch_size=32, learning_rate=3e-3, what="axial T2/FLAIR-like brain MR slices",
@@ -95,7 +97,7 @@ RECIPES: dict[str, DemoRecipe] = {
             DEMO_FOLDERS["ct-head"], "Head CT haemorrhage, 3-D (demo)", "Intracranial haemorrhage",
             CodeSpec(value="1386000", scheme="SCT", meaning="Intracranial hemorrhage"),
             InputSpec(size=(32, 96, 96), channels=1, window=(40.0, 80.0)), "non-contrast head CT volumes",
-            gate={"Modality": ["CT"]}, pointing_tolerance_px=4, shift_px=4, gradcam_slices=3,
+            ["haemorrhage", "hemorrhage", "haematoma", "hematoma", "bleed"], gate={"Modality": ["CT"]}, pointing_tolerance_px=4, shift_px=4, gradcam_slices=3,
         ),
         generator="dicom_ai.train.phantoms.ct_volume:ct_volume_phantom", render_size=(32, 96, 96),
         counts=(720, 160, 240), epochs=14, batch_size=8, learning_rate=3e-3, what="non-contrast head CT volumes",
@@ -105,7 +107,7 @@ RECIPES: dict[str, DemoRecipe] = {
         plan=_plan(
             DEMO_FOLDERS["endoscopy"], "Colonoscopy polyp (demo)", "Polyp",
             CodeSpec(value="68496003", scheme="SCT", meaning="Polyp of colon"),
-            InputSpec(size=(160, 160), channels=3), "colonoscopy frames",
+            InputSpec(size=(160, 160), channels=3), "colonoscopy frames", ["polyp", "adenoma"],
             gate={"Modality": ["ES"]}, pointing_tolerance_px=8, shift_px=6,
         ),
         generator="dicom_ai.train.phantoms.endoscopy:endoscopy_phantom", render_size=(192, 192),
@@ -122,7 +124,7 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
         from dicom_ai.train.chest_demo import train_chest_demo
 
         report = train_chest_demo(out_dir, seed=seed, quick=quick)
-        return report | {"onnx": _export(out_dir)}
+        return report | {"onnx": _export(out_dir), "reference": _reference(name, out_dir, quick)}
     if name not in RECIPES:
         raise ValueError(f"no demo recipe {name!r}; choose chest-xray, {', '.join(RECIPES)}")
     recipe = RECIPES[name]
@@ -150,7 +152,18 @@ def train_demo(name: str, out_dir: Path, *, seed: int = 0, quick: bool = False) 
     }
     plan = recipe.plan if not quick else replace(recipe.plan, version=recipe.plan.version + "+quick")
     card = train_classifier(plan, splits, out_dir, config, record)
-    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics, "onnx": _export(out_dir)}
+    onnx = _export(out_dir)
+    return {"out_dir": str(out_dir), "training": card.training, "metrics": card.metrics, "onnx": onnx,
+            "reference": _reference(name, out_dir, quick)}
+
+
+def _reference(name: str, out_dir: Path, quick: bool) -> str:
+    """The drift reference the node compares arriving studies with: phantom DICOM studies as the node
+    receives them, through its inference path (`dicom-ai train reference` does the same alone)."""
+    from dicom_ai.train.reference import demo_reference
+
+    card = demo_reference(name, out_dir, cases=10 if quick else None)
+    return card.reference.source if card.reference else ""
 
 
 def _export(out_dir: Path) -> dict[str, Any]:

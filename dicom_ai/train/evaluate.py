@@ -15,66 +15,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dicom_ai.metrics import CALIBRATION_BINS, _r, _same_length, auroc, bootstrap_auroc_ci, calibration, wilson_interval
+
+__all__ = ["CALIBRATION_BINS", "auroc", "binary_report", "bootstrap_auroc_ci", "calibration", "multiclass_report",
+           "one_vs_rest_auroc", "pointing_game", "threshold_for_sensitivity", "wilson_interval", "youden_threshold"]
+
 Distance = Literal["chebyshev", "euclidean"]
-
-CALIBRATION_BINS = 10
-_Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-# --- ranking ----------------------------------------------------------------------------------
-
-
-def auroc(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney U statistic, tied scores sharing their average rank.
-
-    Labels are 1 (positive) and 0 (negative); NaN when either class is missing, since the area is
-    then undefined rather than 0 or 1.
-    """
-    p = np.asarray(probabilities).ravel()
-    y = np.asarray(labels).ravel()
-    _same_length(p, y)
-    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    _, first, counts = np.unique(p[order], return_index=True, return_counts=True)
-    # Tied run from sorted position i to j (0-based) gets rank (i + j) / 2 + 1; half-integers are exact.
-    group_rank = (2 * first + counts - 1) / 2 + 1
-    ranks = np.empty(p.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, counts)
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def bootstrap_auroc_ci(
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    *,
-    rounds: int = 1000,
-    seed: int | Sequence[int] = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUROC, resampling cases with replacement.
-
-    Resamples that draw a single class are skipped (their AUROC is undefined); (NaN, NaN) when
-    none is usable. `seed` is anything `numpy.random.default_rng` takes, so callers can salt it.
-    """
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap level must lie between 0 and 1, got {level}")
-    p = np.asarray(probabilities).ravel()
-    y = np.asarray(labels).ravel()
-    _same_length(p, y)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(y), len(y))
-        value = auroc(p[pick], y[pick])
-        if value == value:
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    # Rounded so that level 0.95 asks for exactly the 2.5th and 97.5th percentiles.
-    low, high = np.percentile(values, [round(50 * (1 - level), 10), round(50 * (1 + level), 10)])
-    return float(low), float(high)
 
 
 def one_vs_rest_auroc(probabilities: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -83,7 +29,7 @@ def one_vs_rest_auroc(probabilities: np.ndarray, labels: np.ndarray) -> list[flo
     return [auroc(probs[:, k], (y == k).astype(np.int64)) for k in range(probs.shape[1])]
 
 
-# --- operating points -------------------------------------------------------------------------
+# --- ranking and operating points -------------------------------------------------------------------------
 
 
 def youden_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -131,47 +77,6 @@ def _split_by_class(probabilities: np.ndarray, labels: np.ndarray, what: str) ->
 
 
 # --- reports ----------------------------------------------------------------------------------
-
-
-def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion: unlike the normal one it stays in [0, 1] at 0/n and n/n.
-
-    None when there are no trials.
-    """
-    if trials <= 0:
-        return None
-    share = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (share + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def calibration(predicted: np.ndarray, outcomes: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
-    """Brier score, expected calibration error and a reliability table over equal-width bins of [0, 1].
-
-    `outcomes` are 1 when the predicted event happened. ECE weighs each bin's |mean predicted -
-    observed rate| by its share of cases. Empty bins stay in the table (count 0, None rates) so
-    tables from different models line up.
-    """
-    p = np.asarray(predicted, dtype=np.float64).ravel()
-    o = np.asarray(outcomes, dtype=np.float64).ravel()
-    _same_length(p, o)
-    if p.size == 0:
-        return {"brier": None, "ece": None, "reliability": []}
-    index = np.clip((p * bins).astype(np.int64), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        inside = index == b
-        count = int(inside.sum())
-        mean_p = float(p[inside].mean()) if count else None
-        rate = float(o[inside].mean()) if count else None
-        if count:
-            ece += count / p.size * abs(mean_p - rate)  # type: ignore[operator]
-        table.append(
-            {"bin_low": _r(b / bins), "bin_high": _r((b + 1) / bins), "count": count, "mean_predicted": _r(mean_p), "observed_rate": _r(rate)}
-        )
-    return {"brier": _r(float(np.mean((p - o) ** 2))), "ece": _r(ece), "reliability": table}
 
 
 def binary_report(probabilities: np.ndarray, labels: np.ndarray, threshold: float, *, seed: int = 0, rounds: int = 1000) -> dict[str, Any]:
@@ -344,18 +249,6 @@ def _shift(mask: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
 
 
 # --- small helpers ----------------------------------------------------------------------------
-
-
-def _same_length(a: np.ndarray, b: np.ndarray) -> None:
-    if a.size != b.size:
-        raise ValueError(f"got {a.size} probabilities but {b.size} labels; they must pair up one to one")
-
-
-def _r(value: float | None) -> float | None:
-    """Rounded plain float, None for missing or NaN (JSON and YAML both read None)."""
-    if value is None or value != value:
-        return None
-    return round(float(value), 4)
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

@@ -1,2 +1,2 @@
-"""web: the node's HTTP side on Starlette + uvicorn: the reading worklist page and its JSON API (read-only),
-and, with stow_receive, the DICOMweb STOW-RS endpoint."""
+"""web: the node's HTTP side on Starlette + uvicorn: the signed-in console (pages, JSON API, /metrics) and,
+with stow_receive, the DICOMweb STOW-RS endpoint."""

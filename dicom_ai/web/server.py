@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -161,7 +162,8 @@ class WebServer:
     """One ASGI app served by uvicorn on a thread of its own; `port`, `open_connections()`, `stop()`."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS, max_per_address: int = MAX_PER_ADDRESS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_per_address: int = MAX_PER_ADDRESS,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.caps = ConnectionCaps(max_connections, max_per_address, idle_timeout)
         # Bound here, so a port in use fails start-up with an OSError naming it, and port 0 gets its number.
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -177,6 +179,9 @@ class WebServer:
             access_log=False, server_header=False, timeout_keep_alive=max(int(idle_timeout), 1),
             timeout_graceful_shutdown=int(STOP_GRACE), h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             backlog=MAX_CONNECTIONS * 2)
+        if tls is not None:  # HTTPS: uvicorn wraps the sockets it is given with config.ssl once loaded
+            config.load()
+            config.ssl = tls
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
         self._failure: BaseException | None = None

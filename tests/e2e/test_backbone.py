@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from dicom_ai.store import Stores
 from tests.conftest import HttpReceiver, MllpListener, copy_as_new_study, sample
 from tests.e2e.conftest import STABLE_AFTER, RouterProcess, mwl_priority, wait_for
 from tests.e2e.orthanc_server import OrthancServer, storescu
+from tests.web.console_support import add_node_user, get_json, signed_in_opener
 
 Stack = tuple[OrthancServer, RouterProcess, HttpReceiver, MllpListener]
 
@@ -124,11 +124,12 @@ def test_chest_radiograph_comes_back_with_sr_heatmaps_and_priority(
     tq1 = parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_timing_qty.tq1.tq1_9.to_er7()
     assert tq1.split("^")[0] == {"STAT": "S", "URGENT": "A", "ROUTINE": "R"}[priority]
 
-    # Our own worklist page lists it with its priority and reasons.
-    page = urllib.request.urlopen(f"http://127.0.0.1:{router.http_port}/?today=1", timeout=10).read().decode()
+    # Our own worklist page lists it with its priority and reasons, to a signed-in viewer.
+    base = f"http://127.0.0.1:{router.http_port}"
+    add_node_user(router.home, "backbone-viewer", "viewer")
+    page = signed_in_opener(base, "backbone-viewer").open(f"{base}/worklist?today=1", timeout=10).read().decode()
     assert study_uid in page and priority in page
-    [entry] = [e for e in json.loads(urllib.request.urlopen(f"http://127.0.0.1:{router.http_port}/api/worklist",
-                                                            timeout=10).read()) if e["study_instance_uid"] == study_uid]
+    [entry] = [e for e in get_json(f"{base}/api/worklist", "backbone-viewer") if e["study_instance_uid"] == study_uid]
     assert entry["priority"] == priority and entry["reasons"]
 
     # The modality worklist carries the priority in its standard field.

@@ -26,7 +26,7 @@ def test_the_demo_brings_results_back_in_reading_order(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout
     assert re.search(r"Orthanc Explorer .*http://127\.0\.0\.1:\d+/app/explorer\.html", output), output
-    assert re.search(r"the node's reading worklist: +http://127\.0\.0\.1:\d+/", output), output
+    assert re.search(r"the node's console \(user demo, password \S+\): http://127\.0\.0\.1:\d+/worklist", output), output
     ranked = re.findall(r"^  \d+\. (STAT|URGENT|ROUTINE) +(.+?): ", output, re.M)
     assert len(ranked) == 6, output  # every study the demo sent came back
     levels = [LEVELS[level] for level, _ in ranked]

@@ -195,3 +195,38 @@ def test_superseded_results_not_yet_sent_are_not_sent(bench: Bench) -> None:
     [current] = [r for r in bench.store.studies.current_results(study_uid, "brain-mr-demo") if r.kind == "SR"]
     successor = dcmread(bench.spool.result_path(study_uid, current.sop_instance_uid))
     assert "PredecessorDocumentsSequence" not in successor  # the PACS never held the first one
+
+
+def test_what_each_model_saw_of_each_image_is_kept_for_drift_and_subgroups(bench: Bench) -> None:
+    for path in bench.files:
+        bench.receive(path)
+    study_uid = bench.process()
+    rows = bench.store.database.query("select * from analysed_images where study_instance_uid = ? order by sop_instance_uid",
+                                      [study_uid])
+    headers = {str(dcmread(p).SOPInstanceUID): dcmread(p, stop_before_pixels=True) for p in bench.files}
+    assert {row["sop_instance_uid"] for row in rows} == set(headers)  # every analysed image, once
+    for row in rows:
+        header = headers[row["sop_instance_uid"]]
+        assert row["model"] == "brain-mr-demo" and row["calling_aet"] == "TEST"
+        assert (row["manufacturer"], row["modality"], row["photometric"], row["body_part"]) == (
+            header.Manufacturer, "MR", "MONOCHROME2", "HEAD")
+        assert (row["rows"], row["columns"], row["field_strength"]) == (96, 96, 1.5)
+        assert row["pixel_spacing"] == pytest.approx(float(header.PixelSpacing[0]))
+        assert row["patient_sex"] == header.PatientSex and row["patient_age"] == pytest.approx(54.04, abs=0.01)
+
+
+def test_a_model_switched_off_in_the_console_is_not_run_and_the_study_says_so(bench: Bench) -> None:
+    from dicom_ai.store.model_switches import ModelSwitches
+
+    switches = ModelSwitches(bench.store.database)
+    assert switches.set_enabled("brain-mr-demo", False, by="ada")
+    for path in bench.files:
+        bench.receive(path)
+    study_uid = bench.process()
+    [row] = bench.store.reports.studies(study_uid=study_uid)
+    assert row.state == StudyState.NO_MATCH and bench.srs(study_uid) == []
+    [event] = [e for e in bench.store.reports.events(study_uid) if e["kind"] == "study_no_match"]
+    assert "brain-mr-demo not run: switched off in the console" in event["detail"]
+    assert switches.set_enabled("brain-mr-demo", True, by="ada")  # on again: a retry runs it, no restart
+    assert bench.store.studies.requeue(study_uid, by="ada")
+    assert bench.process() == study_uid and bench.state(study_uid) == StudyState.DONE and bench.srs(study_uid)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dicom_ai.route.matcher import NON_IMAGE_MODALITIES
-from dicom_ai.route.rules import DERIVED_STUDY_KEYWORDS, OPERATORS, PriorityPolicy, Rule
+from dicom_ai.route.rules import DERIVED_STUDY_KEYWORDS, OPERATORS, Completion, PriorityPolicy, Rule
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 
@@ -18,6 +18,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
         *OPERATORS,
         *Rule.model_fields,
         *PriorityPolicy.model_fields,
+        *Completion.model_fields,
         *DERIVED_STUDY_KEYWORDS,
         *NON_IMAGE_MODALITIES,
     ],

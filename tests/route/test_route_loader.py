@@ -133,7 +133,8 @@ rules:
         (  # unknown rule field
             "rules:\n  - name: a\n    models: [m]\n    priorty: {stat_above: 0.9}\n",
             "rules/x.yaml:4: rules[0].priorty: unknown field 'priorty' (did you mean 'priority'?); "
-            "allowed: name, description, enabled, study, series, models, priority",
+            "allowed: name, description, enabled, study, series, models, priority, order, fallback, shadow, window, "
+            "complete",
         ),
         (  # unknown priority field
             "rules:\n  - name: a\n    models: [m]\n    priority:\n      stat_abov: 0.9\n",

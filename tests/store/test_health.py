@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 from dicom_ai.cli import main
-from dicom_ai.domain import StudyState, TurnaroundTargets
+from dicom_ai.domain import StudyState
 from dicom_ai.store import Spool, Stores
 from dicom_ai.store.health import STALE_SEND_S, node_health
-from dicom_ai.web.app import start_web
+from dicom_ai.web.app import build_app, start_web
 from tests.store.test_retention import _finished, _receive
+from tests.web.console_support import PASSWORD, add_user, context, get_json
 
 
 def test_a_healthy_node_is_ok(tmp_path: Path) -> None:
@@ -46,12 +47,16 @@ def test_failures_and_a_stale_send_need_attention(tmp_path: Path) -> None:
     assert any("1 failed study(ies)" in a and "dicom-ai retry" in a for a in health.attention)
     assert any("dicom send to PACS@127.0.0.1:4242 has waited" in a and "rejected or failed" in a
                for a in health.attention)
-    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), lambda: node_health(store.reports, tmp_path, None))
+    ctx = context(store, tmp_path)
+    add_user(ctx, "vera", "viewer")
+    server = start_web("127.0.0.1", 0, ctx)
     try:
         base = f"http://127.0.0.1:{server.port}"
-        status = json.loads(urllib.request.urlopen(f"{base}/api/status", timeout=10).read())
-        page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
-        assert "<b>Node needs attention</b>" in page and "1 failed study(ies)" in page
+        status = get_json(f"{base}/api/status", "vera")
+        page = TestClient(build_app(ctx))
+        page.post("/login", data={"username": "vera", "password": PASSWORD})
+        text = page.get("/").text
+        assert "<b>Node needs attention</b>" in text and "1 failed study(ies)" in text
     finally:
         server.stop()
     assert status["ok"] is False and status["studies"]["failed"] == 1

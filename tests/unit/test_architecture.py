@@ -10,9 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dicom_ai"
 
-SUPPORT = {"errors", "crashpoints", "dicom_values", "tls"}  # small helpers with no dicom_ai dependency
+SUPPORT = {"errors", "crashpoints", "dicom_values", "tls", "metrics"}  # small helpers with no dicom_ai dependency
 FOUNDATION = {"domain", "config", "store"} | SUPPORT
-STAGES = {"receive", "assemble", "route", "infer", "encode", "send", "prioritize"}
+STAGES = {"receive", "assemble", "route", "infer", "encode", "send", "prioritize", "feedback", "monitor"}
 ALLOWED: dict[str, set[str]] = {
     "domain": set(),
     **{name: set() for name in SUPPORT},
@@ -20,11 +20,14 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"domain", "dicom_values"},
     **{stage: FOUNDATION for stage in STAGES},
     "train": FOUNDATION | {"infer"},  # makes models for infer to load
-    "web": FOUNDATION | {"prioritize", "receive"},  # shows the worklist; STOW-RS uploads are kept as the SCP keeps
+    # The console wires like the CLI: it reads every stage and changes things through the pipeline's
+    # functions (overrides); STOW-RS uploads are kept as the SCP keeps them.
+    "web": FOUNDATION | STAGES | {"pipeline"},
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
-    "node": FOUNDATION | STAGES | {"pipeline", "web"},  # owns the scheduler that drives the pipeline
+    "validation": FOUNDATION | STAGES,  # where ground truth meets the stages: judgements, reports, assessments, drift
+    "node": FOUNDATION | STAGES | {"pipeline", "web", "validation"},  # owns the scheduler that drives the pipeline
     "demo": FOUNDATION | STAGES | {"train"},  # runs Orthanc and the node (as processes) with phantom studies
-    "cli": FOUNDATION | STAGES | {"pipeline", "node", "web", "train", "demo"},
+    "cli": FOUNDATION | STAGES | {"pipeline", "node", "web", "train", "demo", "validation"},
 }
 
 

@@ -65,3 +65,23 @@ def test_retention_runs_only_when_configured(tmp_path: Path) -> None:
             assert (node.scheduler.get_job("retention") is not None) is scheduled
         finally:
             node.stop()
+
+
+def test_with_hl7_listen_the_node_answers_reports_and_matches_kept_ones(tmp_path: Path) -> None:
+    from hl7.client import MLLPClient
+
+    from tests.conftest import free_port
+    from tests.validation_support import oru
+
+    port = free_port()
+    node = Node(Settings(home=tmp_path, http_port=0, port=free_port(), host="127.0.0.1",
+                         hl7_listen=f"127.0.0.1:{port}"))
+    node.start()
+    try:
+        assert node.scheduler.get_job("reports") is not None  # kept reports are matched again
+        with MLLPClient("127.0.0.1", port) as client:
+            answer = client.send_message(oru("NOT-YET", "No consolidation.", control_id="N1")).decode()
+        assert "MSA|AE|N1|no study with accession NOT-YET yet: kept" in answer
+        assert [r.control_id for r in node.stores.feedback.pending_reports()] == ["N1"]
+    finally:
+        node.stop()

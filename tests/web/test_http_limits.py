@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Stores
 from dicom_ai.web.server import MAX_PER_ADDRESS
 from dicom_ai.web.app import start_web
 from tests.conftest import free_port, wait_for
 from tests.receive.peers import closed_by_peer, connect, echoscu
 from tests.scp_child import ScpChild
+from tests.web.console_support import context
 
 IDLE = 300
 
@@ -34,7 +34,7 @@ def _open_idle(port: int) -> list:  # type: ignore[type-arg]
 
 
 def _page(port: int) -> int:
-    return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status)
+    return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).status)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def child(tmp_path: Path) -> Iterator[ScpChild]:
 
 def test_idle_connections_are_capped_and_closed_after_the_timeout(tmp_path: Path) -> None:
     store = Stores.open(tmp_path / "db.sqlite")
-    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), idle_timeout=1.0)
+    server = start_web("127.0.0.1", 0, context(store), idle_timeout=1.0)
     port = server.port
     threads = threading.active_count()
     try:

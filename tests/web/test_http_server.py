@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Spool, Stores
 from dicom_ai.web.app import start_web
 from dicom_ai.web.server import MAX_PER_ADDRESS, WebServer
@@ -20,6 +19,7 @@ from dicom_ai.web.stow import StowReceive
 from tests.conftest import copy_as_new_study, sample
 from tests.receive.peers import closed_by_peer, connect, trickle
 from tests.web.test_stow_receive import _CONTENT_TYPE, _multipart, _part10
+from tests.web.console_support import context
 
 IDLE = 1.0
 
@@ -27,7 +27,7 @@ IDLE = 1.0
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[WebServer, Spool, Stores]]:
     store, spool = Stores.open(tmp_path / "db.sqlite"), Spool(tmp_path / "spool")
-    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(), idle_timeout=IDLE,
+    server = start_web("127.0.0.1", 0, context(store), idle_timeout=IDLE,
                        stow_receive=StowReceive(spool, store.studies, 10**9))
     yield server, spool, store
     server.stop()
@@ -81,7 +81,7 @@ def test_a_connection_over_the_per_address_cap_gets_503_at_once(node: tuple[WebS
     extra.settimeout(5)
     assert extra.recv(65536).startswith(b"HTTP/1.0 503 Service Unavailable")
     other = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # another address is served
-    other.sendall(b"GET /api/worklist HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
     for sock in (*held, extra, other):
         sock.close()

@@ -16,13 +16,13 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_ai.domain import TurnaroundTargets
 from dicom_ai.store import Spool, Stores
 from dicom_ai.web.app import start_web
 from dicom_ai.web.server import WebServer
 from dicom_ai.web.stow import StowReceive
 from tests.conftest import copy_as_new_study, free_port, sample, wait_for
 from tests.scp_child import ScpChild
+from tests.web.console_support import context
 
 A900, C000, C122 = 0xA900, 0xC000, 0xC122
 
@@ -51,7 +51,7 @@ class Node:
 
 def _node(tmp_path: Path, max_bytes: int = 10**9, user: str | None = None, password: str | None = None) -> Node:
     store, spool = Stores.open(tmp_path / "db.sqlite"), Spool(tmp_path / "spool")
-    server = start_web("127.0.0.1", 0, store.reports, TurnaroundTargets(),
+    server = start_web("127.0.0.1", 0, context(store),
                        stow_receive=StowReceive(spool, store.studies, max_bytes, user, password))
     return Node(store, spool, server)
 

@@ -1,0 +1,193 @@
+"""Live performance of one model: each label at its operating threshold, against the truth that counts.
+
+A case is a study with a judgement of present or absent (uncertain ones are counted, never scored);
+the AI called it present when the label's highest probability over the study reached the label's
+threshold, as the worklist and the RIS were told. Proportions carry 95% Wilson intervals; the AUROC
+is given once both classes have AUROC_MIN_PER_CLASS cases, with a percentile bootstrap interval for
+the whole period (weeks and subgroups get the point value: resampling every cell would cost more
+than it tells). Calibration is a reliability table over ten bins and the Brier score.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from dicom_ai.domain import Prediction, Truth
+from dicom_ai.metrics import auroc, bootstrap_auroc_ci_by_counts, calibration, wilson_interval
+from dicom_ai.store.performance import SUBGROUPS as SUBGROUP_NAMES
+
+AUROC_MIN_PER_CLASS = 10  # positives and negatives each, before an AUROC is stated
+BOOTSTRAP_ROUNDS = 500
+
+
+def iso_week(epoch: float) -> str:
+    """The ISO week (UTC) of a moment: "2026-W48"; weeks sort as text."""
+    year, week, _ = datetime.fromtimestamp(epoch, UTC).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A share with its 95% Wilson interval (None values when nothing was counted)."""
+
+    successes: int
+    trials: int
+
+    @property
+    def value(self) -> float | None:
+        return self.successes / self.trials if self.trials else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson_interval(self.successes, self.trials)
+
+    def as_dict(self) -> dict[str, Any]:
+        low_high = self.interval
+        return {"value": _round(self.value), "ci95": [_round(v) for v in low_high] if low_high else None,
+                "n": self.trials}
+
+    def describe(self) -> str:
+        if not self.trials:
+            return "-"
+        low, high = self.interval or (0.0, 0.0)
+        return f"{self.value:.2f} ({low:.2f}-{high:.2f}, n={self.trials})"
+
+
+@dataclass(frozen=True)
+class LabelPerformance:
+    """One label over one set of studies (a period, a week, a subgroup)."""
+
+    label: str
+    studies: int  # predictions in the set, judged or not
+    uncertain: int  # judged uncertain: counted, not scored
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    auroc: float | None
+    auroc_ci: tuple[float, float] | None
+    brier: float | None
+    reliability: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def judged(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    @property
+    def sensitivity(self) -> Proportion:
+        return Proportion(self.tp, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> Proportion:
+        return Proportion(self.tn, self.tn + self.fp)
+
+    @property
+    def ppv(self) -> Proportion:
+        return Proportion(self.tp, self.tp + self.fp)
+
+    @property
+    def npv(self) -> Proportion:
+        return Proportion(self.tn, self.tn + self.fn)
+
+    @property
+    def agreement(self) -> Proportion:
+        """How often the AI's call matched the radiologist's reading (present/absent judgements)."""
+        return Proportion(self.tp + self.tn, self.judged)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "studies": self.studies, "judged": self.judged, "uncertain": self.uncertain,
+            "confusion": {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
+            "sensitivity": self.sensitivity.as_dict(), "specificity": self.specificity.as_dict(),
+            "ppv": self.ppv.as_dict(), "npv": self.npv.as_dict(), "agreement": self.agreement.as_dict(),
+            "auroc": _round(self.auroc), "auroc_ci95_bootstrap": [_round(v) for v in self.auroc_ci] if self.auroc_ci else None,
+            "brier": _round(self.brier), "reliability": self.reliability,
+        }
+
+
+@dataclass(frozen=True)
+class LabelEvaluation:
+    """A label overall, per ISO week, and per value of each subgroup."""
+
+    label: str
+    threshold: float
+    overall: LabelPerformance
+    weeks: dict[str, LabelPerformance]
+    subgroups: dict[str, dict[str, LabelPerformance]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "threshold": self.threshold, "overall": self.overall.as_dict(),
+                "weeks": {week: p.as_dict() for week, p in self.weeks.items()},
+                "subgroups": {name: {value: p.as_dict() for value, p in groups.items()}
+                              for name, groups in self.subgroups.items()}}
+
+
+def evaluate(predictions: Sequence[Prediction], *, seed: int = 0,
+             rounds: int = BOOTSTRAP_ROUNDS) -> dict[str, LabelEvaluation]:
+    """Label -> its evaluation, from one model's predictions (one per study and label)."""
+    by_label: dict[str, list[Prediction]] = defaultdict(list)
+    for prediction in predictions:
+        by_label[prediction.label].append(prediction)
+    evaluations = {}
+    for label, rows in sorted(by_label.items()):
+        arrays = _Arrays(rows)
+        evaluations[label] = LabelEvaluation(
+            label=label,
+            threshold=float(np.median(arrays.threshold)) if rows else 0.0,
+            overall=arrays.performance(label, np.ones(len(rows), dtype=bool), bootstrap=(seed, rounds)),
+            weeks={week: arrays.performance(label, mask) for week, mask in arrays.groups(lambda p: iso_week(p.predicted_at))},
+            subgroups={name: {value or "(unknown)": arrays.performance(label, mask)
+                              for value, mask in arrays.groups(_subgroup_of(name))}
+                       for name in SUBGROUP_NAMES},
+        )
+    return evaluations
+
+
+def _subgroup_of(name: str) -> Callable[[Prediction], str]:
+    return lambda prediction: prediction.subgroup(name)
+
+
+class _Arrays:
+    """One label's predictions as arrays, computed once for every subset."""
+
+    def __init__(self, rows: Sequence[Prediction]) -> None:
+        self.rows = rows
+        self.score = np.fromiter((p.score for p in rows), dtype=np.float64, count=len(rows))
+        self.threshold = np.fromiter((p.threshold for p in rows), dtype=np.float64, count=len(rows))
+        truth = [p.truth for p in rows]
+        self.positive = np.fromiter((t == Truth.PRESENT for t in truth), dtype=bool, count=len(rows))
+        self.negative = np.fromiter((t == Truth.ABSENT for t in truth), dtype=bool, count=len(rows))
+        self.uncertain = np.fromiter((t == Truth.UNCERTAIN for t in truth), dtype=bool, count=len(rows))
+        self.called = self.score >= self.threshold
+
+    def groups(self, key: Callable[[Prediction], str]) -> list[tuple[str, np.ndarray]]:
+        keys = np.array([key(p) for p in self.rows], dtype=object)
+        return [(str(value), keys == value) for value in sorted(set(keys.tolist()))]
+
+    def performance(self, label: str, mask: np.ndarray, bootstrap: tuple[int, int] | None = None) -> LabelPerformance:
+        positive, negative, called = self.positive & mask, self.negative & mask, self.called
+        judged = positive | negative
+        scores, truth = self.score[judged], positive[judged].astype(np.int64)
+        area, interval = None, None
+        if int(positive.sum()) >= AUROC_MIN_PER_CLASS and int(negative.sum()) >= AUROC_MIN_PER_CLASS:
+            area = auroc(scores, truth)
+            if bootstrap is not None:
+                seed, rounds = bootstrap
+                interval = bootstrap_auroc_ci_by_counts(scores, truth, rounds=rounds, seed=seed)
+        calibrated = calibration(scores, truth) if scores.size else {"brier": None, "reliability": []}
+        return LabelPerformance(
+            label=label, studies=int(mask.sum()), uncertain=int((self.uncertain & mask).sum()),
+            tp=int((positive & called).sum()), fp=int((negative & called).sum()),
+            tn=int((negative & ~called).sum()), fn=int((positive & ~called).sum()),
+            auroc=area, auroc_ci=interval, brier=calibrated["brier"], reliability=calibrated["reliability"],
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or value != value else round(float(value), 4)
