@@ -81,12 +81,15 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the node: DICOM SCP, study assembly, routing, inference, sending."""
+    from dicom_ai.infer.executor import ExecutorError
     from dicom_ai.node import Node
     from dicom_ai.route.loader import RuleSetError
 
     settings = _settings(ctx)
     try:
         node = Node(settings)
+    except ExecutorError as exc:
+        raise click.ClickException(str(exc)) from None
     except RuleSetError as exc:
         raise click.ClickException(f"rules in {settings.rules_dir} are invalid:\n{exc}") from None
     except OSError as exc:  # e.g. no permission to create the state folder

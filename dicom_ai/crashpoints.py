@@ -12,6 +12,11 @@ The points (each a boundary between two durable steps):
 - pipeline.mid_result_write: the first result file is written, the others not;
 - pipeline.after_save_outcome: results and sends are committed, nothing sent yet;
 - send.after_ack: the PACS acknowledged a C-STORE, the send is not yet marked sent.
+
+And one where a Ray worker dies instead of the node (executor: ray): ray.actor_run, a model actor
+got a prepared batch and has not answered. Its worker processes live on as many machines as the
+cluster has, so DICOM_AI_TEST_CRASH_ONCE names a file that the first crash creates: the actors
+started after it (and the retried pass) run normally.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import signal
 import threading
 
 CRASH_ENV = "DICOM_AI_TEST_CRASH_AT"
+CRASH_ONCE_ENV = "DICOM_AI_TEST_CRASH_ONCE"
+RAY_POINTS = ("ray.actor_run",)
 POINTS = (
     "receive.mid_transfer",
     "receive.after_rename",
@@ -45,5 +52,12 @@ def crash_point(name: str) -> None:
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
         hit = _hits[name]
-    if hit >= (int(nth) if nth else 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if hit < (int(nth) if nth else 1):
+        return
+    once = os.environ.get(CRASH_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another process crashed here already
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
