@@ -10,7 +10,8 @@ $(BIN)/dicom-ai: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build in pyproject.toml; install it first so nothing pulls CUDA.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# The ray extra too: the Ray executor's tests (marker ray) run in `make test`, never skipped.
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 install: $(BIN)/dicom-ai

@@ -58,8 +58,8 @@ def _thread_count() -> int | None:
 def onnx_threads(onnx_file: Path, card: ModelCard) -> int:
     """Intra-op threads onnxruntime uses by default: the caller plus the workers a new session starts.
 
-    OnnxSession leaves intra_op_num_threads at 0 (one per physical core); counting the threads a
-    session adds measures what that means here instead of guessing it.
+    OnnxSession gives onnxruntime torch's thread count (one per physical core unless set); counting
+    the threads a session adds measures what that means here instead of guessing it.
     """
     before = _thread_count()
     session = OnnxSession(onnx_file, card)

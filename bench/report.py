@@ -162,6 +162,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _inference(results["inference"])
     if "fast_path" in results:
         lines += _fast_path(results["fast_path"])
+    if "executors" in results:
+        lines += _executors(results["executors"])
     if "scale" in results:
         lines += _scale(results["scale"])
     if "validation" in results:
@@ -222,3 +224,17 @@ def _validation(v: dict[str, Any]) -> list[str]:
             f"{v['load_s']:.2f} | {v['evaluate_in_process_s']:.2f} | {v['report_s']:.2f} |",
             f"| `dicom-ai export seismometer` ({v['exported_rows']:,} rows) | {v['export_s']:.1f} | "
             f"{v['export_cpu_s']:.1f} | – | – | {v['export_in_process_s']:.2f} (load included) |", ""]
+
+
+def _executors(e: dict[str, Any]) -> list[str]:
+    out = [f"## Executors: head CT demo studies/min ({e['studies']} studies, read + prepare + infer + Grad-CAM, "
+           f"{e['cpus']} CPUs, load average {e.get('load_average', 0):.1f} at the end; each Ray node 1 CPU, one actor)", "",
+           "| executor | Ray nodes | callers | studies/min |", "|---|---|---|---|"]
+    for r in e["throughput"]:
+        out.append(f"| {r['executor']} | {r['ray_nodes'] or '-'} | {r['callers']} | {r['studies_per_min']:.0f} |")
+    out += ["", "| model (one study, local, 1 torch thread) | backend | images | s/study | studies/hour/core |",
+            "|---|---|---|---|---|"]
+    for r in e["capacity"]:
+        out.append(f"| {r['model']} | {r['backend']} | {r['images']} | {r['study_s']:.3f} | "
+                   f"{r['studies_per_hour_per_core']:.0f} |")
+    return out + [""]

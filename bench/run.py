@@ -24,6 +24,7 @@ from bench import (
     console,
     fast_path,
     inference,
+    ray_executor,
     receive,
     result_objects,
     scale,
@@ -118,6 +119,8 @@ def main() -> int:
         results["inference"] = inference.run(WORKDIR / "inference", max(5, round(20 * factor)))
         log.info("inference done at %.0f s", time.monotonic() - started)
         results["fast_path"] = fast_path.run(WORKDIR / "fast_path", max(5, round(20 * factor)))
+        results["executors"] = ray_executor.run(WORKDIR / "executors", max(6, round(40 * factor)))
+        log.info("executors done at %.0f s", time.monotonic() - started)
         log.info("fast path done at %.0f s", time.monotonic() - started)
         results["scale"] = scale.run(WORKDIR / "scale", (max(100, round(1000 * factor)), max(1000, round(10_000 * factor))))
         log.info("scale done at %.0f s", time.monotonic() - started)

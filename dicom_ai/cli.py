@@ -85,11 +85,14 @@ def serve(ctx: click.Context) -> None:
     if settings.workers >= 1:
         _serve_supervised(settings, ctx.obj.get("config"))
         return
+    from dicom_ai.infer.executor import ExecutorError
     from dicom_ai.node import Node
     from dicom_ai.route.loader import RuleSetError
 
     try:
         node = Node(settings)
+    except ExecutorError as exc:
+        raise click.ClickException(str(exc)) from None
     except RuleSetError as exc:
         raise click.ClickException(f"rules in {settings.rules_dir} are invalid:\n{exc}") from None
     except OSError as exc:  # e.g. no permission to create the state folder

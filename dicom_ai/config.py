@@ -93,6 +93,11 @@ class Settings(BaseModel):
                          description="pipeline worker processes, each holding the models (0: the whole node in one process)")
     receivers: int = Field(default=1, ge=1, le=64, description="C-STORE SCP processes sharing the DICOM port "
                            "(SO_REUSEPORT; with workers >= 1)")
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="where models run: local (in this node's processes) or ray (on Ray actors)")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join, e.g. 10.0.0.5:6379 (none: RAY_ADDRESS, else a local Ray)")
+    ray_actor_cpus: int = Field(default=1, ge=1, le=1024, description="CPUs each model actor reserves (its torch threads)")
     send_retry_initial: float = Field(default=5.0, gt=0, le=WEEK_S, description="first retry delay, seconds")
     send_retry_max: float = Field(default=600.0, gt=0, le=WEEK_S, description="longest retry delay, seconds")
     send_max_attempts: int = Field(default=20, ge=1, le=MAX_SEND_ATTEMPTS, description="attempts before a result is given up")

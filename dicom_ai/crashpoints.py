@@ -15,6 +15,11 @@ The points (each a boundary between two durable steps):
 
 In a role process of the supervised node (dicom_ai/procs/), the point kills the supervisor first, which
 takes every other role with it (they die with it): the whole node goes down at once, as in a power cut.
+
+And one where a Ray worker dies instead of the node (executor: ray): ray.actor_run, a model actor
+got a prepared batch and has not answered. Its worker processes live on as many machines as the
+cluster has, so DICOM_AI_TEST_CRASH_ONCE names a file that the first crash creates: the actors
+started after it (and the retried pass) run normally.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import threading
 
 CRASH_ENV = "DICOM_AI_TEST_CRASH_AT"
 ROLE_ENV = "DICOM_AI_ROLE"  # set by dicom_ai/procs/supervisor.py in each role process
+CRASH_ONCE_ENV = "DICOM_AI_TEST_CRASH_ONCE"
+RAY_POINTS = ("ray.actor_run",)
 POINTS = (
     "receive.mid_transfer",
     "receive.after_rename",
@@ -49,7 +56,14 @@ def crash_point(name: str) -> None:
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
         hit = _hits[name]
-    if hit >= (int(nth) if nth else 1):
-        if os.environ.get(ROLE_ENV):  # a role of the supervised node: cut the whole node's power
-            os.kill(os.getppid(), signal.SIGKILL)
-        os.kill(os.getpid(), signal.SIGKILL)
+    if hit < (int(nth) if nth else 1):
+        return
+    once = os.environ.get(CRASH_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another process crashed here already
+            return
+    if os.environ.get(ROLE_ENV) and name not in RAY_POINTS:  # a role of the supervised node: cut the whole node's power
+        os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -98,9 +98,9 @@ class Node:
         recovered = self.stores.studies.recover_interrupted()
         if recovered:
             log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
-        for name in self.models.names():  # load now: the first study should not wait for it
+        for name in self.models.names():  # load now: the first study should not wait for it (Ray: the card side)
             try:
-                self.models.get(name)
+                self.pipeline.inference.front(name)
             except Exception as exc:
                 log.error("model %s cannot be loaded; studies routed to it will fail: %s", name, exc)
         if self.settings.pacs is None and self.settings.stow_url is None:

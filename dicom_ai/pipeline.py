@@ -42,6 +42,7 @@ from dicom_ai.domain import (
 )
 from dicom_ai.encode import encode_results
 from dicom_ai.errors import one_line, out_of_resources
+from dicom_ai.infer.executor import ExecutorLost, InferenceExecutor, make_executor
 from dicom_ai.infer.properties import image_properties
 from dicom_ai.prioritize.history import apply_history
 from dicom_ai.prioritize.override import with_override
@@ -57,7 +58,7 @@ from dicom_ai.store.model_switches import disabled_models
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
     from dicom_ai.infer.registry import ModelRegistry
-    from dicom_ai.infer.runner import LoadedModel
+    from dicom_ai.infer.runner import ModelFront
     from dicom_ai.route.loader import RuleWatcher
     from dicom_ai.route.rules import PriorityPolicy, TimeWindow
     from dicom_ai.store import Spool, Stores, StudyStore
@@ -184,6 +185,7 @@ class Pipeline:
     rules: RuleWatcher
     models: ModelRegistry
     settings: Settings
+    executor: InferenceExecutor | None = None  # None: the one the settings name (local or Ray)
 
     deferred: dict[str, Deferral] = field(default_factory=dict)
     claimant: str | None = None  # this worker process's id, kept on the studies it claims (dicom_ai/procs/)
@@ -196,6 +198,15 @@ class Pipeline:
             self._completion = ExpectedCompletion(self.studies, self.rules)
         return self._completion(self.clock() if now is None else now)
 
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.executor = make_executor(self.settings, self.models)
+
+    @property
+    def inference(self) -> InferenceExecutor:
+        assert self.executor is not None  # __post_init__ sets it
+        return self.executor
+
     def process_next(self) -> str | None:
         """Claim and process the oldest complete study; returns its UID, or None when idle."""
         study_uid = self.studies.claim_complete_study(self.claimant)
@@ -204,6 +215,8 @@ class Pipeline:
         started = time.monotonic()
         try:
             self._process(study_uid)
+        except ExecutorLost as exc:  # the compute went away, not the study's fault: it goes back to the queue
+            self._defer(study_uid, f"inference lost: {one_line(exc)}")
         except (PipelineError, StudyReadError) as exc:
             log.error("study %s failed: %s", study_uid, one_line(exc))
             self._fail(study_uid, one_line(exc))
@@ -315,7 +328,7 @@ class Pipeline:
         """One model on the series routed to it: gate, image selection, inference, encoding, files written."""
         study_uid = study.study_instance_uid
         try:
-            model = self.models.get(model_name)
+            model = self.inference.front(model_name)
         except Exception as exc:
             raise PipelineError(f"rule {job.rule}: model {model_name} cannot be loaded: {exc}") from exc
         instances = self._selected(model, model_name, self._accepted(model, model_name, job, skipped), headers,
@@ -324,7 +337,9 @@ class Pipeline:
             return None
         started = time.monotonic()
         try:
-            images = tuple(model.predict(instances, heatmaps=self.settings.heatmaps))
+            images = tuple(self.inference.predict(model_name, instances, self.settings.heatmaps))
+        except ExecutorLost:
+            raise
         except Exception as exc:
             raise PipelineError(f"model {model_name} failed on the study: {exc}") from exc
         info = model.info
@@ -362,7 +377,7 @@ class Pipeline:
         )
 
     @staticmethod
-    def _accepted(model: LoadedModel, model_name: str, job: _ModelJob, skipped: list[str]) -> list[Series]:
+    def _accepted(model: ModelFront, model_name: str, job: _ModelJob, skipped: list[str]) -> list[Series]:
         """The routed series that the model's gate (modality, size...) takes, whatever the rules said."""
         accepted = []
         for series in job.series:
@@ -376,7 +391,7 @@ class Pipeline:
         return accepted
 
     @staticmethod
-    def _selected(model: LoadedModel, model_name: str, accepted: list[Series], headers: Headers,
+    def _selected(model: ModelFront, model_name: str, accepted: list[Series], headers: Headers,
                   skipped: list[str]) -> list[Instance]:
         """The images of the accepted series that the card's selection takes (e.g. only CC and MLO views)."""
         chosen: list[Instance] = []

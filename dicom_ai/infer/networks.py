@@ -71,6 +71,9 @@ class OnnxSession:
             raise ModelError(f"model {card.name}: ONNX file {path} not found")
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are noise to an admin
+        # As many threads as torch has: a Ray actor given N CPUs sets torch to N, and onnxruntime's own
+        # default (every core) would make the actors of one machine fight over its cores.
+        options.intra_op_num_threads = torch.get_num_threads()
         try:
             self._session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

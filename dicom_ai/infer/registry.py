@@ -31,7 +31,7 @@ from dicom_ai.infer.card import (
 )
 
 if TYPE_CHECKING:  # torch and MONAI come with the runner: only loading a model needs them, not reading cards
-    from dicom_ai.infer.runner import LoadedModel
+    from dicom_ai.infer.runner import LoadedModel, ModelFront
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class ModelRegistry:
         self._cards: dict[str, tuple[Path, ModelCard]] = {}
         self._problems: dict[str, str] = {}
         self._loaded: dict[str, LoadedModel] = {}
+        self._fronts: dict[str, ModelFront] = {}
         self._lock = threading.Lock()
         self._scan()
 
@@ -168,6 +169,24 @@ class ModelRegistry:
             self._loaded[name] = model
             log.info("model %s %s loaded from %s on %s (device UID %s)", name, card.version, folder, model.backend, model.info.device_uid)
             return model
+
+    def front(self, name: str) -> ModelFront:
+        """The card side of model `name` (gate, selection, inputs, results) without its weights in
+        memory, for a node whose models run elsewhere (Ray); the loaded model when it is here. Raises ModelError."""
+        folder, card = self._entry(name)
+        with self._lock:
+            front = self._loaded.get(name) or self._fronts.get(name)
+            if front is None:
+                from dicom_ai.infer.runner import ModelFront
+
+                try:
+                    front = ModelFront.from_folder(folder, card)
+                except ModelError:
+                    raise
+                except Exception as exc:  # a bundle's preprocessing runs its own code
+                    raise ModelError(f"model {name}: unexpected error while reading {folder}: {exc!r}") from exc
+                self._fronts[name] = front
+            return front
 
     def _entry(self, name: str) -> tuple[Path, ModelCard]:
         if name in self._cards:

@@ -36,6 +36,7 @@ STOP_TIMEOUT_S = 30.0
 CHECK_S = 0.2  # seconds between two looks at the role processes
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # where the workers' Ray executors join (ray_address, else this)
 YOUNG_S = 10.0  # a role that dies sooner than this after its start waits longer before the next
 
 
@@ -72,6 +73,7 @@ class Supervisor:
         self.slots = [*receivers, *(Slot("worker", f"worker-{n}") for n in range(1, settings.workers + 1)),
                       Slot("sender", "sender")]
         self._stopping = threading.Event()
+        self._ray_started = False
 
     # start ----------------------------------------------------------------------------------------
 
@@ -95,6 +97,8 @@ class Supervisor:
         """Recover, start every role and wait until each is ready; raises StartError (all stopped) if one is not."""
         self.recover()
         s = self.settings
+        if s.executor == "ray" and not s.ray_address and not os.environ.get(RAY_ADDRESS_ENV):
+            self._start_shared_ray()
         if s.pacs is None and s.stow_url is None:
             log.warning("no PACS (DICOM_AI_PACS) nor DICOMweb server (DICOM_AI_STOW_URL) configured: results are "
                         "kept in %s but not sent", self.spool.results)
@@ -128,6 +132,18 @@ class Supervisor:
             " and ".join(str(to) for to in (s.pacs, s.stow_url) if to) or "nowhere",
             ", ".join(f"{slot.name} {slot.process.pid}" for slot in self.slots if slot.process),
         )
+
+    def _start_shared_ray(self) -> None:
+        """executor ray with no cluster named: one local Ray, started here, that every worker joins (through
+        RAY_ADDRESS in their environment); each worker starting its own would split the machine between
+        several Rays. It stops with the supervisor."""
+        from dicom_ai.infer.executor import ExecutorError, start_local_ray
+
+        try:
+            os.environ[RAY_ADDRESS_ENV] = start_local_ray()
+        except ExecutorError as exc:
+            raise StartError(str(exc)) from None
+        self._ray_started = True
 
     def _launch(self, slot: Slot, wait_ready: bool, go_fd: int | None = None) -> None:
         slot.claimant = f"{slot.name}:{uuid.uuid4().hex[:12]}" if slot.role == "worker" else ""
@@ -255,6 +271,12 @@ class Supervisor:
         for slot in self.slots:
             if slot.role == "worker" and slot.claimant:
                 self._release(slot.claimant)
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
+            os.environ.pop(RAY_ADDRESS_ENV, None)
+            self._ray_started = False
         self.stores.close()
         log.info("dicom-ai stopped")
 

@@ -1,5 +1,10 @@
 """A pipeline worker process: holds the models and processes complete studies one at a time.
 
+Its Pipeline builds the executor the settings name (infer/executor.py): `local` runs the models in this
+process; `ray` sends the forward passes to Ray actors, this worker keeping only the card side of each
+model (every worker joins the same Ray: ray_address, RAY_ADDRESS, or the local one the supervisor
+started), with actors of its own (one per model per Ray node).
+
 Several run at once (the `workers` setting); the claim (complete -> processing, one write transaction)
 hands each study to exactly one of them, and records the worker's id so that the supervisor can give
 a dead worker's studies back to the queue. Idle workers poll with a read (WAL: never blocks the
@@ -40,7 +45,7 @@ class Worker:
         self.rules = RuleWatcher(settings.rules_dir, known_models=self.models.names())
         self.pipeline = Pipeline(self.stores.studies, Spool(settings.spool_dir), self.rules, self.models, settings,
                                  claimant=claimant)
-        if settings.workers > 1:  # the workers share the cores: one torch pool each, not one per core each
+        if settings.workers > 1 and settings.executor == "local":  # one torch pool per worker, not one per core each
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
@@ -48,9 +53,9 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=f"worker {claimant}", daemon=True)
 
     def start(self) -> None:
-        for name in self.models.names():  # load now: the first study should not wait for it
+        for name in self.models.names():  # load now: the first study should not wait for it (Ray: the card side)
             try:
-                self.models.get(name)
+                self.pipeline.inference.front(name)
             except Exception as exc:
                 if self.report_problems:
                     log.error("model %s cannot be loaded; studies routed to it will fail: %s", name, exc)
@@ -58,7 +63,9 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.pipeline.inference.close()  # Ray: this worker's actors go (a killed worker's go with it)
         self.stores.close()
 
     def _loop(self) -> None:
