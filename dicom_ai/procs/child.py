@@ -103,6 +103,10 @@ def main(argv: list[str]) -> int:
     ready_fd = os.environ.get(READY_FD_ENV)
     try:
         running = build(role, worker_id)
+        # Ray's driver (executor ray: ray.init while building) puts its own SIGTERM handler in, which aborts
+        # the process: ours again, so a stop finishes the current study and exits 0.
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _handler)
         go_fd = os.environ.get(GO_FD_ENV)
         if go_fd:  # built (imports done) while the others start; start only when the supervisor says so
             go = os.read(int(go_fd), 3)  # unbuffered: several receivers share the pipe, one "go\n" each

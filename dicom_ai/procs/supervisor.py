@@ -144,6 +144,8 @@ class Supervisor:
         except ExecutorError as exc:
             raise StartError(str(exc)) from None
         self._ray_started = True
+        if threading.current_thread() is threading.main_thread():  # Ray's driver put its own (aborting) ones in
+            self._install_signal_handlers()
 
     def _launch(self, slot: Slot, wait_ready: bool, go_fd: int | None = None) -> None:
         slot.claimant = f"{slot.name}:{uuid.uuid4().hex[:12]}" if slot.role == "worker" else ""
@@ -209,18 +211,21 @@ class Supervisor:
     def run_until_signalled(self) -> None:
         """Serve until SIGINT/SIGTERM; an acknowledged instance is already durable, so stopping is safe."""
 
-        def _handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            self._stopping.set()
-
-        signal.signal(signal.SIGINT, _handler)
-        signal.signal(signal.SIGTERM, _handler)
+        self._install_signal_handlers()
         self.start()
         try:
             while not self._stopping.wait(CHECK_S):
                 self.check()
         finally:
             self.stop()
+
+    def _install_signal_handlers(self) -> None:
+        def _handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self._stopping.set()
+
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _handler)
 
     def check(self) -> None:
         """Notice dead roles (give a dead worker's studies back) and start those whose wait is over."""
