@@ -70,6 +70,9 @@ class ModelView:
         return found
 
 
+WORKERS_LOAD = "in the workers"  # the console's process reads cards only (dicom_ai/procs/): the workers load
+
+
 def models(ctx: WebContext, now: float) -> list[ModelView]:
     per_model = ctx.reports.studies_per_model(now - DAY_S)
     runs = latencies(ctx, now - DAY_S)
@@ -81,7 +84,8 @@ def models(ctx: WebContext, now: float) -> list[ModelView]:
         assert ctx.models is not None
         loaded = ctx.models.loaded(name)
         broken = problems.get(ctx.models.folder(name).name)
-        state = "broken" if broken else ("loaded" if loaded is not None else "not loaded")
+        state = "broken" if broken else ("loaded" if loaded is not None else
+                                         "not loaded" if ctx.models.load else WORKERS_LOAD)
         p50 = percentile(runs.get(name, []), 0.5)
         found.append(ModelView(name, card.version, state, str(getattr(loaded, "backend", "-")) if loaded else "-",
                                sum(n for key, n in per_model.items() if key.split("@")[0] == name), _shown(p50), p50,

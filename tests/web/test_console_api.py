@@ -306,3 +306,16 @@ def test_admins_discard_a_failed_study_which_leaves_the_open_problems(ctx: WebCo
     assert api.post("/api/studies/1.1/discard", json={}, headers=basic("ada")).status_code == 400  # not failed now
     [event] = ctx.reports.audit(kind="study_discarded")
     assert '"before": {"state": "failed"}, "after": {"state": "no_match"}' in event["detail"]
+
+
+def test_a_console_that_reads_cards_only_says_the_workers_load_the_models(ctx: WebContext) -> None:
+    from dataclasses import replace
+
+    from dicom_ai.infer.registry import ModelRegistry
+    from tests.conftest import REPO
+
+    for registry, state in ((ModelRegistry(REPO / "models", load=False), "in the workers"),
+                            (ModelRegistry(REPO / "models"), "not loaded")):
+        api = TestClient(build_app(replace(ctx, models=registry)))
+        models = {m["name"]: m for m in api.get("/api/models", headers=basic("vera")).json()}
+        assert models["chest-xray-demo"]["state"] == state
