@@ -41,6 +41,7 @@ REPORTS_FOLDER = "console-reports"  # under the node's home
 COMPLETE = "index.html"  # report_evaluation writes it last: a folder with it is complete
 FIGURE_NAME = re.compile(r"^[A-Za-z0-9._-]+\.png$")
 SEE_OTHER = 303
+FIGURE_ORDER = ("roc-", "calibration-", "scores-", "subgroups-", "drift")  # as the report's index.html shows them
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ class ReportFigures:
         if not folders:
             return Figures(None, None, [], drawing)
         newest = folders[-1]
-        return Figures(newest, (newest / COMPLETE).stat().st_mtime, sorted(p.name for p in newest.glob("*.png")), drawing)
+        names = sorted((p.name for p in newest.glob("*.png")),
+                       key=lambda n: (next((i for i, k in enumerate(FIGURE_ORDER) if n.startswith(k)), len(FIGURE_ORDER)), n))
+        return Figures(newest, (newest / COMPLETE).stat().st_mtime, names, drawing)
 
     def file(self, model: str, name: str) -> Path:
         figures = self.current(model)
