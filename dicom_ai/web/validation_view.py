@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
+from anyio import to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -33,6 +35,9 @@ from dicom_ai.store.feedback import Effective, fold_truths
 from dicom_ai.validation import Evaluated, evaluate_model, report_evaluation
 from dicom_ai.web.auth import acting
 from dicom_ai.web.context import WebContext
+
+if TYPE_CHECKING:
+    from dicom_ai.web.pages import Pages
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +195,7 @@ def evaluate(ctx: WebContext, model: str) -> Evaluated:
 class ValidationConsole:
     """A model's page (`/models/{name}`), its figures and their JSON (`/api/models/{name}/performance`)."""
 
-    def __init__(self, ctx: WebContext, pages: Any, home: Path) -> None:
+    def __init__(self, ctx: WebContext, pages: Pages, home: Path) -> None:
         self.ctx = ctx
         self.pages = pages
         self.figures = ReportFigures(home / REPORTS_FOLDER)
@@ -212,12 +217,10 @@ class ValidationConsole:
     async def redraw(self, request: Request) -> Response:
         await acting(request, Role.VIEWER)  # redrawing changes nothing but the cache: any signed-in user, with CSRF
         name = str(request.path_params["name"])
-        from anyio import to_thread
-
         evaluated = await to_thread.run_sync(evaluate, self.ctx, name)
         started = self.figures.refresh(evaluated, self.ctx, force=True)
         done = "drawing new figures: reload in a few seconds" if started else "figures are being drawn already"
-        return RedirectResponse(f"/models/{name}?done={done.replace(' ', '+').replace(':', '%3A')}", SEE_OTHER)
+        return RedirectResponse(f"/models/{name}?{urlencode({'done': done})}", SEE_OTHER)
 
     def performance_json(self, request: Request) -> Response:
         """The live evaluation of a model (as `dicom-ai evaluate MODEL --json`), its drift and figures.

@@ -156,6 +156,9 @@ def test_the_model_page_shows_evaluate_models_numbers_and_its_figures(node: tupl
         image = client.get(f"/models/{MODEL}/figures/{name}")
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     assert client.get(f"/models/{MODEL}/figures/..%2Fmetrics.json").status_code == 404
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    redraw = client.post(f"/models/{MODEL}/figures", data={"csrf_token": token})
+    assert redraw.status_code == 303 and "drawing+new+figures" in redraw.headers["location"], redraw.headers
     assert client.get("/models/no-such-model").status_code == 404
 
 
