@@ -119,7 +119,13 @@ def sr_in_orthanc(stack: Stack, study_uid: str) -> str:
         series = client.get_json(f"studies/{orthanc_id}/series")
         return orthanc_id if any(s["MainDicomTags"].get("Modality") == "SR" for s in series) else None
 
-    return str(wait_for("the SR in Orthanc", arrived, RESULTS_TIMEOUT, stack.router))
+    try:
+        return str(wait_for("the SR in Orthanc", arrived, RESULTS_TIMEOUT, stack.router))
+    except Exception as exc:  # once seen: Orthanc stopped answering mid-test; say whether it exited, and how
+        process = stack.orthanc.process
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"Orthanc exited with {process.returncode}: {stack.orthanc.log_tail()}") from exc
+        raise
 
 
 def test_admin_viewer_and_radiologist_in_the_browser(stack: Stack, browser: Browser, tmp_path: Path) -> None:
