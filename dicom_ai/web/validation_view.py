@@ -138,6 +138,8 @@ class ReportFigures:
 
     def refresh(self, evaluated: Evaluated, ctx: WebContext, force: bool = False, wait: bool = False) -> bool:
         """Draw new figures in a thread when they are stale (or `force`); True when a drawing started."""
+        if not evaluated.predictions:
+            return False  # nothing to draw: the page says no predictions yet
         figures = self.current(evaluated.model)
         stale = figures.drawn_at is None or time.time() - figures.drawn_at > self.max_age_s
         if not (stale or force) or ctx.settings is None:

@@ -160,6 +160,8 @@ def test_the_model_page_shows_evaluate_models_numbers_and_its_figures(node: tupl
     redraw = client.post(f"/models/{MODEL}/figures", data={"csrf_token": token})
     assert redraw.status_code == 303 and "drawing+new+figures" in redraw.headers["location"], redraw.headers
     assert client.get("/models/no-such-model").status_code == 404
+    missing = client.get("/api/models/no-such-model/performance", headers=basic("vera"))
+    assert missing.status_code == 404 and MODEL in missing.json()["error"]
 
 
 def test_a_drift_the_node_recorded_shows_on_the_model_pages_and_the_dashboard(
