@@ -246,7 +246,7 @@ def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Map
         if not reference:
             continue
         found = weekly_drift(model, stores.performance.predictions(model, since=since),
-                             stores.performance.images(model, since=since), reference,
+                             stores.performance.image_columns(model, since=since), reference,
                              psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
         stores.performance.save_drift(found)
         checks.extend(found)
@@ -278,8 +278,9 @@ def evaluate_model(stores: Stores, settings: Settings, model: str, reference: Ma
     predictions = stores.performance.predictions(model, since=since, until=until)
     drift: list[DriftCheck] = []
     if reference:
-        drift = weekly_drift(model, predictions, stores.performance.images(model, since=since, until=until), reference,
-                             psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
+        images = stores.performance.image_columns(model, since=since, until=until)
+        drift = weekly_drift(model, predictions, images, reference, psi_threshold=settings.drift_psi,
+                             min_cases=settings.drift_min_cases)
     return Evaluated(model, tuple(predictions), evaluate(predictions), tuple(drift))
 
 

@@ -11,9 +11,10 @@ than it tells). Calibration is a reliability table over ten bins and the Brier s
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,36 @@ def iso_week(epoch: float) -> str:
     """The ISO week (UTC) of a moment: "2026-W48"; weeks sort as text."""
     year, week, _ = datetime.fromtimestamp(epoch, UTC).isocalendar()
     return f"{year}-W{week:02d}"
+
+
+DAY_S = 86400.0
+_DAY_EDGE_S = 1e-3  # moments this close to midnight take iso_week itself (it rounds to the microsecond)
+
+
+@lru_cache(maxsize=8192)
+def _iso_week_of_day(day: int) -> str:
+    return iso_week(day * DAY_S + DAY_S / 2)
+
+
+def iso_weeks(epochs: np.ndarray | Sequence[float]) -> np.ndarray:
+    """iso_week of many moments (an object array of str): computed once per UTC day, not per moment."""
+    moments = np.asarray(epochs, dtype=np.float64)
+    if moments.size == 0:
+        return np.empty(0, dtype=object)
+    days = np.floor_divide(moments, DAY_S)
+    distinct, inverse = np.unique(days, return_inverse=True)
+    weeks = np.array([_iso_week_of_day(int(day)) for day in distinct.tolist()], dtype=object)[inverse.ravel()]
+    into_day = moments - days * DAY_S
+    for i in np.flatnonzero((into_day < _DAY_EDGE_S) | (into_day > DAY_S - _DAY_EDGE_S)).tolist():
+        weeks[i] = iso_week(float(moments[i]))
+    return weeks
+
+
+def group_masks(keys: Sequence[str] | np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(value, mask of the rows with it) per distinct key, values sorted as text."""
+    codes: dict[str, int] = {}
+    index = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
+    return [(str(value), index == code) for value, code in sorted(codes.items())]
 
 
 @dataclass(frozen=True)
@@ -141,16 +172,25 @@ def evaluate(predictions: Sequence[Prediction], *, seed: int = 0,
             label=label,
             threshold=float(np.median(arrays.threshold)) if rows else 0.0,
             overall=arrays.performance(label, np.ones(len(rows), dtype=bool), bootstrap=(seed, rounds)),
-            weeks={week: arrays.performance(label, mask) for week, mask in arrays.groups(lambda p: iso_week(p.predicted_at))},
+            weeks={week: arrays.performance(label, mask)
+                   for week, mask in group_masks(iso_weeks([p.predicted_at for p in rows]))},
             subgroups={name: {value or "(unknown)": arrays.performance(label, mask)
-                              for value, mask in arrays.groups(_subgroup_of(name))}
-                       for name in SUBGROUP_NAMES},
+                              for value, mask in group_masks(keys)}
+                       for name, keys in _subgroup_keys(rows).items()},
         )
     return evaluations
 
 
-def _subgroup_of(name: str) -> Callable[[Prediction], str]:
-    return lambda prediction: prediction.subgroup(name)
+def _subgroup_keys(rows: Sequence[Prediction]) -> dict[str, list[str]]:
+    """Subgroup name -> each row's value ("" when unknown), looked up once per distinct subgroups tuple."""
+    distinct: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    per_row = []
+    for prediction in rows:
+        found = distinct.get(prediction.subgroups)
+        if found is None:
+            found = distinct[prediction.subgroups] = {name: prediction.subgroup(name) for name in SUBGROUP_NAMES}
+        per_row.append(found)
+    return {name: [found[name] for found in per_row] for name in SUBGROUP_NAMES}
 
 
 class _Arrays:
@@ -160,15 +200,11 @@ class _Arrays:
         self.rows = rows
         self.score = np.fromiter((p.score for p in rows), dtype=np.float64, count=len(rows))
         self.threshold = np.fromiter((p.threshold for p in rows), dtype=np.float64, count=len(rows))
-        truth = [p.truth for p in rows]
-        self.positive = np.fromiter((t == Truth.PRESENT for t in truth), dtype=bool, count=len(rows))
-        self.negative = np.fromiter((t == Truth.ABSENT for t in truth), dtype=bool, count=len(rows))
-        self.uncertain = np.fromiter((t == Truth.UNCERTAIN for t in truth), dtype=bool, count=len(rows))
+        truth = np.array([p.truth for p in rows], dtype=object)
+        self.positive = truth == Truth.PRESENT
+        self.negative = truth == Truth.ABSENT
+        self.uncertain = truth == Truth.UNCERTAIN
         self.called = self.score >= self.threshold
-
-    def groups(self, key: Callable[[Prediction], str]) -> list[tuple[str, np.ndarray]]:
-        keys = np.array([key(p) for p in self.rows], dtype=object)
-        return [(str(value), keys == value) for value in sorted(set(keys.tolist()))]
 
     def performance(self, label: str, mask: np.ndarray, bootstrap: tuple[int, int] | None = None) -> LabelPerformance:
         positive, negative, called = self.positive & mask, self.negative & mask, self.called
