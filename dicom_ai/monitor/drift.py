@@ -30,7 +30,7 @@ from dicom_ai.domain import (
     Reference,
 )
 from dicom_ai.metrics import categorical_psi, ks_against_quantiles, numeric_psi
-from dicom_ai.monitor.performance import group_masks, iso_weeks
+from dicom_ai.monitor.performance import factorize, group_masks, iso_weeks
 
 DRIFT_KS_ALPHA = 0.01
 
@@ -41,13 +41,13 @@ def weekly_values(predictions: Sequence[Prediction],
     in the rows' order. Grouped with numpy: a week is computed once per day, not once per row."""
     columns = images if isinstance(images, ImageColumns) else image_columns(images)
     weeks: dict[str, dict[str, list[float | str]]] = defaultdict(dict)
-    labels = np.array([f"{SCORE_PREFIX}{p.label}" for p in predictions], dtype=object)
+    variables, variable_codes = factorize([f"{SCORE_PREFIX}{p.label}" for p in predictions])
     scores = np.fromiter((p.score for p in predictions), dtype=np.float64, count=len(predictions))
-    for week, in_week in group_masks(iso_weeks([p.predicted_at for p in predictions])):
-        for variable, of_label in group_masks(labels[in_week]):
+    for week, in_week in group_masks(*iso_weeks([p.predicted_at for p in predictions])):
+        for variable, of_label in group_masks(variables, variable_codes[in_week]):
             weeks[week][variable] = scores[in_week][of_label].tolist()
     categorical = {name: np.array(values, dtype=object) for name, values in columns.categorical.items()}
-    for week, in_week in group_masks(iso_weeks(columns.when)):
+    for week, in_week in group_masks(*iso_weeks(columns.when)):
         values = weeks[week]
         for name in NUMERIC_PROPERTIES:
             numbers, known = columns.numeric[name]

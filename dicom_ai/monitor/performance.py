@@ -42,25 +42,39 @@ def _iso_week_of_day(day: int) -> str:
     return iso_week(day * DAY_S + DAY_S / 2)
 
 
-def iso_weeks(epochs: np.ndarray | Sequence[float]) -> np.ndarray:
-    """iso_week of many moments (an object array of str): computed once per UTC day, not per moment."""
-    moments = np.asarray(epochs, dtype=np.float64)
-    if moments.size == 0:
-        return np.empty(0, dtype=object)
+def iso_weeks(epochs: np.ndarray | Sequence[float]) -> tuple[list[str], np.ndarray]:
+    """The distinct ISO weeks of many moments, sorted, and each moment's index into them: iso_week is
+    computed once per UTC day, not once per moment (and by itself for moments a millisecond from midnight,
+    which it rounds to the microsecond)."""
+    moments = np.asarray(epochs, dtype=np.float64).ravel()
     days = np.floor_divide(moments, DAY_S)
     distinct, inverse = np.unique(days, return_inverse=True)
-    weeks = np.array([_iso_week_of_day(int(day)) for day in distinct.tolist()], dtype=object)[inverse.ravel()]
+    labels = [_iso_week_of_day(int(day)) for day in distinct.tolist()]
     into_day = moments - days * DAY_S
-    for i in np.flatnonzero((into_day < _DAY_EDGE_S) | (into_day > DAY_S - _DAY_EDGE_S)).tolist():
-        weeks[i] = iso_week(float(moments[i]))
-    return weeks
+    edges = np.flatnonzero((into_day < _DAY_EDGE_S) | (into_day > DAY_S - _DAY_EDGE_S)).tolist()
+    edge_labels = [iso_week(float(moments[i])) for i in edges]
+    weeks = sorted({*labels, *edge_labels})
+    position = {week: i for i, week in enumerate(weeks)}
+    codes = np.array([position[label] for label in labels], dtype=np.int64)[inverse.ravel()]
+    for i, label in zip(edges, edge_labels):
+        codes[i] = position[label]
+    return weeks, codes
 
 
-def group_masks(keys: Sequence[str] | np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(value, mask of the rows with it) per distinct key, values sorted as text."""
+def factorize(keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct keys, sorted, and each row's index into them."""
     codes: dict[str, int] = {}
-    index = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
-    return [(str(value), index == code) for value, code in sorted(codes.items())]
+    first = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
+    ordered = sorted(codes)
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[[codes[key] for key in ordered]] = np.arange(len(ordered))
+    return ordered, rank[first]
+
+
+def group_masks(values: Sequence[str], codes: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(value, mask of the rows with it) for each value (as iso_weeks and factorize give them) that has rows."""
+    present = np.bincount(codes, minlength=len(values)) if codes.size else np.zeros(len(values), dtype=np.int64)
+    return [(str(value), codes == i) for i, value in enumerate(values) if present[i]]
 
 
 @dataclass(frozen=True)
@@ -173,24 +187,30 @@ def evaluate(predictions: Sequence[Prediction], *, seed: int = 0,
             threshold=float(np.median(arrays.threshold)) if rows else 0.0,
             overall=arrays.performance(label, np.ones(len(rows), dtype=bool), bootstrap=(seed, rounds)),
             weeks={week: arrays.performance(label, mask)
-                   for week, mask in group_masks(iso_weeks([p.predicted_at for p in rows]))},
+                   for week, mask in group_masks(*iso_weeks([p.predicted_at for p in rows]))},
             subgroups={name: {value or "(unknown)": arrays.performance(label, mask)
-                              for value, mask in group_masks(keys)}
-                       for name, keys in _subgroup_keys(rows).items()},
+                              for value, mask in group_masks(values, codes)}
+                       for name, (values, codes) in _subgroup_codes(rows).items()},
         )
     return evaluations
 
 
-def _subgroup_keys(rows: Sequence[Prediction]) -> dict[str, list[str]]:
-    """Subgroup name -> each row's value ("" when unknown), looked up once per distinct subgroups tuple."""
-    distinct: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-    per_row = []
-    for prediction in rows:
-        found = distinct.get(prediction.subgroups)
-        if found is None:
-            found = distinct[prediction.subgroups] = {name: prediction.subgroup(name) for name in SUBGROUP_NAMES}
-        per_row.append(found)
-    return {name: [found[name] for found in per_row] for name in SUBGROUP_NAMES}
+def _subgroup_codes(rows: Sequence[Prediction]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Subgroup name -> (its values sorted, each row's index into them; "" when unknown): one pass over the
+    rows to find their distinct subgroups tuples (a few hundred), the rest per distinct tuple."""
+    distinct, index = _factorize_tuples([p.subgroups for p in rows])
+    out = {}
+    for name in SUBGROUP_NAMES:
+        values, of_distinct = factorize([next((v for k, v in pairs if k == name), "") for pairs in distinct])
+        out[name] = (values, of_distinct[index] if index.size else index)
+    return out
+
+
+def _factorize_tuples(keys: Sequence[tuple[tuple[str, str], ...]]) -> tuple[list[tuple[tuple[str, str], ...]], np.ndarray]:
+    """The distinct subgroups tuples in first-seen order and each row's index into them."""
+    codes: dict[tuple[tuple[str, str], ...], int] = {}
+    index = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
+    return list(codes), index
 
 
 class _Arrays:

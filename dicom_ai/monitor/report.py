@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dicom_ai.domain import DriftCheck, Prediction, Truth
-from dicom_ai.monitor.performance import LabelEvaluation, LabelPerformance, iso_week
+from dicom_ai.monitor.performance import LabelEvaluation, LabelPerformance, iso_weeks
 
 SCORE_BINS = 20
 MAX_WEEKS_SHOWN = 26
@@ -156,14 +156,16 @@ def _calibration(path: Path, evaluation: LabelEvaluation) -> Path:
 def _scores_over_time(path: Path, rows: Sequence[Prediction], evaluation: LabelEvaluation) -> Path:
     figure = Figure(figsize=(max(5.0, 1 + 0.45 * MAX_WEEKS_SHOWN / 2), 4.5))
     axes = figure.subplots()
-    weeks = sorted({iso_week(p.predicted_at) for p in rows})[-MAX_WEEKS_SHOWN:]
+    all_weeks, week_of_row = iso_weeks([p.predicted_at for p in rows])
+    weeks = all_weeks[-MAX_WEEKS_SHOWN:]
     if weeks:
-        index = {week: i for i, week in enumerate(weeks)}
+        shown = week_of_row >= len(all_weeks) - len(weeks)
+        scores = np.fromiter((p.score for p in rows), dtype=np.float64, count=len(rows))[shown]
+        # Bin as int(score * SCORE_BINS) did row by row (truncation toward zero), the top bin taking 1.0 and above.
+        bins = np.minimum(np.trunc(scores * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+        columns = week_of_row[shown] - (len(all_weeks) - len(weeks))
         counts = np.zeros((SCORE_BINS, len(weeks)))
-        for p in rows:
-            column = index.get(iso_week(p.predicted_at))
-            if column is not None:
-                counts[min(int(p.score * SCORE_BINS), SCORE_BINS - 1), column] += 1
+        np.add.at(counts, (bins, columns), 1)
         totals = counts.sum(axis=0)
         shares = counts / np.maximum(totals, 1)
         image = axes.imshow(shares, origin="lower", aspect="auto", extent=(-0.5, len(weeks) - 0.5, 0, 1),
