@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from dicom_ai.domain import DriftCheck, Prediction, Truth
 from dicom_ai.monitor.performance import LabelEvaluation, LabelPerformance, iso_weeks
@@ -196,17 +197,28 @@ def subgroup_rows(evaluation: LabelEvaluation) -> list[tuple[str, str, list[str]
     return rows
 
 
+SUBGROUP_WIDTHS = (0.13, 0.22, *(0.08,) * len(SUBGROUP_COLUMNS))  # figure fractions per column
+ROW_IN = 0.26  # inches per table row
+
+
 def _subgroups(path: Path, evaluation: LabelEvaluation) -> Path:
+    """The subgroup table as a header and one text per column: a matplotlib table (an artist per cell,
+    measured twice) took half the report's drawing time at 100,000 predictions."""
     rows = subgroup_rows(evaluation)
-    figure = Figure(figsize=(11, 0.6 + 0.26 * (len(rows) + 1)))
-    axes = figure.subplots()
-    axes.axis("off")
-    table = axes.table(cellText=[[name, value[:28], *cells] for name, value, cells in rows],
-                       colLabels=["subgroup", "value", *SUBGROUP_COLUMNS], loc="upper center", cellLoc="left")
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.2)
-    axes.set_title(f"{evaluation.label}: by subgroup at threshold {evaluation.threshold:g}", fontsize=10)
+    header = ["subgroup", "value", *SUBGROUP_COLUMNS]
+    body = [[name, value[:28], *cells] for name, value, cells in rows]
+    height = 0.6 + ROW_IN * (len(rows) + 1)
+    figure = Figure(figsize=(11, height))
+    line = ROW_IN / height  # a row, in figure fractions
+    figure.text(0.5, 1 - 0.1 / height, f"{evaluation.label}: by subgroup at threshold {evaluation.threshold:g}",
+                fontsize=10, ha="center", va="top")
+    x, top = 0.01, 1 - 0.45 / height
+    for i, (title, width) in enumerate(zip(header, SUBGROUP_WIDTHS)):
+        figure.text(x, top, title, fontsize=8, fontweight="bold", ha="left", va="top")
+        figure.text(x, top - 1.2 * line, "\n".join(cells[i] for cells in body), fontsize=8, ha="left", va="top",
+                    linespacing=1.6)
+        x += width
+    figure.add_artist(Line2D([0.005, x - 0.01], [top - 0.85 * line] * 2, color="0.6", linewidth=0.8))
     return _save(figure, path)
 
 
