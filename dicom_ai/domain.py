@@ -415,6 +415,16 @@ Reference = NumericReference | CategoricalReference
 # Input properties whose distribution is watched for drift (names of ImageProperties fields).
 NUMERIC_PROPERTIES = ("rows", "columns", "pixel_spacing", "kvp", "field_strength")
 CATEGORICAL_PROPERTIES = ("manufacturer", "photometric")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageColumns:
+    """The drift-watched properties of many analysed images as columns (one entry per image, oldest first):
+    what a drift check over 100,000 images reads, without an ImageProperties per image."""
+
+    when: np.ndarray  # analysed at, epoch seconds (float64)
+    numeric: dict[str, tuple[np.ndarray, np.ndarray]]  # NUMERIC_PROPERTIES name -> (float64 values, known mask)
+    categorical: dict[str, list[str]]  # CATEGORICAL_PROPERTIES name -> values ("" when the header did not say)
 SCORE_PREFIX = "score:"  # drift variable of a label's score: "score:Consolidation"
 
 

@@ -34,15 +34,12 @@ from dicom_ai.domain import (
     ResultFile,
     TruthSource,
 )
-from dicom_ai.encode.assessment import LabelAssessment, assessment_reference, build_assessment_sr
-from dicom_ai.encode.uids import derive_uid
 from dicom_ai.errors import one_line
 from dicom_ai.feedback.derive import derive_truths
 from dicom_ai.feedback.hl7_report import ACCEPT, ERROR, REJECT, MalformedMessage, ParsedReport, ack, control_id_of, parse_report
 from dicom_ai.monitor.drift import weekly_drift
 from dicom_ai.monitor.performance import LabelEvaluation, evaluate
 from dicom_ai.monitor.seismometer import ExportError, SeismometerExport, export_seismometer
-from dicom_ai.send.carriers import dicom
 from dicom_ai.store import Spool
 from dicom_ai.store.feedback import ASSESSMENT, FeedbackError
 from dicom_ai.store.secret import node_secret
@@ -84,6 +81,12 @@ def queue_assessment(stores: Stores, settings: Settings, study_uid: str, model: 
 
     The same truths give the same SR (deterministic UID): nothing new is queued; changed truths give
     a new SR naming the previous one as its predecessor."""
+    # The encoders (highdicom) and the DICOM carrier: only an assessment pays for importing them, not
+    # `evaluate` or `export seismometer` (about a second of a command's start).
+    from dicom_ai.encode.assessment import LabelAssessment, assessment_reference, build_assessment_sr
+    from dicom_ai.encode.uids import derive_uid
+    from dicom_ai.send.carriers import dicom
+
     truths = stores.feedback.effective(study_uid, model)
     ai_sr = stores.feedback.current_sr(study_uid, model)
     if not truths or ai_sr is None:
@@ -246,7 +249,7 @@ def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Map
         if not reference:
             continue
         found = weekly_drift(model, stores.performance.predictions(model, since=since),
-                             stores.performance.images(model, since=since), reference,
+                             stores.performance.image_columns(model, since=since), reference,
                              psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
         stores.performance.save_drift(found)
         checks.extend(found)
@@ -278,8 +281,9 @@ def evaluate_model(stores: Stores, settings: Settings, model: str, reference: Ma
     predictions = stores.performance.predictions(model, since=since, until=until)
     drift: list[DriftCheck] = []
     if reference:
-        drift = weekly_drift(model, predictions, stores.performance.images(model, since=since, until=until), reference,
-                             psi_threshold=settings.drift_psi, min_cases=settings.drift_min_cases)
+        images = stores.performance.image_columns(model, since=since, until=until)
+        drift = weekly_drift(model, predictions, images, reference, psi_threshold=settings.drift_psi,
+                             min_cases=settings.drift_min_cases)
     return Evaluated(model, tuple(predictions), evaluate(predictions), tuple(drift))
 
 

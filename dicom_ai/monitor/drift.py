@@ -23,32 +23,55 @@ from dicom_ai.domain import (
     SCORE_PREFIX,
     CategoricalReference,
     DriftCheck,
+    ImageColumns,
     ImageProperties,
     NumericReference,
     Prediction,
     Reference,
 )
 from dicom_ai.metrics import categorical_psi, ks_against_quantiles, numeric_psi
-from dicom_ai.monitor.performance import iso_week
+from dicom_ai.monitor.performance import factorize, group_masks, iso_weeks
 
 DRIFT_KS_ALPHA = 0.01
 
 
 def weekly_values(predictions: Sequence[Prediction],
-                  images: Sequence[tuple[float, ImageProperties]]) -> dict[str, dict[str, list[float | str]]]:
-    """ISO week -> drift variable -> its values that week (scores per study, properties per image)."""
-    weeks: dict[str, dict[str, list[float | str]]] = defaultdict(lambda: defaultdict(list))
-    for prediction in predictions:
-        weeks[iso_week(prediction.predicted_at)][f"{SCORE_PREFIX}{prediction.label}"].append(prediction.score)
-    for when, image in images:
-        week = weeks[iso_week(when)]
+                  images: Sequence[tuple[float, ImageProperties]] | ImageColumns) -> dict[str, dict[str, list[float | str]]]:
+    """ISO week -> drift variable -> its values that week (scores per study, properties per image), each list
+    in the rows' order. Grouped with numpy: a week is computed once per day, not once per row."""
+    columns = images if isinstance(images, ImageColumns) else image_columns(images)
+    weeks: dict[str, dict[str, list[float | str]]] = defaultdict(dict)
+    variables, variable_codes = factorize([f"{SCORE_PREFIX}{p.label}" for p in predictions])
+    scores = np.fromiter((p.score for p in predictions), dtype=np.float64, count=len(predictions))
+    for week, in_week in group_masks(*iso_weeks([p.predicted_at for p in predictions])):
+        for variable, of_label in group_masks(variables, variable_codes[in_week]):
+            weeks[week][variable] = scores[in_week][of_label].tolist()
+    categorical = {name: np.array(values, dtype=object) for name, values in columns.categorical.items()}
+    for week, in_week in group_masks(*iso_weeks(columns.when)):
+        values = weeks[week]
         for name in NUMERIC_PROPERTIES:
-            value = getattr(image, name)
-            if value is not None:
-                week[name].append(float(value))
+            numbers, known = columns.numeric[name]
+            found = numbers[in_week & known]
+            if found.size:
+                values[name] = found.tolist()
         for name in CATEGORICAL_PROPERTIES:
-            week[name].append(str(getattr(image, name) or ""))
-    return {week: dict(values) for week, values in sorted(weeks.items())}
+            if in_week.any():
+                values[name] = categorical[name][in_week].tolist()
+    return {week: values for week, values in sorted(weeks.items())}
+
+
+def image_columns(images: Sequence[tuple[float, ImageProperties]]) -> ImageColumns:
+    """ImageProperties rows as the columns drift checks read (the store reads them as columns directly)."""
+    count = len(images)
+    numeric = {}
+    for name in NUMERIC_PROPERTIES:
+        raw = [getattr(image, name) for _, image in images]
+        numeric[name] = (np.fromiter((float("nan") if v is None else float(v) for v in raw), dtype=np.float64,
+                                     count=count),
+                         np.fromiter((v is not None for v in raw), dtype=bool, count=count))
+    categorical = {name: [str(getattr(image, name) or "") for _, image in images] for name in CATEGORICAL_PROPERTIES}
+    return ImageColumns(np.fromiter((float(when) for when, _ in images), dtype=np.float64, count=count), numeric,
+                        categorical)
 
 
 def check_week(model: str, week: str, values: Mapping[str, Sequence[float | str]], references: Mapping[str, Reference],
@@ -71,7 +94,8 @@ def check_week(model: str, week: str, values: Mapping[str, Sequence[float | str]
     return checks
 
 
-def weekly_drift(model: str, predictions: Sequence[Prediction], images: Sequence[tuple[float, ImageProperties]],
+def weekly_drift(model: str, predictions: Sequence[Prediction],
+                 images: Sequence[tuple[float, ImageProperties]] | ImageColumns,
                  references: Mapping[str, Reference], *, psi_threshold: float, min_cases: int) -> list[DriftCheck]:
     """Every week's checks for one model, oldest week first."""
     checks: list[DriftCheck] = []

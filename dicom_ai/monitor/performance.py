@@ -11,9 +11,10 @@ than it tells). Calibration is a reliability table over ten bins and the Brier s
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,50 @@ def iso_week(epoch: float) -> str:
     """The ISO week (UTC) of a moment: "2026-W48"; weeks sort as text."""
     year, week, _ = datetime.fromtimestamp(epoch, UTC).isocalendar()
     return f"{year}-W{week:02d}"
+
+
+DAY_S = 86400.0
+_DAY_EDGE_S = 1e-3  # moments this close to midnight take iso_week itself (it rounds to the microsecond)
+
+
+@lru_cache(maxsize=8192)
+def _iso_week_of_day(day: int) -> str:
+    return iso_week(day * DAY_S + DAY_S / 2)
+
+
+def iso_weeks(epochs: np.ndarray | Sequence[float]) -> tuple[list[str], np.ndarray]:
+    """The distinct ISO weeks of many moments, sorted, and each moment's index into them: iso_week is
+    computed once per UTC day, not once per moment (and by itself for moments a millisecond from midnight,
+    which it rounds to the microsecond)."""
+    moments = np.asarray(epochs, dtype=np.float64).ravel()
+    days = np.floor_divide(moments, DAY_S)
+    distinct, inverse = np.unique(days, return_inverse=True)
+    labels = [_iso_week_of_day(int(day)) for day in distinct.tolist()]
+    into_day = moments - days * DAY_S
+    edges = np.flatnonzero((into_day < _DAY_EDGE_S) | (into_day > DAY_S - _DAY_EDGE_S)).tolist()
+    edge_labels = [iso_week(float(moments[i])) for i in edges]
+    weeks = sorted({*labels, *edge_labels})
+    position = {week: i for i, week in enumerate(weeks)}
+    codes = np.array([position[label] for label in labels], dtype=np.int64)[inverse.ravel()]
+    for i, label in zip(edges, edge_labels):
+        codes[i] = position[label]
+    return weeks, codes
+
+
+def factorize(keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct keys, sorted, and each row's index into them."""
+    codes: dict[str, int] = {}
+    first = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
+    ordered = sorted(codes)
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[[codes[key] for key in ordered]] = np.arange(len(ordered))
+    return ordered, rank[first]
+
+
+def group_masks(values: Sequence[str], codes: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(value, mask of the rows with it) for each value (as iso_weeks and factorize give them) that has rows."""
+    present = np.bincount(codes, minlength=len(values)) if codes.size else np.zeros(len(values), dtype=np.int64)
+    return [(str(value), codes == i) for i, value in enumerate(values) if present[i]]
 
 
 @dataclass(frozen=True)
@@ -141,16 +186,31 @@ def evaluate(predictions: Sequence[Prediction], *, seed: int = 0,
             label=label,
             threshold=float(np.median(arrays.threshold)) if rows else 0.0,
             overall=arrays.performance(label, np.ones(len(rows), dtype=bool), bootstrap=(seed, rounds)),
-            weeks={week: arrays.performance(label, mask) for week, mask in arrays.groups(lambda p: iso_week(p.predicted_at))},
+            weeks={week: arrays.performance(label, mask)
+                   for week, mask in group_masks(*iso_weeks([p.predicted_at for p in rows]))},
             subgroups={name: {value or "(unknown)": arrays.performance(label, mask)
-                              for value, mask in arrays.groups(_subgroup_of(name))}
-                       for name in SUBGROUP_NAMES},
+                              for value, mask in group_masks(values, codes)}
+                       for name, (values, codes) in _subgroup_codes(rows).items()},
         )
     return evaluations
 
 
-def _subgroup_of(name: str) -> Callable[[Prediction], str]:
-    return lambda prediction: prediction.subgroup(name)
+def _subgroup_codes(rows: Sequence[Prediction]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Subgroup name -> (its values sorted, each row's index into them; "" when unknown): one pass over the
+    rows to find their distinct subgroups tuples (a few hundred), the rest per distinct tuple."""
+    distinct, index = _factorize_tuples([p.subgroups for p in rows])
+    out = {}
+    for name in SUBGROUP_NAMES:
+        values, of_distinct = factorize([next((v for k, v in pairs if k == name), "") for pairs in distinct])
+        out[name] = (values, of_distinct[index] if index.size else index)
+    return out
+
+
+def _factorize_tuples(keys: Sequence[tuple[tuple[str, str], ...]]) -> tuple[list[tuple[tuple[str, str], ...]], np.ndarray]:
+    """The distinct subgroups tuples in first-seen order and each row's index into them."""
+    codes: dict[tuple[tuple[str, str], ...], int] = {}
+    index = np.fromiter((codes.setdefault(key, len(codes)) for key in keys), dtype=np.int64, count=len(keys))
+    return list(codes), index
 
 
 class _Arrays:
@@ -160,15 +220,11 @@ class _Arrays:
         self.rows = rows
         self.score = np.fromiter((p.score for p in rows), dtype=np.float64, count=len(rows))
         self.threshold = np.fromiter((p.threshold for p in rows), dtype=np.float64, count=len(rows))
-        truth = [p.truth for p in rows]
-        self.positive = np.fromiter((t == Truth.PRESENT for t in truth), dtype=bool, count=len(rows))
-        self.negative = np.fromiter((t == Truth.ABSENT for t in truth), dtype=bool, count=len(rows))
-        self.uncertain = np.fromiter((t == Truth.UNCERTAIN for t in truth), dtype=bool, count=len(rows))
+        truth = np.array([p.truth for p in rows], dtype=object)
+        self.positive = truth == Truth.PRESENT
+        self.negative = truth == Truth.ABSENT
+        self.uncertain = truth == Truth.UNCERTAIN
         self.called = self.score >= self.threshold
-
-    def groups(self, key: Callable[[Prediction], str]) -> list[tuple[str, np.ndarray]]:
-        keys = np.array([key(p) for p in self.rows], dtype=object)
-        return [(str(value), keys == value) for value in sorted(set(keys.tolist()))]
 
     def performance(self, label: str, mask: np.ndarray, bootstrap: tuple[int, int] | None = None) -> LabelPerformance:
         positive, negative, called = self.positive & mask, self.negative & mask, self.called

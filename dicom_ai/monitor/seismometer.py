@@ -24,14 +24,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from dicom_ai.domain import Prediction, Truth
 from dicom_ai.store.performance import SUBGROUPS
-from dicom_ai.store.secret import pseudonym
+from dicom_ai.store.secret import pseudonyms
+
+if TYPE_CHECKING:  # pyarrow (~30 MB) only when a folder is written: the console's process imports this module
+    import pyarrow as pa
 
 CENSOR_MIN_COUNT = 10  # seismometer hides cohorts smaller than this (its minimum)
 PREDICTION_TIME = "PredictionTime"
@@ -84,6 +86,8 @@ def export_seismometer(folder: Path, model: str, predictions: Sequence[Predictio
     (folder / INFO_DIR).mkdir(exist_ok=True)
     scores = {label: f"{column(label)}_score" for label in labels}
     targets = {label: column(label) for label in labels}
+    import pyarrow.parquet as pq
+
     table = _table(judged, labels, scores, targets, secret)
     pq.write_table(table, folder / "predictions.parquet")
     _write_yaml(folder / "config.yml", {"other_info": {
@@ -111,13 +115,15 @@ def export_seismometer(folder: Path, model: str, predictions: Sequence[Predictio
 
 def _table(judged: Mapping[str, Mapping[str, Prediction]], labels: Sequence[str], scores: Mapping[str, str],
            targets: Mapping[str, str], secret: bytes) -> pa.Table:
+    import pyarrow as pa
+
     studies = sorted(judged, key=lambda s: (min(p.predicted_at for p in judged[s].values()), s))
     first = [next(iter(judged[s].values())) for s in studies]
     columns: dict[str, pa.Array] = {
-        "entity_id": pa.array([pseudonym(secret, "patient", p.patient_id or f"study {p.study_instance_uid}")
-                               for p in first], pa.string()),
-        "context_id": pa.array([pseudonym(secret, "context", p.accession_number or p.study_instance_uid)
-                                for p in first], pa.string()),
+        "entity_id": pa.array(pseudonyms(secret, "patient", [p.patient_id or f"study {p.study_instance_uid}"
+                                                             for p in first]), pa.string()),
+        "context_id": pa.array(pseudonyms(secret, "context", [p.accession_number or p.study_instance_uid
+                                                              for p in first]), pa.string()),
         PREDICTION_TIME: pa.array([int(p.predicted_at * 1e9) for p in first], pa.timestamp("ns")),
         "model_version": pa.array([p.model_version for p in first], pa.string()),
     }
@@ -125,8 +131,12 @@ def _table(judged: Mapping[str, Mapping[str, Prediction]], labels: Sequence[str]
         columns[scores[label]] = pa.array([judged[s][label].score for s in studies], pa.float64())
         columns[f"{targets[label]}_Value"] = pa.array([int(judged[s][label].truth == Truth.PRESENT) for s in studies],
                                                       pa.int64())
+    cohorts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # per distinct subgroups tuple, not per row
+    for p in first:
+        if p.subgroups not in cohorts:
+            cohorts[p.subgroups] = {name: p.subgroup(name) or "unknown" for name in COHORT_COLUMNS}
     for name, stem in COHORT_COLUMNS.items():
-        columns[stem] = pa.array([p.subgroup(name) or "unknown" for p in first], pa.string())
+        columns[stem] = pa.array([cohorts[p.subgroups][name] for p in first], pa.string())
     return pa.table(columns)
 
 

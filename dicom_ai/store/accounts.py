@@ -12,11 +12,12 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from dicom_ai.store.database import Part
+from dicom_ai.store.database import Database, Part
 
 MIN_PASSWORD_LENGTH = 10
 FAILURES_FREE = 3  # failed sign-ins in a row before each further try must wait
@@ -80,13 +81,13 @@ class Accounts(Part):
     """Users, sessions and the failed sign-in counters."""
 
     _hasher = PasswordHasher()
-    _dummy: list[str] = []  # the hash verified for unknown names, made at the first sign-in (argon2 takes 64 MiB)
+    _dummy: ClassVar[str | None] = None  # made by the first Accounts, not on import: every CLI command imports this
 
-    @classmethod
-    def _dummy_hash(cls) -> str:
-        if not cls._dummy:
-            cls._dummy.append(cls._hasher.hash("no such user: verified anyway, so timing tells no names"))
-        return cls._dummy[0]
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        if Accounts._dummy is None:  # before any sign-in, so that the first unknown name takes no longer than the rest
+            Accounts._dummy = self._hasher.hash("no such user: verified anyway, so timing tells no names")
+        self._dummy_hash = Accounts._dummy
 
     # users -----------------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Accounts(Part):
     def verify(self, name: str, password: str) -> User | None:
         """The user when the password is right; None otherwise (a wrong name costs the same time)."""
         rows = self._query("select * from users where name = ?", [name])
-        digest = rows[0]["password_hash"] if rows else self._dummy_hash()
+        digest = rows[0]["password_hash"] if rows else self._dummy_hash
         try:
             self._hasher.verify(digest, password)
         except (VerificationError, InvalidHashError):

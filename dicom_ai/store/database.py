@@ -76,6 +76,13 @@ class Database:
         with self.reading() as conn:
             return [dict(row) for row in conn.execute(sql, params).fetchall()]
 
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Plain tuples in the select's column order: for reads of 100,000 rows, where dicts cost more than the SQL."""
+        with self.reading() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            return cursor.execute(sql, params).fetchall()
+
     def pragma(self, name: str) -> Any:
         """A PRAGMA's value on a connection as the node opens them (for checks and tests)."""
         with self.reading() as conn:
@@ -97,6 +104,9 @@ class Reader:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self.database.query(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.database.rows(sql, params)
 
 
 T = TypeVar("T")

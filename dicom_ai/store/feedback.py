@@ -110,9 +110,8 @@ class FeedbackStore(Part):
 
     def effective_for_model(self, model: str) -> dict[tuple[str, str], Effective]:
         """(study, label) -> the truth that counts, for every judged study of a model."""
-        return fold_truths(self._query(
-            "select study_instance_uid, label, truth, source, by, comment, at, report_id from feedback"
-            " where model = ? order by id", [model]))
+        return fold_truth_rows(self._rows(
+            f"select {', '.join(FOLD_COLUMNS)} from feedback where model = ? order by id", [model]))
 
     def history(self, study_uid: str) -> list[dict[str, Any]]:
         """Every judgement of the study, oldest first (the audit trail shows who and when)."""
@@ -210,17 +209,29 @@ def _inserted(row_id: int | None) -> int:
     return row_id
 
 
+FOLD_COLUMNS = ("study_instance_uid", "label", "truth", "source", "by", "comment", "at", "report_id")
+_TRUTHS = {truth.value: truth for truth in Truth}
+_SOURCES = {source.value: source for source in TruthSource}
+
+
 def fold_truths(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Effective]:
     """(study, label) -> the truth that counts, from judgement rows in the order they were made."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    return fold_truth_rows([tuple(row[name] for name in FOLD_COLUMNS) for row in rows])
+
+
+def fold_truth_rows(rows: Sequence[tuple[Any, ...]]) -> dict[tuple[str, str], Effective]:
+    """fold_truths over plain tuples in FOLD_COLUMNS order (a model's whole feedback table: no dicts built)."""
+    latest: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     for row in rows:
-        latest[(row["study_instance_uid"], row["label"], row["source"])] = row
+        latest[(row[0], row[1], row[3])] = row
+    radiologist = TruthSource.RADIOLOGIST.value
     folded: dict[tuple[str, str], Effective] = {}
     for (study, label, source), row in latest.items():
-        if source != TruthSource.RADIOLOGIST and (study, label, TruthSource.RADIOLOGIST.value) in latest:
+        if source != radiologist and (study, label, radiologist) in latest:
             continue  # an explicit judgement outranks a derived one, whatever their order
-        folded[(study, label)] = Effective(Truth(row["truth"]), TruthSource(source), row["by"] or "",
-                                           row["comment"] or "", row["at"], row["report_id"])
+        truth = _TRUTHS.get(row[2]) or Truth(row[2])  # Truth() raises on a value the enum does not know
+        folded[(study, label)] = Effective(truth, _SOURCES.get(source) or TruthSource(source), row[4] or "",
+                                           row[5] or "", row[6], row[7])
     return folded
 
 
@@ -231,4 +242,4 @@ def describe(effective: Effective) -> str:
 
 
 __all__ = ["ASSESSMENT", "Effective", "FeedbackError", "FeedbackStore", "InboundReport", "ResultRef", "describe",
-           "fold_truths"]
+           "fold_truth_rows", "fold_truths"]

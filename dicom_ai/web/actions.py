@@ -1,12 +1,14 @@
 """The console's state changes, shared by its pages and its API: each calls the function the CLI
-calls (pipeline.apply_override, StudyStore.requeue, OutboxStore.requeue_sends), so a change made in
-the browser is the same change, with the same audit event, as one made with `dicom-ai`."""
+calls (pipeline.apply_override, StudyStore.requeue, OutboxStore.requeue_sends,
+validation.record_feedback), so a change made in the browser is the same change, with the same
+audit event, as one made with `dicom-ai`."""
 
 from __future__ import annotations
 
-from dicom_ai.domain import Override, Priority
+from dicom_ai.domain import Judgement, Override, Priority, Truth, TruthSource
 from dicom_ai.pipeline import apply_override
 from dicom_ai.store.accounts import User
+from dicom_ai.validation import FeedbackError, record_feedback
 from dicom_ai.web.context import WebContext
 
 NOT_FOUND = 404
@@ -40,6 +42,26 @@ def override_priority(ctx: WebContext, user: User, study_uid: str, level: str, r
     if not apply_override(stores, settings, study_uid, override):
         raise ActionError(NOT_FOUND, f"no study {study_uid} with an AI priority on this node")
     return f"{study_uid}: priority {override.describe()}"
+
+
+def give_feedback(ctx: WebContext, user: User, study_uid: str, model: str, label: str, truth: str,
+                  comment: str) -> str:
+    """A radiologist's judgement of one finding, as `dicom-ai feedback` records it: the signed-in user is
+    `by`; the store audits it (`judged`) and the model's assessment SR is queued for the PACS."""
+    stores, settings = _stores(ctx)
+    truth = truth.strip().lower()
+    if truth not in {t.value for t in Truth}:
+        raise ActionError(BAD_REQUEST, f"truth {truth!r}: choose present, absent or uncertain")
+    if not model.strip() or not label.strip():
+        raise ActionError(BAD_REQUEST, "name the model and the finding (label) judged")
+    judgement = Judgement(study_uid, model.strip(), label.strip(), Truth(truth), TruthSource.RADIOLOGIST, user.name,
+                          comment.strip())
+    try:
+        assessment = record_feedback(stores, settings, judgement)
+    except FeedbackError as exc:
+        raise ActionError(NOT_FOUND if stores.reports.study(study_uid) is None else BAD_REQUEST, str(exc)) from None
+    sent = f"; assessment SR {assessment} queued for the PACS" if assessment else ""
+    return f"{judgement.model} {judgement.label} judged {truth} by {user.name}{sent}"
 
 
 def retry_study(ctx: WebContext, user: User, study_uid: str) -> str:

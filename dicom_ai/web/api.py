@@ -2,7 +2,9 @@
 
 GET /api/studies (search: patient_id, accession_number, study_date, state, model, priority, limit),
 /api/studies/{uid}, /api/worklist, /api/status, /api/models, /api/audit, /api/users (admin),
-/api/schema (this list as OpenAPI). POST /api/studies/{uid}/priority {"level", "reason"} (radiologist),
+/api/schema (this list as OpenAPI); /api/models/{name}/performance is in validation_view.py.
+POST /api/studies/{uid}/priority {"level", "reason"} (radiologist),
+/api/studies/{uid}/feedback {"model", "label", "truth", "comment"} (radiologist),
 /api/studies/{uid}/retry, /discard, /resend, /discard-sends (admin), /api/users {"name", "role", "password"} (admin).
 """
 
@@ -27,6 +29,7 @@ from dicom_ai.web import actions, views
 from dicom_ai.web.auth import acting, require
 from dicom_ai.web.context import WebContext
 from dicom_ai.web.pages import SEARCH_KEYS, audit_query
+from dicom_ai.web.validation_view import judgements
 
 MAX_LIMIT = 1000
 SCHEMA = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "dicom-ai console API", "version": "1"}})
@@ -58,6 +61,7 @@ def routes(ctx: WebContext) -> list[Route]:
         if detail is None:
             raise HTTPException(404, f"no study {request.path_params['uid']} on this node")
         detail["results"] = [{k: v for k, v in r.items() if k != "path"} for r in ctx.reports.results_of(request.path_params["uid"])]
+        detail["judgements"] = [j.public() for j in judgements(ctx, request.path_params["uid"], detail["findings"])]
         return _json(detail)
 
     def worklist(request: Request) -> Response:
@@ -140,6 +144,9 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/api/schema", schema, methods=["GET"], include_in_schema=False),
         Route("/api/studies/{uid}/priority", change(Role.RADIOLOGIST, lambda r, u, b: actions.override_priority(
             ctx, u, uid(r), str(b.get("level", "")), str(b.get("reason", "")))), methods=["POST"]),
+        Route("/api/studies/{uid}/feedback", change(Role.RADIOLOGIST, lambda r, u, b: actions.give_feedback(
+            ctx, u, uid(r), str(b.get("model", "")), str(b.get("label", "")), str(b.get("truth", "")),
+            str(b.get("comment", "")))), methods=["POST"]),
         Route("/api/studies/{uid}/retry", change(Role.ADMIN, lambda r, u, b: actions.retry_study(ctx, u, uid(r))),
               methods=["POST"]),
         Route("/api/studies/{uid}/discard", change(Role.ADMIN, lambda r, u, b: actions.discard_study(ctx, u, uid(r))),

@@ -29,6 +29,7 @@ from dicom_ai.web.metrics import CONTENT_TYPE, NodeCollector, metrics_text
 from dicom_ai.web.pages import Pages
 from dicom_ai.web.rules_console import RulesConsole
 from dicom_ai.web.server import IDLE_TIMEOUT, WebServer
+from dicom_ai.web.validation_view import ValidationConsole
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def build_app(ctx: WebContext, stow_receive: stow.StowReceive | None = None, hom
 
     routes = [Route("/healthz", lambda _r: PlainTextResponse("ok\n"), methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), *pages.routes(), *api.routes(ctx),
-              *RulesConsole(ctx, pages).routes()]
+              *RulesConsole(ctx, pages).routes(),
+              *ValidationConsole(ctx, pages, home or ctx.reports.database.path.parent).routes()]
     if stow_receive is not None:
         routes += stow.routes(stow_receive)
 

@@ -30,6 +30,7 @@ from dicom_ai.web import actions, views
 from dicom_ai.web.auth import SESSION_COOKIE, TOO_MANY, acting, client_address, identity_of, login_keys, require
 from dicom_ai.web.context import WebContext
 from dicom_ai.web.results_view import png_of, sr_lines
+from dicom_ai.web.validation_view import drift_summary, judgements
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Pages:
         shadow = next((set(json.loads(e["detail"] or "{}").get("models", [])) for e in reversed(detail["events"])
                        if e["kind"] == "shadow_results"), set())  # the last run's shadow models: recorded, not sent
         return self.render(request, "study.html", f"Study {uid}", "/studies", detail=detail, reports=reports, images=images,
-                           shadow=shadow)
+                           shadow=shadow, judgements=judgements(self.ctx, uid, detail["findings"]))
 
     def result_png(self, request: Request) -> Response:
         uid, sop = request.path_params["uid"], request.path_params["sop"]
@@ -153,7 +154,7 @@ class Pages:
         found = views.models(self.ctx, time.time())
         problems = self.ctx.models.problems() if self.ctx.models is not None else {}
         shown = [{"name": m.name, "card": m.card, "state": m.state, "backend": m.backend, "studies": m.studies,
-                  "enabled": m.enabled,
+                  "enabled": m.enabled, "drift": drift_summary(self.ctx, m.name),
                   "latency": m.latency, "metrics": json.dumps(m.card.metrics) if m.card and m.card.metrics else ""}
                  for m in found if m.card is not None]
         return self.render(request, "models.html", "Models", "/models", models=shown, problems=problems)
@@ -212,6 +213,9 @@ class Pages:
             Route("/audit.csv", self.audit_csv, methods=["GET"]),
             Route("/studies/{uid}/priority", self._change(Role.RADIOLOGIST, lambda r, u, f: actions.override_priority(
                 ctx, u, uid(r), str(f.get("level", "")), str(f.get("reason", "")))), methods=["POST"]),
+            Route("/studies/{uid}/feedback", self._change(Role.RADIOLOGIST, lambda r, u, f: actions.give_feedback(
+                ctx, u, uid(r), str(f.get("model", "")), str(f.get("label", "")), str(f.get("truth", "")),
+                str(f.get("comment", "")))), methods=["POST"]),
             Route("/studies/{uid}/retry", self._change(Role.ADMIN, lambda r, u, f: actions.retry_study(ctx, u, uid(r))),
                   methods=["POST"]),
             Route("/studies/{uid}/discard", self._change(Role.ADMIN, lambda r, u, f: actions.discard_study(ctx, u, uid(r))),

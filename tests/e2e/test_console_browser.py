@@ -4,7 +4,9 @@ and a real Orthanc: studies go storescu -> Orthanc -> the node -> results back.
 An admin signs in and sees the dashboard, a study's page with its heatmaps, the worklist, models
 and audit; breaks a rule and sees its file:line error, fixes it, replays it, activates it, and the
 next study sent with storescu is routed by the new rule; then rolls back. A viewer is refused an
-edit (403). A radiologist overrides a priority in the worklist and Orthanc's metadata gets it.
+edit (403). A radiologist overrides a priority in the worklist and Orthanc's metadata gets it, then
+judges a finding on a study's page (the judgement appears, its assessment SR reaches Orthanc) and
+opens the model's page with its live numbers and report figures.
 Screenshots of the main pages go to tests/artifacts/console-*.png (git ignores the folder).
 """
 
@@ -117,7 +119,13 @@ def sr_in_orthanc(stack: Stack, study_uid: str) -> str:
         series = client.get_json(f"studies/{orthanc_id}/series")
         return orthanc_id if any(s["MainDicomTags"].get("Modality") == "SR" for s in series) else None
 
-    return str(wait_for("the SR in Orthanc", arrived, RESULTS_TIMEOUT, stack.router))
+    try:
+        return str(wait_for("the SR in Orthanc", arrived, RESULTS_TIMEOUT, stack.router))
+    except Exception as exc:  # once seen: Orthanc stopped answering mid-test; say whether it exited, and how
+        process = stack.orthanc.process
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"Orthanc exited with {process.returncode}: {stack.orthanc.log_tail()}") from exc
+        raise
 
 
 def test_admin_viewer_and_radiologist_in_the_browser(stack: Stack, browser: Browser, tmp_path: Path) -> None:
@@ -203,3 +211,54 @@ def test_admin_viewer_and_radiologist_in_the_browser(stack: Stack, browser: Brow
              60, stack.router)
     overridden = [e for e in stack.api("/api/audit?kind=priority_overridden&by=rita")]  # type: ignore[union-attr]
     assert overridden and overridden[0]["study_instance_uid"] == first
+
+
+def test_a_radiologist_judges_a_finding_and_the_model_page_shows_the_loop(stack: Stack, browser: Browser,
+                                                                          tmp_path: Path) -> None:
+    study = stack.send_chest(tmp_path)
+    sr_in_orthanc(stack, study)
+
+    # A viewer reads the judgements but has no form to judge.
+    viewer = sign_in(browser, stack, "vera")
+    viewer.goto(f"{stack.base}/studies/{study}")
+    assert viewer.locator("table#judgements").count() == 1 and viewer.locator("form.feedback").count() == 0
+
+    # The radiologist judges the first finding on the study page; the judgement and its history appear.
+    radiologist = sign_in(browser, stack, "rita")
+    radiologist.goto(f"{stack.base}/studies/{study}")
+    row = radiologist.locator("tr.judgement").first
+    model, label = row.get_attribute("data-model"), row.get_attribute("data-label")
+    assert "not judged" in row.locator("td.current").inner_text()
+    row.locator("select[name=truth]").select_option("present")
+    row.locator("input[name=comment]").fill("dense opacity, right lower lobe")
+    row.locator("button").click()
+    radiologist.wait_for_selector("p.flash")
+    flash = radiologist.inner_text("p.flash")
+    assert f"{model} {label} judged present by rita; assessment SR" in flash, flash
+    current = radiologist.locator(f"tr.judgement[data-label='{label}'] td.current").inner_text()
+    assert "present (radiologist rita" in current and "dense opacity" in current, current
+    shot(radiologist, "feedback")
+
+    # The assessment SR goes to the PACS through the outbox like any result.
+    assessment = re.search(r"assessment SR ([0-9.]+) queued", flash).group(1)  # type: ignore[union-attr]
+
+    def sent() -> bool:
+        sends = stack.api(f"/api/studies/{study}")["sends"]  # type: ignore[index]
+        return any(s["key"] == assessment and s["state"] == "sent" for s in sends)
+
+    wait_for("the assessment SR sent to Orthanc", sent, 60, stack.router)
+    judged = stack.api("/api/audit?kind=judged&by=rita")
+    assert [e["study_instance_uid"] for e in judged] == [study]  # type: ignore[union-attr]
+
+    # The model page: the live table counts the judged study; the figures are drawn in the background.
+    radiologist.goto(f"{stack.base}/models/{model}")
+    assert label in radiologist.inner_text("table#performance")
+
+    def figures() -> bool:
+        radiologist.reload()
+        return radiologist.locator("#figures img").count() >= 4
+
+    wait_for("the model's report figures", figures, 60, stack.router)
+    for image in radiologist.locator("#figures img").all():
+        assert radiologist.evaluate("img => img.complete && img.naturalWidth > 0", image.element_handle())
+    shot(radiologist, "model")

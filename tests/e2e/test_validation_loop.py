@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from tests.seismometer_support import load_with_seismometer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 CLI = str(Path(sys.executable).parent / "dicom-ai")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "validation-report"  # the evaluate report of this run
 MODEL, LABEL = "chest-xray-demo", "Consolidation"
 JUDGED = 22  # 11 with a consolidation, 11 without: enough of each class for an AUROC
 FIRST_SEED = 71_000
@@ -168,6 +170,9 @@ def test_the_validation_loop(loop: Loop, tmp_path: Path) -> None:
     assert overall["auroc"] == round(direct_auroc, 4)
     for figure in ("roc", "calibration", "scores", "subgroups"):
         assert (report_dir / f"{figure}-consolidation.png").stat().st_size > 10_000
+    # Kept for people to look at (git ignores the folder), as the OHIF and console screenshots are.
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    shutil.copytree(report_dir, ARTIFACTS)
     ours = evaluate_model(stores, Settings(home=loop.router.home), MODEL, None).labels[LABEL].overall
 
     # The seismometer export, loaded by seismometer: the same AUROC.

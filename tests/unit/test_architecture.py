@@ -21,8 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     **{stage: FOUNDATION for stage in STAGES},
     "train": FOUNDATION | {"infer"},  # makes models for infer to load
     # The console wires like the CLI: it reads every stage and changes things through the pipeline's
-    # functions (overrides); STOW-RS uploads are kept as the SCP keeps them.
-    "web": FOUNDATION | STAGES | {"pipeline"},
+    # functions (overrides) and the validation loop's (feedback, evaluation); STOW-RS uploads are kept
+    # as the SCP keeps them.
+    "web": FOUNDATION | STAGES | {"pipeline", "validation"},
     "pipeline": FOUNDATION | STAGES,  # the one place where the stages meet
     "validation": FOUNDATION | STAGES,  # where ground truth meets the stages: judgements, reports, assessments, drift
     "node": FOUNDATION | STAGES | {"pipeline", "web", "validation"},  # owns the scheduler that drives the pipeline
