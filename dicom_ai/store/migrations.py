@@ -298,3 +298,20 @@ def _console_accounts(db: Database) -> None:
 def _model_switches(db: Database) -> None:
     """Models an admin switched off in the console: kept in models_dir, routed to, but not run."""
     db.table("model_switches").create({"name": str, "enabled": int, "by": str, "at": float}, pk="name")
+
+
+@migrations(name="013_console_speed")
+def _console_speed(db: Database) -> None:
+    """Indexes that let the dashboard, `dicom-ai status` and /metrics answer without reading every row.
+
+    - studies done with an error (a skipped carrier): a partial index, holding only those rows;
+    - the turnaround's SR sends in the last 24 h, by carrier: read from the index alone, each joined
+      to its result's kind through another;
+    - the oldest pending send: the first entry of (state, created_at), no sort;
+    - the bytes held: summed over the sizes' index instead of the instances' rows.
+    """
+    db.execute("create index if not exists idx_studies_done_with_error on studies (state) where error is not null")
+    db.table("outbox").create_index(["state", "kind", "sent_at", "key", "study_instance_uid"], if_not_exists=True)
+    db.table("outbox").create_index(["state", "created_at"], if_not_exists=True)
+    db.table("results").create_index(["sop_instance_uid", "kind"], if_not_exists=True)
+    db.table("instances").create_index(["size"], if_not_exists=True)
