@@ -5,9 +5,14 @@ that every state, carrier and missing value is present at once)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+import sqlite_utils
+
 from dicom_ai.store import Stores
+from dicom_ai.store.migrations import migrations
+from tests.web.test_metrics import _processed
 
 NOW = 1_800_000_000.0
 
@@ -71,3 +76,47 @@ def test_model_runs_in_the_window_with_missing_values(tmp_path: Path) -> None:
     runs = _store(tmp_path).reports.model_runs(NOW - 86_400)
     assert sorted(runs, key=lambda r: str(r["model"])) == [{"model": None, "seconds": 0.0},
                                                              {"model": "chest", "seconds": 0.5}]
+
+
+def _grouped(store: Stores) -> list[dict[str, object]]:
+    return store.database.query("select kind, state, count(*) as n from outbox group by kind, state order by kind, state")
+
+
+def test_send_counts_follow_inserts_updates_upserts_and_deletes(tmp_path: Path) -> None:
+    """The triggers' counts are what a group by over the outbox says, after every way a send changes."""
+    store = _store(tmp_path)
+    assert store.reports.health_counts()["sends"] == _grouped(store) != []
+    _processed(store, "2.1", sent=True)  # queued by save_outcome, then sent (and a metadata send left pending)
+    _processed(store, "2.2", sent=False)  # its metadata send failed once: still pending
+    conn = store.database.connect()
+    conn.execute("update outbox set state = 'failed' where kind = 'orthanc_metadata'")
+    store.outbox.requeue_sends(None, by="test")  # failed sends queued again
+    conn.execute("update outbox set state = 'failed' where kind = 'orthanc_metadata'")
+    store.outbox.discard_sends("2.2", by="test")
+    conn.execute("update outbox set state = 'failed' where kind = 'hl7'")
+    conn.execute("update outbox set kind = 'webhook' where kind = 'stow' and key = '1.7.9'")
+    conn.execute("delete from outbox where kind = 'dicom' and key = '1.1.9'")
+    _processed(store, "2.1", sent=True)  # a re-run: the upsert keeps the sent SR sent
+    for key in ("k1", "k2"):  # no kind: counted together, as a group by does
+        conn.execute("insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
+                     " next_attempt_at, created_at) values (null, ?, '2.1', 'D', 'p', 'pending', 0, 0, 1)", [key])
+    grouped = _grouped(store)
+    assert store.reports.health_counts()["sends"] == grouped
+    assert {(row["kind"], row["state"]) for row in grouped} >= {("webhook", "sent"), ("hl7", "failed"), (None, "pending")}
+    oldest = {row["kind"]: row["oldest"] for row in store.database.query(
+        "select kind, min(created_at) as oldest from outbox where state = 'pending' group by kind")}
+    assert [(r["kind"], r["state"], r["n"], r["oldest"]) for r in store.reports.sends_by_carrier()] == [
+        (r["kind"], r["state"], r["n"], oldest[r["kind"]] if r["state"] == "pending" else None) for r in grouped]
+
+
+def test_the_migration_counts_the_sends_made_before_it(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    migrations.apply(sqlite_utils.Database(conn), stop_before="013_console_speed")
+    _study(conn, "1.1", "done")
+    for key, state in (("a", "sent"), ("b", "sent"), ("c", "failed")):
+        conn.execute("insert into outbox (kind, key, study_instance_uid, destination, payload, state, attempts,"
+                     " next_attempt_at, created_at) values ('dicom', ?, '1.1', 'D', 'p', ?, 1, 0, 1)", [key, state])
+    conn.close()
+    store = Stores.open(tmp_path / "db.sqlite")
+    assert store.reports.health_counts()["sends"] == _grouped(store) == [
+        {"kind": "dicom", "state": "failed", "n": 1}, {"kind": "dicom", "state": "sent", "n": 2}]
