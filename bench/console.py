@@ -1,7 +1,7 @@
 """Console: with N studies in the database (rows inserted in bulk, as a busy node accumulates them:
-each with an SR, three delivered sends and a model run), how long the dashboard, a studies search,
-/api/studies and /metrics take through the ASGI app (Starlette's test client, signed in). Target:
-under 200 ms each with 100,000 studies (issue 13)."""
+each with an SR, three delivered sends and a model run), how long the dashboard (with the node's
+health counts, as the node serves it), a studies search, /api/studies and /metrics take through the
+ASGI app (Starlette's test client, signed in). Target: under 200 ms each with 100,000 studies (issue 13)."""
 
 from __future__ import annotations
 
