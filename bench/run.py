@@ -27,6 +27,7 @@ from bench import (
     ray_executor,
     receive,
     result_objects,
+    rules,
     scale,
     turnaround,
     turnaround_ct,
@@ -131,6 +132,8 @@ def main() -> int:
         log.info("turnaround with reports done at %.0f s", time.monotonic() - started)
         results["console"] = console.run(WORKDIR / "console", max(1000, round(100_000 * factor)))
         log.info("console done at %.0f s", time.monotonic() - started)
+        results["rules_replay"] = rules.run(WORKDIR / "rules_replay", max(1000, round(10_000 * factor)))
+        log.info("rules replay done at %.0f s", time.monotonic() - started)
     finally:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_ai.domain import Instance, Series, Study
 from dicom_ai.route.loader import RULE_FILE_SUFFIXES, RuleSetError, load_ruleset
-from dicom_ai.route.matcher import route
+from dicom_ai.route.matcher import route, routing_view
 from dicom_ai.store.rule_versions import RuleVersion
 from dicom_ai.store.spool import fsync_directory
 
@@ -175,6 +175,7 @@ def replay_draft(stores: Stores, spool: Spool, rules_dir: Path, file_name: str, 
     now = time.time() if now is None else now
     studies = skipped = 0
     changes: list[RoutingChange] = []
+    routed: dict[Hashable, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # per routing view: (before, after)
     for study_uid in stores.reports.study_uids_received_since(now - days * SECONDS_PER_DAY):
         with spool.study_lock(study_uid):  # a purge must not delete the files while their headers are read
             instances = stores.studies.instances_of(study_uid)
@@ -187,7 +188,10 @@ def replay_draft(stores: Stores, spool: Spool, rules_dir: Path, file_name: str, 
             skipped += 1
             continue
         studies += 1
-        before, after = _models(study, active), _models(study, draft)
+        view = routing_view(study, (active, draft))
+        if view not in routed:  # most studies look alike to the rules: route each look once
+            routed[view] = (_models(study, active), _models(study, draft))
+        before, after = routed[view]
         if before != after:
             changes.append(RoutingChange(study_uid, before, after))
     return ReplayDiff(studies, changes, skipped)

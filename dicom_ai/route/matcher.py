@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "explain",
     "image_series_problem",
     "route",
+    "routing_view",
     "rule_tags",
 ]
 
@@ -147,6 +148,21 @@ def image_series_problem(series: Series) -> str | None:
     if not header.get("Rows") or not header.get("Columns"):
         return "no Rows/Columns: not an image"
     return None
+
+
+def routing_view(study: Study, rulesets: Iterable[RuleSet]) -> Hashable:
+    """All that `route` reads of the study for these rule sets: series by series, why it holds no
+    image (or None) and the values of every keyword their rules name, and Modality (from which
+    ModalitiesInStudy is derived). Two studies with equal views route alike under these rule sets,
+    so a replay over thousands of studies routes each distinct view once. Keep in step with
+    `_evaluate`: a header read there that is not here would make unequal studies look equal."""
+    keywords = {"Modality"}
+    for ruleset in rulesets:
+        for rule in ruleset.rules:
+            keywords.update(rule.study, rule.series)
+    ordered = sorted(keywords)
+    return tuple((image_series_problem(series), tuple(_values(series.header, keyword) for keyword in ordered))
+                 for series in study.series)
 
 
 def _evaluate(rule: Rule, study: Study) -> RuleVerdict:

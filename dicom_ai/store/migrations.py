@@ -311,3 +311,35 @@ def _study_claims(db: Database) -> None:
     db.table("studies").add_column("claimed_by", str)
     db.table("studies").add_column("claimed_at", float)
     db.table("studies").create_index(["claimed_by"])
+
+
+@migrations(name="013_console_speed")
+def _console_speed(db: Database) -> None:
+    """Indexes that let the dashboard, `dicom-ai status` and /metrics answer without reading every row.
+
+    - studies done with an error (a skipped carrier): a partial index, holding only those rows;
+    - the turnaround's SR sends in the last 24 h, by carrier: read from the index alone, each joined
+      to its result's kind through another;
+    - the oldest pending send: the first entry of (state, created_at), no sort;
+    - the bytes held: summed over the sizes' index instead of the instances' rows;
+    - sends by carrier and state: counted in `outbox_counts` by triggers, in the transaction that
+      adds or changes the send, instead of by counting every send the node ever made at each read.
+    """
+    db.execute("create index if not exists idx_studies_done_with_error on studies (state) where error is not null")
+    db.table("outbox").create_index(["state", "kind", "sent_at", "key", "study_instance_uid"], if_not_exists=True)
+    db.table("outbox").create_index(["state", "created_at"], if_not_exists=True)
+    db.table("results").create_index(["sop_instance_uid", "kind"], if_not_exists=True)
+    db.table("instances").create_index(["size"], if_not_exists=True)
+    # `is`, not `=`: a send without a kind is counted too, as a group by counts it.
+    bump = ("update outbox_counts set n = n + 1 where kind is new.kind and state is new.state;"
+            " insert into outbox_counts (kind, state, n) select new.kind, new.state, 1 where not exists"
+            " (select 1 from outbox_counts where kind is new.kind and state is new.state);")
+    drop = "update outbox_counts set n = n - 1 where kind is old.kind and state is old.state;"
+    for statement in (  # one at a time: executescript would commit the migration's transaction midway
+            "create table outbox_counts (kind text, state text, n integer not null)",
+            "insert into outbox_counts (kind, state, n) select kind, state, count(*) from outbox group by kind, state",
+            f"create trigger outbox_counts_insert after insert on outbox begin {bump} end",
+            f"create trigger outbox_counts_delete after delete on outbox begin {drop} end",
+            ("create trigger outbox_counts_update after update of kind, state on outbox"
+             f" when old.kind is not new.kind or old.state is not new.state begin {drop} {bump} end")):
+        db.execute(statement)

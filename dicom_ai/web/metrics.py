@@ -9,14 +9,18 @@ inference seconds per model from the `model_ran` events of the same window.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from dicom_ai.route.loader import RuleWatcher
@@ -53,8 +57,14 @@ class NodeCollector(Collector):
         query = self.reports.database.query
         received = CounterMetricFamily("dicom_ai_instances_received", "DICOM instances received, by calling AE title "
                                        "(STOW-RS senders as 'STOW-RS')", labels=["calling_ae"])
-        for row in query("select coalesce(calling_aet, '') as aet, sum(receive_count) as n from instances group by 1"):
-            received.add_metric([_ae(row["aet"])], float(row["n"] or 0))
+        by_ae: dict[str, float] = {}
+        # Grouped by the column itself, in its index's order (a coalesce() would sort every row first);
+        # a NULL and an empty AE title, or two spellings of one sender, are one series.
+        for row in query("select calling_aet as aet, sum(receive_count) as n from instances group by calling_aet"):
+            ae = _ae(row["aet"] or "")
+            by_ae[ae] = by_ae.get(ae, 0.0) + float(row["n"] or 0)
+        for ae, n in by_ae.items():
+            received.add_metric([ae], n)
         yield received
         studies = GaugeMetricFamily("dicom_ai_studies", "studies in the database by state", labels=["state"])
         for row in query("select state, count(*) as n from studies group by state"):
@@ -87,10 +97,8 @@ class NodeCollector(Collector):
 
     def _inference(self, now: float) -> HistogramMetricFamily:
         by_model: dict[str, list[float]] = {}
-        for row in self.reports.database.query("select detail from events where kind = 'model_ran' and at >= ?",
-                                               [now - TURNAROUND_WINDOW_S]):
-            detail = json.loads(row["detail"] or "{}")
-            by_model.setdefault(str(detail.get("model", "?")), []).append(float(detail.get("seconds", 0.0)))
+        for row in self.reports.model_runs(now - TURNAROUND_WINDOW_S):
+            by_model.setdefault("?" if row["model"] is None else str(row["model"]), []).append(float(row["seconds"]))
         family = HistogramMetricFamily("dicom_ai_inference_seconds", "time a model took on one study (pre-processing, "
                                        "inference, post-processing), last 24 h", labels=["model"])
         for model, values in sorted(by_model.items()):

@@ -3,7 +3,6 @@ the stores (turnaround percentiles, sends per carrier, models' activity and late
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,9 +44,8 @@ def carriers(ctx: WebContext, rows: list[dict[str, Any]] | None = None) -> list[
 def latencies(ctx: WebContext, since: float) -> dict[str, list[float]]:
     """Seconds per model run since `since`, from the pipeline's `model_ran` events."""
     found: dict[str, list[float]] = {}
-    for row in ctx.reports.database.query("select detail from events where kind = 'model_ran' and at >= ?", [since]):
-        detail = json.loads(row["detail"] or "{}")
-        found.setdefault(str(detail.get("model")), []).append(float(detail.get("seconds", 0.0)))
+    for row in ctx.reports.model_runs(since):
+        found.setdefault(str(row["model"]), []).append(float(row["seconds"]))
     return {model: sorted(values) for model, values in found.items()}
 
 

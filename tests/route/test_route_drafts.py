@@ -146,6 +146,23 @@ def test_replay_moves_studies_between_models(stores: Stores, spool: Spool, rules
     assert ct not in {c.study_uid for c in moved.changes}
 
 
+def test_studies_that_look_alike_to_the_rules_each_count(stores: Stores, spool: Spool, rules: Path) -> None:
+    """Alike studies are routed once per replay (their routing view), but each is a change of its own;
+    one that differs in an attribute a rule reads (here the draft's) is routed for itself."""
+    now = time.time()
+    hands = [receive(stores, spool, "RG3_UNCI.dcm", now - 60 * i, PatientID=f"P{i}") for i in (1, 2, 3)]
+    chest_like = receive(stores, spool, "RG3_UNCI.dcm", now - 240, BodyPartExamined="CHEST")
+    wider = replay_draft(stores, spool, rules, "a-chest.yaml", ANY_CR, days=1, now=now)
+    assert sorted(c.study_uid for c in wider.changes) == sorted(hands) and wider.studies == 4
+    narrower = replay_draft(stores, spool, rules, "a-chest.yaml", CHEST.replace("BodyPartExamined: CHEST",
+                                                                                "BodyPartExamined: EXTREMITY"), days=1, now=now)
+    assert {c.study_uid: c.after for c in narrower.changes} == {**{uid: ("chest-xray-demo",) for uid in hands},
+                                                                chest_like: ()}
+    by_patient = replay_draft(stores, spool, rules, "a-chest.yaml", CHEST.replace("BodyPartExamined: CHEST",
+                                                                                  "PatientID: P2"), days=1, now=now)
+    assert {c.study_uid: c.after for c in by_patient.changes} == {hands[1]: ("chest-xray-demo",), chest_like: ()}
+
+
 def test_replay_skips_a_study_whose_files_are_gone(stores: Stores, spool: Spool, rules: Path) -> None:
     now = time.time()
     uid = receive(stores, spool, "RG1_UNCR.dcm", now - 60)

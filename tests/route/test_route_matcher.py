@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from pydicom import Dataset
 
 from dicom_ai.domain import Series, Study
 from dicom_ai.route.loader import load_ruleset
-from dicom_ai.route.matcher import explain, image_series_problem, route
+from dicom_ai.route.matcher import explain, image_series_problem, route, routing_view
 from dicom_ai.route.rules import Rule, RuleSet
 
 MakeStudy = Callable[..., Study]
@@ -301,3 +302,27 @@ def test_disabled_rules_never_match_and_several_rules_may_match(
     assert [v.matched for v in verdicts] == [False, True, False, True]
     assert verdicts[0].reasons == ("disabled (enabled: false)",)
     assert str(decisions[0]) == f"first -> a, b: series {chest_header.SeriesInstanceUID}"
+
+
+def test_routing_view_holds_what_the_rules_read(chest_header: Dataset, sr_header: Dataset) -> None:
+    """A replay routes each distinct view once: studies that differ only where no rule looks share a
+    view; a value a rule names (in either rule set), Modality, or what makes a series no image does not."""
+    study_rules = _ruleset({"name": "s", "study": {"PatientSex": "F"}})
+    series_rules = _ruleset({"name": "b", "series": {"BodyPartExamined": "CHEST"}})
+
+    def view(change: Callable[[Dataset], None] | None = None, *rulesets: RuleSet, with_sr: bool = False) -> object:
+        header = copy.deepcopy(chest_header)
+        if change is not None:
+            change(header)
+        series = [Series("1.1", (), header)] + ([Series("1.2", (), copy.deepcopy(sr_header))] if with_sr else [])
+        return routing_view(Study("1", tuple(series)), rulesets or (study_rules, series_rules))
+
+    same = view()
+    assert view(lambda h: setattr(h, "PatientName", "Other^Name")) == same  # no rule reads it
+    assert view(lambda h: setattr(h, "InstitutionName", "Elsewhere")) == same
+    assert view(lambda h: setattr(h, "BodyPartExamined", "HAND")) != same  # the second rule set's keyword
+    assert view(lambda h: setattr(h, "PatientSex", "M")) != same  # a study condition's keyword
+    assert view(lambda h: setattr(h, "BodyPartExamined", "HAND"), study_rules) == view(None, study_rules)
+    assert view(lambda h: setattr(h, "Modality", "DX")) != same  # ModalitiesInStudy comes from it
+    assert view(lambda h: delattr(h, "Rows")) != same  # no longer an image
+    assert view(with_sr=True) != same  # one more series

@@ -26,7 +26,8 @@ def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     assert sorted(row["name"] for row in rows) == ["001_initial", "002_priority_override", "003_studies_by_arrival",
                                                    "004_retention", "005_hardening", "006_studies_by_patient",
                                                    "007_validation", "008_rule_versions", "009_waiting_for_window",
-                                                   "010_console_accounts", "011_model_switches", "012_study_claims"]
+                                                   "010_console_accounts", "011_model_switches", "012_study_claims",
+                                                   "013_console_speed"]
 
 
 def test_quiet_study_completes_and_late_instance_reopens(tmp_path: Path) -> None:

@@ -204,3 +204,26 @@ def test_status_shows_a_small_disk_in_megabytes(tmp_path: Path, monkeypatch: pyt
     assert "disk free 12.0 MB of 40.0 MB" in result.output, result.output
     assert "only 12.0 MB free on the disk" in result.output
     assert "0.0 of 0.0 GB" not in result.output
+
+
+def test_a_peer_resetting_its_connection_is_one_log_line_not_a_traceback() -> None:
+    """pynetdicom logs a reset connection with its stack (seen when the PACS stopped during a C-FIND)."""
+    import subprocess
+    import sys
+
+    code = ("import logging\n"
+            "from dicom_ai.cli import _setup_logging\n"
+            "_setup_logging('INFO')\n"
+            "try:\n"
+            "    raise ConnectionResetError(104, 'Connection reset by peer')\n"
+            "except OSError as exc:\n"
+            "    logging.getLogger('pynetdicom.dul').exception(exc)\n"
+            "    logging.getLogger('pynetdicom.dul').exception('Connection closed before the entire PDU was received')\n"
+            "    logging.getLogger('dicom_ai.test').exception('ours')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    lines = done.stderr.splitlines()
+    peer = [line for line in lines if "pynetdicom.dul" in line]
+    assert len(peer) == 2 and "Connection reset by peer" in peer[0]
+    assert "(ConnectionResetError: [Errno 104] Connection reset by peer)" in peer[1]
+    # Our own errors keep their stack (they are bugs to fix): only the peer's are shortened.
+    assert done.stderr.count("Traceback") == 1 and done.stderr.index("Traceback") > done.stderr.index("ours")
