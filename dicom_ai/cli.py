@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dicom_ai.config import ConfigError, Peer, Settings, describe_settings, load_settings
+from dicom_ai.errors import PeerErrorsOnOneLine
 from dicom_ai.train.names import DEMO_FOLDERS, DEMO_NAMES
 
 if TYPE_CHECKING:
@@ -24,28 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicom_ai")
 
 
-class _PeerErrorsOnOneLine(logging.Filter):
-    """pynetdicom logs a peer that resets its connection (a PACS restarting mid-association) with the whole
-    stack; the line says what happened, and the node's log must never show a traceback for a peer's doing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("pynetdicom") and record.exc_info:
-            error, message = record.exc_info[1], record.getMessage()
-            if error is not None and str(error) not in message:
-                message = f"{message} ({type(error).__name__}: {error})"
-            record.msg, record.args = message, None
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _PeerErrorsOnOneLine) for f in handler.filters):
-            handler.addFilter(_PeerErrorsOnOneLine())
+        if not any(isinstance(f, PeerErrorsOnOneLine) for f in handler.filters):
+            handler.addFilter(PeerErrorsOnOneLine())
     for noisy in ("pynetdicom", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "skipped: maximum number of running instances reached" is how a busy job is meant to behave;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 
 MAX_LINE = 300  # characters of an error kept on a study (the log has the rest)
@@ -49,3 +50,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen
+
+
+class PeerErrorsOnOneLine(logging.Filter):
+    """pynetdicom logs a peer that resets its connection (a PACS restarting mid-association) with the whole
+    stack; the line says what happened, and the node's log must never show a traceback for a peer's doing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom") and record.exc_info:
+            error, message = record.exc_info[1], record.getMessage()
+            if error is not None and str(error) not in message:
+                message = f"{message} ({type(error).__name__}: {error})"
+            record.msg, record.args = message, None
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -62,8 +62,12 @@ def build(role: str, worker_id: str) -> Role:
 
 def _setup_logging(level: str, label: str) -> None:
     """As `dicom-ai serve` logs (cli.py), each line tagged with the role that wrote it."""
+    from dicom_ai.errors import PeerErrorsOnOneLine
+
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)-7s [{label}] %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PeerErrorsOnOneLine())
     for noisy in ("pynetdicom", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
