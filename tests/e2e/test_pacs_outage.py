@@ -32,7 +32,10 @@ def stack(tmp_path: Path) -> Iterator[tuple[OrthancServer, RouterProcess]]:
     orthanc = OrthancServer(tmp_path / "orthanc", router_aet="DICOM_AI", router_port=router_port, stable_age=1)
     orthanc.start()
     router = RouterProcess(tmp_path / "router", router_port, orthanc, webhook.url, ris.port,
-                           DICOM_AI_SEND_RETRY_INITIAL="2", DICOM_AI_SEND_RETRY_MAX="8")
+                           DICOM_AI_SEND_RETRY_INITIAL="2", DICOM_AI_SEND_RETRY_MAX="8",
+                           # quiet for 6 s before processing: the PACS is surely down before results go out (with
+                           # 1 s, a quiet machine delivered the SR while Orthanc was still shutting down)
+                           DICOM_AI_STABLE_AFTER="6")
     yield orthanc, router
     router.stop()
     orthanc.stop()
@@ -64,7 +67,7 @@ def test_results_reach_the_pacs_after_a_one_minute_outage(stack: tuple[OrthancSe
     storescu([copy_as_new_study(sample("RG1_UNCR.dcm"), tmp_path / "in", StudyInstanceUID=study_uid)],
              orthanc.dicom_port, called=orthanc.aet)
     wait_for("the node to receive the study", lambda: _received(router, study_uid), 60, router)
-    orthanc.stop()  # the PACS goes down before the results are out (the node waits 1 s of quiet first)
+    orthanc.stop()  # the PACS goes down before the results are out (the node waits 6 s of quiet first)
     down_at = time.monotonic()
     wait_for("the results to wait for the PACS", lambda: any(
         row["kind"] == "dicom" and (row["attempts"] or 0) >= 2 for row in _sends(router, study_uid)), 60, router)
