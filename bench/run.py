@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run, written to bench/results/latest.json and latest.md.
 
-Set BENCH_SCALE (default 1) to shrink corpora and batches for a quick run, e.g. BENCH_SCALE=0.1.
+Set BENCH_SCALE (default 1) to shrink corpora and batches for a quick run, e.g. BENCH_SCALE=0.1, and BENCH_ONLY
+to run some parts, e.g. BENCH_ONLY=receive,processes,turnaround (the names are PARTS).
 Generated corpora and receiver folders live under .state/bench (gitignored) and are removed after use.
 """
 
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -29,11 +31,12 @@ from bench import (
     result_objects,
     rules,
     scale,
+    scaling,
     turnaround,
     turnaround_ct,
     validation,
 )
-from bench.corpus import FULL_SPECS, bench_scale, generate, scaled
+from bench.corpus import FULL_SPECS, CorpusSpec, bench_scale, generate, scaled
 from bench.report import markdown
 
 log = logging.getLogger("bench")
@@ -43,6 +46,7 @@ RESULTS = REPO / "bench" / "results"
 WORKDIR = REPO / ".state" / "bench"
 NO_NODELAY_CT = 100  # CT instances sent with Nagle on (it crawls there: keep it short)
 CONCURRENT = 4  # storescu processes at once
+ONE_PROCESS = "dicom-ai one process"
 
 
 def machine() -> dict[str, Any]:
@@ -78,6 +82,52 @@ def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+PARTS = ("receive", "processes", "turnaround", "turnaround_ct", "result_objects", "inference", "fast_path",
+         "executors", "scale", "validation", "validation_turnaround", "console", "rules_replay")
+
+
+def _receive_parts(results: dict[str, Any], parts: set[str], factor: float) -> None:
+    """The receive matrix against the peers, then the node's processes on the same CT corpus."""
+    specs = scaled(FULL_SPECS, factor)
+    if "receive" not in parts:
+        specs = specs[:1]  # processes needs the CT corpus only
+    corpora = {s.name: (s, generate(s, WORKDIR / "corpus" / s.modality)) for s in specs}
+    os.sync()  # the corpora's dirty pages must not be flushed inside a timed send (our fsyncs would wait for them)
+    ct_spec, ct_files = corpora[specs[0].name]
+    if "receive" in parts:
+        all_receivers = ("dicom-ai", "storescp", "Orthanc")
+        # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.
+        # CT also by the node as one process (workers = 0, the design before the process split), for the before/after.
+        cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ())
+                  + ((ONE_PROCESS,) if s.modality == "CT" else ()))
+                 for s, f in corpora.values()]
+        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", ONE_PROCESS, "storescp", "Orthanc")))
+        subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
+        cases.append((ct_spec, subset, False, 1, all_receivers))
+        # Cost growth: the CT corpus at half its size too.
+        half = ct_files[: max(10, len(ct_files) // 2)]
+        half_spec = CorpusSpec(f"{ct_spec.name} (half)", ct_spec.sop_class_uid, "CT", ct_spec.rows, ct_spec.columns, len(half))
+        cases.append((half_spec, half, True, 1, ("dicom-ai", "storescp")))
+        raw = receive.run_matrix(cases, WORKDIR / "runs")
+        results["receive_raw"] = raw
+        results["receive"] = receive.summarise(raw)
+    if "processes" in parts:
+        results["processes"] = scaling.processes(WORKDIR / "processes", ct_files, factor)
+    shutil.rmtree(WORKDIR / "corpus", ignore_errors=True)
+
+
+def wanted_parts() -> set[str]:
+    """BENCH_ONLY's parts (all when unset); an unknown name is an error, not a silently empty run."""
+    raw = os.environ.get("BENCH_ONLY", "").strip()
+    if not raw:
+        return set(PARTS)
+    parts = {p.strip() for p in raw.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise SystemExit(f"BENCH_ONLY: unknown part(s) {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
+    return parts
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("dicom_ai", "highdicom", "tests.e2e.orthanc_server", "pynetdicom"):
@@ -88,61 +138,43 @@ def main() -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
     results: dict[str, Any] = {"machine": machine(), "bench_scale": factor}
+    parts = wanted_parts()
+    if parts != set(PARTS):
+        results["parts"] = [p for p in PARTS if p in parts]
     try:
-        specs = scaled(FULL_SPECS, factor)
-        corpora = {s.name: (s, generate(s, WORKDIR / "corpus" / s.modality)) for s in specs}
-        os.sync()  # the corpora's dirty pages must not be flushed inside a timed send (our fsyncs would wait for them)
-        all_receivers = ("dicom-ai", "storescp", "Orthanc")
-        ct_spec, ct_files = corpora[specs[0].name]
-        # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.
-        cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ()))
-                 for s, f in corpora.values()]
-        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", "storescp")))
-        subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
-        cases.append((ct_spec, subset, False, 1, all_receivers))
-        # Cost growth: the CT corpus at half its size too.
-        half = ct_files[: max(10, len(ct_files) // 2)]
-        from bench.corpus import CorpusSpec
-        half_spec = CorpusSpec(f"{ct_spec.name} (half)", ct_spec.sop_class_uid, "CT", ct_spec.rows, ct_spec.columns, len(half))
-        cases.append((half_spec, half, True, 1, ("dicom-ai", "storescp")))
-        raw = receive.run_matrix(cases, WORKDIR / "runs")
-        results["receive_raw"] = raw
-        results["receive"] = receive.summarise(raw)
-        shutil.rmtree(WORKDIR / "corpus", ignore_errors=True)
-        log.info("receive done at %.0f s", time.monotonic() - started)
-
-        results["turnaround"] = turnaround.run(WORKDIR / "turnaround", max(3, round(10 * factor)))
-        log.info("turnaround done at %.0f s", time.monotonic() - started)
-        results["turnaround_ct"] = turnaround_ct.run(WORKDIR / "turnaround_ct", max(3, round(5 * factor)))
-        log.info("CT turnaround done at %.0f s", time.monotonic() - started)
-        results["result_objects"] = result_objects.run(WORKDIR / "result_objects", max(3, round(5 * factor)))
-        log.info("result objects done at %.0f s", time.monotonic() - started)
-        results["inference"] = inference.run(WORKDIR / "inference", max(5, round(20 * factor)))
-        log.info("inference done at %.0f s", time.monotonic() - started)
-        results["fast_path"] = fast_path.run(WORKDIR / "fast_path", max(5, round(20 * factor)))
-        results["executors"] = ray_executor.run(WORKDIR / "executors", max(6, round(40 * factor)))
-        log.info("executors done at %.0f s", time.monotonic() - started)
-        log.info("fast path done at %.0f s", time.monotonic() - started)
-        results["scale"] = scale.run(WORKDIR / "scale", (max(100, round(1000 * factor)), max(1000, round(10_000 * factor))))
-        log.info("scale done at %.0f s", time.monotonic() - started)
-        results["validation"] = validation.run(WORKDIR / "validation", max(1000, round(validation.PREDICTIONS * factor)))
-        log.info("validation done at %.0f s", time.monotonic() - started)
-        results["validation_turnaround"] = validation.turnaround_with_reports(WORKDIR / "validation_turnaround",
-                                                                             max(3, round(10 * factor)))
-        log.info("turnaround with reports done at %.0f s", time.monotonic() - started)
-        results["console"] = console.run(WORKDIR / "console", max(1000, round(100_000 * factor)))
-        log.info("console done at %.0f s", time.monotonic() - started)
-        results["rules_replay"] = rules.run(WORKDIR / "rules_replay", max(1000, round(10_000 * factor)))
-        log.info("rules replay done at %.0f s", time.monotonic() - started)
+        if parts & {"receive", "processes"}:
+            _receive_parts(results, parts, factor)
+            log.info("receive and processes done at %.0f s", time.monotonic() - started)
+        later: list[tuple[str, Callable[[], Any]]] = [
+            ("turnaround", lambda: turnaround.run(WORKDIR / "turnaround", max(3, round(10 * factor)))),
+            ("turnaround_ct", lambda: turnaround_ct.run(WORKDIR / "turnaround_ct", max(3, round(5 * factor)))),
+            ("result_objects", lambda: result_objects.run(WORKDIR / "result_objects", max(3, round(5 * factor)))),
+            ("inference", lambda: inference.run(WORKDIR / "inference", max(5, round(20 * factor)))),
+            ("fast_path", lambda: fast_path.run(WORKDIR / "fast_path", max(5, round(20 * factor)))),
+            ("executors", lambda: ray_executor.run(WORKDIR / "executors", max(6, round(40 * factor)))),
+            ("scale", lambda: scale.run(WORKDIR / "scale", (max(100, round(1000 * factor)),
+                                                            max(1000, round(10_000 * factor))))),
+            ("validation", lambda: validation.run(WORKDIR / "validation",
+                                                  max(1000, round(validation.PREDICTIONS * factor)))),
+            ("validation_turnaround", lambda: validation.turnaround_with_reports(WORKDIR / "validation_turnaround",
+                                                                                 max(3, round(10 * factor)))),
+            ("console", lambda: console.run(WORKDIR / "console", max(1000, round(100_000 * factor)))),
+            ("rules_replay", lambda: rules.run(WORKDIR / "rules_replay", max(1000, round(10_000 * factor)))),
+        ]
+        for name, measure in later:
+            if name in parts:
+                results[name] = measure()
+                log.info("%s done at %.0f s", name, time.monotonic() - started)
     finally:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    stem = "latest" if parts == set(PARTS) else "partial"  # a BENCH_ONLY run never replaces the full one
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
-    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / f"{stem}.md").write_text(text)
     sys.stdout.write(text)
-    log.info("wrote %s and %s in %.0f s", RESULTS / "latest.json", RESULTS / "latest.md", results["duration_s"])
+    log.info("wrote %s and %s in %.0f s", RESULTS / f"{stem}.json", RESULTS / f"{stem}.md", results["duration_s"])
     return 0
 
 

@@ -139,6 +139,19 @@ def receive_only(workdir: Path, factor: float) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def processes(workdir: Path, ct_files: list[Path], factor: float) -> dict[str, Any]:
+    """What `make bench` adds to its receive matrix: receive while the workers infer, and workers 1 vs 2."""
+    results: dict[str, Any] = {"receive_busy": receive_busy(workdir / "busy", ct_files, max(20, round(60 * factor)))}
+    per = max(6, round(20 * factor))
+    rows = [studies_per_second(workdir / "workers", kind, per, w) for kind in ("chest CR", "head CT") for w in (1, 2)]
+    for kind in ("chest CR", "head CT"):
+        one, two = (next(r for r in rows if r["kind"] == kind and r["workers"] == w) for w in (1, 2))
+        two["speed_up"] = two["studies_per_s"] / one["studies_per_s"]
+    results["workers"] = rows
+    results["load_average"] = os.getloadavg()[0]
+    return results
+
+
 def run(workdir: Path, factor: float) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -151,16 +164,7 @@ def run(workdir: Path, factor: float) -> dict[str, Any]:
         receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
         cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
         raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
-        results: dict[str, Any] = {"receive": receive.summarise(raw), "receive_raw": raw}
-        results["receive_busy"] = receive_busy(workdir / "busy", files, max(20, round(60 * factor)))
-        per = max(6, round(20 * factor))
-        rows = [studies_per_second(workdir / "workers", kind, per, w)
-                for kind in ("chest CR", "head CT") for w in (1, 2)]
-        for kind in ("chest CR", "head CT"):
-            one, two = (next(r for r in rows if r["kind"] == kind and r["workers"] == w) for w in (1, 2))
-            two["speed_up"] = two["studies_per_s"] / one["studies_per_s"]
-        results["workers"] = rows
-        return results
+        return {"receive": receive.summarise(raw), "receive_raw": raw} | processes(workdir, files, factor)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
