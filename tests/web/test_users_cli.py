@@ -46,3 +46,17 @@ def test_users_add_list_passwd_remove(tmp_path: Path) -> None:
     kinds = [row["kind"] for row in store.reports.audit()]
     assert kinds.count("user_added") == 2 and "user_password_changed" in kinds and "user_removed" in kinds
     store.close()
+
+
+def test_unknown_name_is_verified_against_a_hash_of_the_same_cost(tmp_path: Path) -> None:
+    """The constant dummy hash must cost what a real one costs (same argon2 parameters), and never match."""
+    from argon2 import extract_parameters
+
+    store = Stores.open(tmp_path / "dicom-ai.sqlite")
+    accounts = Accounts(store.database)
+    assert extract_parameters(Accounts._dummy_hash) == Accounts._hasher._parameters
+    assert _run(tmp_path, "users", "add", "ada", "--role", "admin", "--password-stdin", stdin="first password\n")[0] == 0
+    assert accounts.verify("ada", "first password") is not None
+    assert accounts.verify("nobody", "first password") is None
+    assert accounts.verify("nobody", "no such user: verified anyway, so timing tells no names") is None
+    store.close()
