@@ -281,8 +281,33 @@ class OrthancReceiver(Receiver):
         return int(self.server.get_json("/statistics")["CountInstances"])
 
 
+class AckOnlyReceiver(Receiver):
+    """pynetdicom with the node's knobs, answering Success and storing nothing (bench/ack_only_scp.py): the
+    ceiling of any pynetdicom SCP, to tell the transport's cost from the node's own (durability, database)."""
+
+    name = "pynetdicom ack-only"
+    ae = "ACKONLY"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.workdir / "ack_only.log"
+        self.count_file = self.workdir / "answered"
+        self.process = spawn([sys.executable, "-m", "bench.ack_only_scp", str(self.port), str(self.count_file)],
+                             dict(os.environ), self.log_path, cwd=Path(__file__).resolve().parent.parent)
+        self.pid = self.process.pid
+        wait_listening(self.port, self.process, "the ack-only pynetdicom SCP", self.log_path)
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+    def stored(self) -> int:
+        self.stop()  # the count is written on SIGTERM
+        return int(self.count_file.read_text()) if self.count_file.exists() else 0
+
+
 RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursOneProcessReceiver, OursStowReceiver,
-                                                              StorescpReceiver, OrthancReceiver)}
+                                                              StorescpReceiver, OrthancReceiver, AckOnlyReceiver)}
 
 
 @contextlib.contextmanager

@@ -47,6 +47,8 @@ WORKDIR = REPO / ".state" / "bench"
 NO_NODELAY_CT = 100  # CT instances sent with Nagle on (it crawls there: keep it short)
 CONCURRENT = 4  # storescu processes at once
 ONE_PROCESS = "dicom-ai one process"
+ACK_ONLY = "pynetdicom ack-only"  # the transport's ceiling, beside the node on CT
+LOAD_RATES_PER_MIN = (30.0, 60.0)  # chest CR studies/min for the turnaround under a sustained load
 
 
 def machine() -> dict[str, Any]:
@@ -82,7 +84,7 @@ def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-PARTS = ("receive", "processes", "turnaround", "turnaround_ct", "result_objects", "inference", "fast_path",
+PARTS = ("receive", "processes", "turnaround", "turnaround_load", "turnaround_ct", "result_objects", "inference", "fast_path",
          "executors", "scale", "validation", "validation_turnaround", "console", "rules_replay")
 
 
@@ -99,9 +101,9 @@ def _receive_parts(results: dict[str, Any], parts: set[str], factor: float) -> N
         # CT and DX also by STOW-RS into the same node (same durability), beside its C-STORE receive.
         # CT also by the node as one process (workers = 0, the design before the process split), for the before/after.
         cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ())
-                  + ((ONE_PROCESS,) if s.modality == "CT" else ()))
+                  + ((ONE_PROCESS, ACK_ONLY) if s.modality == "CT" else ()))
                  for s, f in corpora.values()]
-        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", ONE_PROCESS, "storescp", "Orthanc")))
+        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", ONE_PROCESS, "storescp", "Orthanc", ACK_ONLY)))
         subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
         cases.append((ct_spec, subset, False, 1, all_receivers))
         # Cost growth: the CT corpus at half its size too.
@@ -147,6 +149,8 @@ def main() -> int:
             log.info("receive and processes done at %.0f s", time.monotonic() - started)
         later: list[tuple[str, Callable[[], Any]]] = [
             ("turnaround", lambda: turnaround.run(WORKDIR / "turnaround", max(3, round(10 * factor)))),
+            ("turnaround_load", lambda: turnaround.sustained(WORKDIR / "turnaround_load", LOAD_RATES_PER_MIN,
+                                                             max(6, round(30 * factor)))),
             ("turnaround_ct", lambda: turnaround_ct.run(WORKDIR / "turnaround_ct", max(3, round(5 * factor)))),
             ("result_objects", lambda: result_objects.run(WORKDIR / "result_objects", max(3, round(5 * factor)))),
             ("inference", lambda: inference.run(WORKDIR / "inference", max(5, round(20 * factor)))),

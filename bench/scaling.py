@@ -88,37 +88,69 @@ def _studies(kind: str, folder: Path, count: int) -> tuple[list[Path], list[str]
 
 
 def receive_busy(workdir: Path, ct_files: list[Path], backlog: int) -> dict[str, Any]:
-    """CT receive idle, then while the workers process `backlog` head CT studies; the busy/idle ratio."""
+    """CT receive into an idle node, then into the same node while its workers process `backlog` head CT studies;
+    the busy/idle ratio. Each send is a CT corpus of its own (new UIDs), so neither replaces stored instances."""
     stream, uids = _studies("head CT", workdir / "stream", backlog)
+    ct = FULL_SPECS[0]
+    busy_files = generate(CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, len(ct_files)),
+                          workdir / "corpus-busy")
     os.sync()  # written just now: flushing them must not fall into the timed sends (an fsync of ours waits for it)
-    node = ConfiguredNode(workdir / "node", {"DICOM_AI_STABLE_AFTER": "1", "DICOM_AI_HTTP_PORT": "0"})
+    # The first node never completes a study (stable_after one day): the idle send, then the backlog. Served again,
+    # every study still arriving waits stable_after once more, so the whole backlog becomes complete at once and
+    # the workers have all of it to do while the timed busy send runs.
+    first = ConfiguredNode(workdir / "node", {"DICOM_AI_STABLE_AFTER": "86400", "DICOM_AI_HTTP_PORT": "0"})
+    try:
+        first.start()
+        idle = send([ct_files], first.port, first.ae, nodelay=True)
+        send([stream], first.port, first.ae, nodelay=True)
+    finally:
+        first.stop()
+    node = ConfiguredNode(workdir / "node", {"DICOM_AI_STABLE_AFTER": "2", "DICOM_AI_HTTP_PORT": "0"})
+    pending = ("receiving", "complete", "processing")
+    marks = ", ".join("?" * len(uids))
     with running(node):
-        idle = send([ct_files], node.port, node.ae, nodelay=True)
-        send([stream], node.port, node.ae, nodelay=True)
         _wait_states(node, uids[:1], ("processing", "done", "no_match", "failed"), 60)
-        busy = send([ct_files], node.port, node.ae, nodelay=True)
-        [(waiting,)] = _query(node.database(), "select count(*) from studies where state in ('complete', 'processing')")
+        [(waiting_at_start,)] = _query(node.database(), f"select count(*) from studies where state in (?, ?, ?)"
+                                       f" and study_instance_uid in ({marks})", (*pending, *uids))
+        busy = send([busy_files], node.port, node.ae, nodelay=True)
+        [(waiting,)] = _query(node.database(), f"select count(*) from studies where state in (?, ?, ?)"
+                              f" and study_instance_uid in ({marks})", (*pending, *uids))
         rss = peak_rss_mb(node.pid)
     n = len(ct_files)
     return {"instances": n, "idle_inst_per_s": n / idle, "busy_inst_per_s": n / busy, "busy_over_idle": idle / busy,
-            "backlog_studies": backlog, "studies_waiting_at_end": waiting, "receiver_peak_rss_mb": rss}
+            "backlog_studies": backlog, "backlog_waiting_at_start": waiting_at_start,
+            "studies_waiting_at_end": waiting, "receiver_peak_rss_mb": rss}
 
 
 def studies_per_second(workdir: Path, kind: str, count: int, workers: int) -> dict[str, Any]:
+    """Studies/s of `workers` workers on studies that all become complete at the same moment: they are received
+    by a node that never completes them (stable_after one day), which stops; the same home is then served with
+    stable_after 2 s, and after a restart every study still arriving waits stable_after again, so they all
+    complete together, when the workers are already loaded. Otherwise the rate is the arrival rate of the studies
+    (a multi-instance study completes stable_after after its own last instance)."""
     files, uids = _studies(kind, workdir / f"{kind}-{workers}", count)
     os.sync()
-    node = ConfiguredNode(workdir / f"node-{kind}-{workers}",
-                          {"DICOM_AI_STABLE_AFTER": "3", "DICOM_AI_HTTP_PORT": "0", "DICOM_AI_WORKERS": str(workers)})
+    home = workdir / f"node-{kind}-{workers}"
+    receiving = ConfiguredNode(home, {"DICOM_AI_STABLE_AFTER": "86400", "DICOM_AI_HTTP_PORT": "0",
+                                      "DICOM_AI_WORKERS": "1"})
+    try:
+        receiving.start()
+        send([files], receiving.port, receiving.ae, nodelay=True)
+    finally:
+        receiving.stop()
+    node = ConfiguredNode(home, {"DICOM_AI_STABLE_AFTER": "2", "DICOM_AI_HTTP_PORT": "0",
+                                 "DICOM_AI_WORKERS": str(workers)})
     with running(node):
-        send([files], node.port, node.ae, nodelay=True)
         _wait_states(node, uids, ("done", "no_match", "failed"))
         marks = ", ".join("?" * len(uids))
-        [(first, last)] = _query(node.database(), f"select min(completed_at), max(processed_at) from studies"
-                                 f" where study_instance_uid in ({marks})", tuple(uids))
+        [(first, last_completed, last)] = _query(
+            node.database(), f"select min(completed_at), max(completed_at), max(processed_at) from studies"
+            f" where study_instance_uid in ({marks})", tuple(uids))
         states = _query(node.database(), f"select state, count(*) from studies where study_instance_uid in ({marks})"
                         " group by state", tuple(uids))
     return {"kind": kind, "workers": workers, "studies": count, "seconds": last - first,
-            "studies_per_s": count / (last - first), "states": dict(states)}
+            "completion_spread_s": last_completed - first, "studies_per_s": count / (last - first),
+            "states": dict(states)}
 
 
 def receive_only(workdir: Path, factor: float) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """End-to-end turnaround: storescu -> real Orthanc -> (stable) -> `dicom-ai serve` -> SR back in Orthanc.
 
-`measure` is the harness (one Orthanc, one node, any kinds of study); `run` is the chest CR case.
+`measure` is the harness (one Orthanc, one node, any kinds of study); `run` is the chest CR case, one study at a
+time; `sustained` sends chest CRs at steady rates (studies/min) whether or not earlier results are back.
 bench/turnaround_ct.py adds head CT volumes through the same harness.
 """
 
@@ -12,8 +13,8 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,27 @@ def measure(workdir: Path, cases: Sequence[Case], studies: int, settings: Mappin
             ) -> list[dict[str, Any]]:
     """Per case, one warm-up study then `studies` counted ones, one at a time, through one Orthanc and one node
     (`settings`: more DICOM_AI_* variables for the node)."""
+    with _orthanc_and_node(workdir, settings) as (orthanc, log_path, home):
+        timed = [_time_case(orthanc, log_path, case, workdir / "in" / str(index), studies)
+                 for index, case in enumerate(cases)]
+    return [_summary(case, t, home / "dicom-ai.sqlite") for case, t in zip(cases, timed)]
+
+
+def sustained(workdir: Path, rates_per_min: Sequence[float], studies: int) -> list[dict[str, Any]]:
+    """Chest CR turnaround while studies arrive at a steady rate (storescu to Orthanc every 60/rate s, whether
+    or not earlier SRs are back), `studies` per rate, one node and one Orthanc for all rates."""
+    out: list[dict[str, Any]] = []
+    with _orthanc_and_node(workdir, None) as (orthanc, log_path, home):
+        for index, rate in enumerate(rates_per_min):
+            t = _time_at_rate(orthanc, log_path, CHEST_CR, workdir / "rate" / str(index), studies, rate)
+            out.append(_summary(CHEST_CR, t, home / "dicom-ai.sqlite")
+                       | {"rate_per_min": rate, "achieved_per_min": t["achieved_per_min"],
+                          "max_in_flight": t["max_in_flight"]})
+    return out
+
+
+@contextmanager
+def _orthanc_and_node(workdir: Path, settings: Mapping[str, str] | None) -> Iterator[tuple[OrthancServer, Path, Path]]:
     router_port = free_port()
     orthanc = OrthancServer(workdir / "orthanc", router_aet="DICOM_AI", router_port=router_port,
                             stable_age=ORTHANC_STABLE_AGE)
@@ -87,20 +109,67 @@ def measure(workdir: Path, cases: Sequence[Case], studies: int, settings: Mappin
            "DICOM_AI_STABLE_AFTER": str(STABLE_AFTER), **(settings or {})}
     log_path = home / "serve.log"
     serve = spawn([str(Path(sys.executable).parent / "dicom-ai"), "serve"], env, log_path)
-    timed: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while b"dicom-ai ready" not in log_path.read_bytes():
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"dicom-ai serve did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)
-        for index, case in enumerate(cases):
-            timed.append(_time_case(orthanc, log_path, case, workdir / "in" / str(index), studies))
+        yield orthanc, log_path, home
     finally:
         terminate(serve)
-        _CHILDREN.discard(orthanc.process)  # type: ignore[arg-type]
+        _CHILDREN.discard(orthanc.process)
         orthanc.stop()
-    return [_summary(case, t, home / "dicom-ai.sqlite") for case, t in zip(cases, timed)]
+
+
+def _time_at_rate(orthanc: OrthancServer, log_path: Path, case: Case, folder: Path, studies: int,
+                  rate_per_min: float) -> dict[str, Any]:
+    made = [case.make(folder / str(number), number) for number in range(studies + 1)]
+    warm_files, warm_uid = made[0]  # warm-up, alone and not counted
+    storescu(warm_files, orthanc.dicom_port, called=orthanc.aet)
+    _wait_sr(orthanc, log_path, case, warm_uid, time.monotonic() + SR_TIMEOUT)
+    interval = 60.0 / rate_per_min
+    times: list[float] = []
+    send_times: list[float] = []
+    sizes: list[int] = []
+    sent_wall: dict[str, float] = {}
+    arrived_wall: dict[str, float] = {}
+    in_flight: dict[str, float] = {}
+    max_in_flight = 0
+    queue = made[1:]
+    first_send = next_send = time.perf_counter()
+    last_send = first_send
+    deadline = time.monotonic() + SR_TIMEOUT + studies * interval
+    while queue or in_flight:
+        if queue and time.perf_counter() >= next_send:
+            files, uid = queue.pop(0)
+            started = time.perf_counter()
+            storescu(files, orthanc.dicom_port, called=orthanc.aet)
+            last_send = time.perf_counter()
+            in_flight[uid], sent_wall[uid] = last_send, time.time()
+            send_times.append(last_send - started)
+            sizes.append(sum(p.stat().st_size for p in files))
+            next_send += interval
+            max_in_flight = max(max_in_flight, len(in_flight))
+        for uid in [u for u in in_flight if _sr_arrived(orthanc, u)]:
+            times.append(time.perf_counter() - in_flight.pop(uid))
+            arrived_wall[uid] = time.time()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{len(in_flight)} SRs missing at {rate_per_min}/min; node log:\n{log_path.read_text()[-3000:]}")
+        time.sleep(POLL)
+    achieved = (studies - 1) / (last_send - first_send) * 60 if studies > 1 and last_send > first_send else rate_per_min
+    log.info("sustained %.0f/min (sent at %.0f/min): p50 %.2f s, at most %d in flight", rate_per_min, achieved,
+             median(times), max_in_flight)
+    return {"times": times, "send_times": send_times, "sizes": sizes, "sent": sent_wall, "arrived": arrived_wall,
+            "achieved_per_min": achieved, "max_in_flight": max_in_flight}
+
+
+def _wait_sr(orthanc: OrthancServer, log_path: Path, case: Case, study_uid: str, deadline: float) -> None:
+    while not _sr_arrived(orthanc, study_uid):
+        if time.monotonic() > deadline:
+            raise BenchError(f"no SR for study {study_uid} ({case.label}) after {SR_TIMEOUT:.0f} s; node log:\n"
+                             f"{log_path.read_text()[-3000:]}")
+        time.sleep(POLL)
 
 
 def _time_case(orthanc: OrthancServer, log_path: Path, case: Case, folder: Path, studies: int) -> dict[str, Any]:
@@ -115,12 +184,7 @@ def _time_case(orthanc: OrthancServer, log_path: Path, case: Case, folder: Path,
         storescu(files, orthanc.dicom_port, called=orthanc.aet)
         sent = time.perf_counter()
         sent_wall[study_uid] = time.time()
-        deadline = time.monotonic() + SR_TIMEOUT
-        while not _sr_arrived(orthanc, study_uid):
-            if time.monotonic() > deadline:
-                raise BenchError(f"no SR for study {study_uid} ({case.label}) after {SR_TIMEOUT:.0f} s; node log:\n"
-                                 f"{log_path.read_text()[-3000:]}")
-            time.sleep(POLL)
+        _wait_sr(orthanc, log_path, case, study_uid, time.monotonic() + SR_TIMEOUT)
         elapsed = time.perf_counter() - sent
         arrived_wall[study_uid] = time.time()
         log.info("turnaround %s %d: %.2f s%s", case.info.get("kind", case.label), number, elapsed,

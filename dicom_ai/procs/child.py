@@ -57,6 +57,8 @@ def build(role: str, worker_id: str) -> Role:
         return Sender(settings)
     from dicom_ai.procs.worker import Worker
 
+    if settings.worker_nice:  # inference waits a little under load; a PACS forwarding to us must not
+        os.nice(settings.worker_nice)
     return Worker(settings, worker_id, report_problems=worker_id.startswith("worker-1:"))
 
 
