@@ -91,7 +91,7 @@ class Settings(BaseModel):
     onnx_fast_path: bool = Field(default=True, description="run a model's ONNX copy with onnxruntime when it has one")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0, le=256,
                          description="pipeline worker processes, each holding the models (0: the whole node in one process)")
-    worker_nice: int = Field(default=10, ge=0, le=19, description="niceness added to the pipeline worker processes, "
+    worker_nice: int = Field(default=19, ge=0, le=19, description="niceness added to the pipeline worker processes, "
                              "so the receiver gets the CPU first when both want it (0: same priority)")
     receivers: int = Field(default=1, ge=1, le=64, description="C-STORE SCP processes sharing the DICOM port "
                            "(SO_REUSEPORT; with workers >= 1)")

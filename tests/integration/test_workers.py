@@ -71,8 +71,8 @@ def test_two_workers_share_the_studies_and_none_is_processed_twice(tmp_path: Pat
         assert not _maps_torch(receiver)  # no torch in the receiving process ...
         assert all(_maps_torch(pid) for pid in roles["worker"])  # ... and the check does see it where it is
         assert _status(receiver, "VmHWM") / 1024 < RECEIVER_RSS_LIMIT_MB
-        # The workers yield the CPU to the receiver (worker_nice, default 10); the others keep the node's priority.
-        assert all(os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+        # The workers yield the CPU to the receiver (worker_nice, default 19); the others keep the node's priority.
+        assert all(os.getpriority(os.PRIO_PROCESS, pid) == 19
                    for pid in roles["worker"])
         assert os.getpriority(os.PRIO_PROCESS, receiver) == os.getpriority(os.PRIO_PROCESS, 0)
     finally:
