@@ -180,6 +180,16 @@ class OursOneProcessReceiver(OursReceiver):
         return {"DICOM_AI_WORKERS": "0"}
 
 
+class OursTwoReceivers(OursReceiver):
+    """The same node with `receivers = 2`: two SCP processes on the port (SO_REUSEPORT), for concurrent
+    associations. Its reported RSS is the first receiver's."""
+
+    name = "dicom-ai receivers=2"
+
+    def settings(self) -> dict[str, str]:
+        return {"DICOM_AI_RECEIVERS": "2"}
+
+
 class OursStowReceiver(OursReceiver):
     """The same `dicom-ai serve`, taking the same files by DICOMweb STOW-RS instead (stow_receive): same
     durability (each part fsynced, renamed, committed before the answer). The sender is curl, C like
@@ -306,7 +316,8 @@ class AckOnlyReceiver(Receiver):
         return int(self.count_file.read_text()) if self.count_file.exists() else 0
 
 
-RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursOneProcessReceiver, OursStowReceiver,
+RECEIVERS: dict[str, type[Receiver]] = {c.name: c for c in (OursReceiver, OursOneProcessReceiver, OursTwoReceivers,
+                                                              OursStowReceiver,
                                                               StorescpReceiver, OrthancReceiver, AckOnlyReceiver)}
 
 
@@ -358,7 +369,7 @@ def send_with(commands: Sequence[Sequence[str]], what: str, check_stdout: Callab
             if p.poll() is None:
                 p.kill()
                 p.wait()
-            _CHILDREN.discard(p)  # type: ignore[arg-type]
+            _CHILDREN.discard(p)
     elapsed = time.perf_counter() - started
     if errors:
         raise BenchError(f"{what} failed:\n" + "\n".join(errors)[:3000])

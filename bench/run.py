@@ -47,6 +47,7 @@ WORKDIR = REPO / ".state" / "bench"
 NO_NODELAY_CT = 100  # CT instances sent with Nagle on (it crawls there: keep it short)
 CONCURRENT = 4  # storescu processes at once
 ONE_PROCESS = "dicom-ai one process"
+TWO_RECEIVERS = "dicom-ai receivers=2"  # two SCP processes on the port, for the concurrent case
 ACK_ONLY = "pynetdicom ack-only"  # the transport's ceiling, beside the node on CT
 LOAD_RATES_PER_MIN = (30.0, 60.0)  # chest CR studies/min for the turnaround under a sustained load
 
@@ -103,7 +104,8 @@ def _receive_parts(results: dict[str, Any], parts: set[str], factor: float) -> N
         cases = [(s, f, True, 1, all_receivers + ((receive.STOW,) if s.modality in ("CT", "DX") else ())
                   + ((ONE_PROCESS, ACK_ONLY) if s.modality == "CT" else ()))
                  for s, f in corpora.values()]
-        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", ONE_PROCESS, "storescp", "Orthanc", ACK_ONLY)))
+        cases.append((ct_spec, ct_files, True, CONCURRENT, ("dicom-ai", ONE_PROCESS, TWO_RECEIVERS, "storescp", "Orthanc",
+                                                            ACK_ONLY)))
         subset = ct_files[: max(10, round(NO_NODELAY_CT * factor))]
         cases.append((ct_spec, subset, False, 1, all_receivers))
         # Cost growth: the CT corpus at half its size too.
