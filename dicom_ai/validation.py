@@ -46,6 +46,7 @@ from dicom_ai.store.secret import node_secret
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
+    from dicom_ai.infer.card import ModelCard
     from dicom_ai.monitor.report import ReportFiles
     from dicom_ai.store import Stores
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 Rules = Mapping[str, Sequence[ReportRule]]  # model name -> its labels' report rules
 
-__all__ = ["Evaluated", "ExportError", "FeedbackError", "export_for_seismometer", "MatchOutcome", "check_drift", "evaluate_model", "evaluate_predictions",
+__all__ = ["Evaluated", "ExportError", "FeedbackError", "export_for_seismometer", "MatchOutcome", "check_drift", "check_recent_drift", "evaluate_model", "evaluate_predictions",
            "report_evaluation", "match_pending_reports", "queue_assessment", "receive_report",
            "record_feedback"]
 
@@ -259,6 +260,12 @@ def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Map
                             model, check.week, check.variable, check.psi,
                             f", KS p {check.ks_p:.1g}" if check.ks_p is not None else "", check.cases)
     return checks
+
+
+def check_recent_drift(stores: Stores, settings: Settings, cards: Mapping[str, ModelCard], now: float) -> list[DriftCheck]:
+    """The running node's periodic check: every model with a reference in its card, over DRIFT_WINDOW_S."""
+    references = {name: card.reference.references() for name, card in cards.items() if card.reference is not None}
+    return check_drift(stores, settings, references, since=now - DRIFT_WINDOW_S)
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -27,10 +27,8 @@ from dicom_ai.receive.scp import start_scp
 from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.store import Spool, Stores
-from dicom_ai.store.health import node_health
-from dicom_ai.web.app import start_web, web_context
+from dicom_ai.web.node_console import start_node_console
 from dicom_ai.web.server import WebServer
-from dicom_ai.web.stow import StowReceive
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +85,7 @@ class Receiver:
         except OSError as exc:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port and self.primary:
-            try:
-                stow = StowReceive(self.spool, self.stores.studies, int(s.stow_receive_max_mb * 1e6),
-                                   s.stow_receive_user, s.stow_receive_password) if s.stow_receive else None
-                console = web_context(self.stores.reports, s.turnaround_targets,
-                                      lambda: node_health(self.stores.reports, s.home, s.retention_days,
-                                                          send_retry_window_s=s.send_retry_window),
-                                      stores=self.stores, settings=s, spool=self.spool, models=self.models,
-                                      rules=self.rules, session_idle_s=s.session_idle_minutes * 60,
-                                      https=s.http_tls)
-                self._web = start_web(s.http_host, s.http_port, console, stow_receive=stow, tls=s.https_context(),
-                                      home=s.home)
-            except OSError as exc:
-                raise OSError(f"console {s.http_host}:{s.http_port} (DICOM_AI_HTTP_PORT, 0 turns it off): "
-                              f"{exc.strerror or exc}") from exc
+            self._web = start_node_console(s, self.stores, self.spool, self.models, self.rules)
 
     def stop(self) -> None:
         if self._server is not None:

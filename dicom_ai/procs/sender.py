@@ -86,9 +86,7 @@ class Sender:
             purge_expired(self.stores.studies, self.spool, self.settings.retention_days)
 
     def _check_drift(self) -> None:
-        references = {name: card.reference.references() for name, card in self.models.cards().items()
-                      if card.reference is not None}
-        validation.check_drift(self.stores, self.settings, references, since=time.time() - validation.DRIFT_WINDOW_S)
+        validation.check_recent_drift(self.stores, self.settings, self.models.cards(), time.time())
 
     def _match_reports(self) -> None:
         validation.match_pending_reports(self.stores, self.settings, self.report_rules())
