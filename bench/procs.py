@@ -153,10 +153,12 @@ class OursReceiver(Receiver):
             **self.settings(),
         }
         cli = Path(sys.executable).parent / "dicom-ai"
+        # A node started again on the same folder appends to the same log: only this start's lines count.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = spawn([str(cli), "serve"], env, self.log_path)
         self.pid = self.process.pid
         deadline = time.monotonic() + READY_TIMEOUT
-        while b"dicom-ai ready" not in self.log_path.read_bytes():
+        while b"dicom-ai ready" not in self.log_path.read_bytes()[offset:]:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"dicom-ai serve did not start:\n{_tail(self.log_path)}")
             time.sleep(0.05)
