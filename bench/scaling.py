@@ -153,20 +153,25 @@ def studies_per_second(workdir: Path, kind: str, count: int, workers: int) -> di
             "states": dict(states)}
 
 
+def _ct_receive(workdir: Path, factor: float) -> tuple[list[Path], dict[str, Any]]:
+    """The receive comparison on the CT corpus (x1 and x4, every receiver); the corpus stays for more measures."""
+    ct = FULL_SPECS[0]
+    count = max(50, round(ct.count * factor))
+    spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
+    files = generate(spec, workdir / "corpus")
+    os.sync()
+    receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
+    cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
+    raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
+    return files, {"receive": receive.summarise(raw), "receive_raw": raw}
+
+
 def receive_only(workdir: Path, factor: float) -> dict[str, Any]:
-    """Only the receive comparison (CT, x1 and x4, every receiver): the quick check while tuning receive."""
+    """Only the receive comparison: the quick check while tuning receive."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        ct = FULL_SPECS[0]
-        count = max(50, round(ct.count * factor))
-        spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
-        files = generate(spec, workdir / "corpus")
-        os.sync()
-        receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
-        cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
-        raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
-        return {"receive": receive.summarise(raw), "receive_raw": raw}
+        return _ct_receive(workdir, factor)[1]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -188,15 +193,8 @@ def run(workdir: Path, factor: float) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        ct = FULL_SPECS[0]
-        count = max(50, round(ct.count * factor))
-        spec = CorpusSpec(ct.name, ct.sop_class_uid, ct.modality, ct.rows, ct.columns, count)
-        files = generate(spec, workdir / "corpus")
-        os.sync()
-        receivers: tuple[str, ...] = ("dicom-ai", "dicom-ai one process", "storescp", "Orthanc")
-        cases = [(spec, files, True, 1, receivers), (spec, files, True, 4, receivers)]
-        raw = receive.run_matrix(cases, workdir / "runs", rounds=max(1, round(3 * factor)))
-        return {"receive": receive.summarise(raw), "receive_raw": raw} | processes(workdir, files, factor)
+        files, results = _ct_receive(workdir, factor)
+        return results | processes(workdir, files, factor)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -45,7 +45,8 @@ from dicom_ai.receive.server import GuardedServer
 from dicom_ai.route.loader import RuleWatcher
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.store import Spool, Stores
-from dicom_ai.store.retention import purge_expired, sweep_purged
+from dicom_ai.store.recovery import recover_after_stop
+from dicom_ai.store.retention import purge_expired
 from dicom_ai.web.node_console import start_node_console
 from dicom_ai.web.server import WebServer
 
@@ -85,17 +86,7 @@ class Node:
         return {name: card.report_rules for name, card in self.models.cards().items()}
 
     def start(self) -> None:
-        strays = self.spool.sweep_incoming()
-        if strays:
-            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
-        sweep_purged(self.stores.studies, self.spool)
-        trash = self.stores.studies.trash()
-        if trash:  # older copies replaced just before a crash: the newer ones are recorded
-            self.spool.remove_files(trash)
-            self.stores.studies.empty_trash(trash)
-        recovered = self.stores.studies.recover_interrupted()
-        if recovered:
-            log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
+        recover_after_stop(self.stores, self.spool)
         for name in self.models.names():  # load now: the first study should not wait for it (Ray: the card side)
             try:
                 self.pipeline.inference.front(name)
@@ -131,15 +122,7 @@ class Node:
             raise OSError(f"DICOM port {s.host}:{s.port}: {exc.strerror or exc}") from exc
         if s.http_port:
             self._web = start_node_console(s, self.stores, self.spool, self.models, self.rules)
-        listen = s.hl7_listen_address
-        if listen is not None:
-            self._hl7 = Hl7Listener(*listen, lambda text: validation.receive_report(
-                self.stores, s, self.report_rules(), text))
-            try:
-                self._hl7.start()
-            except OSError as exc:
-                self._hl7 = None
-                raise OSError(f"HL7 listener {s.hl7_listen} (DICOM_AI_HL7_LISTEN): {exc.strerror or exc}") from exc
+        self._hl7 = validation.start_report_listener(self.stores, s, self.report_rules)
         log.info(
             "dicom-ai ready: AE %s on %s:%d, %d rule(s), models %s, stable after %.1f s, results to %s",
             s.ae, s.host, s.port, len(self.rules.ruleset.rules), ", ".join(self.models.names()) or "none",

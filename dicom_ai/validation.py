@@ -13,7 +13,7 @@ job).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ from dicom_ai.store.secret import node_secret
 
 if TYPE_CHECKING:
     from dicom_ai.config import Settings
+    from dicom_ai.feedback.listener import Hl7Listener
     from dicom_ai.infer.card import ModelCard
     from dicom_ai.monitor.report import ReportFiles
     from dicom_ai.store import Stores
@@ -262,6 +263,21 @@ def check_drift(stores: Stores, settings: Settings, references: Mapping[str, Map
     return checks
 
 
+def start_report_listener(stores: Stores, settings: Settings, report_rules: Callable[[], Rules]) -> Hl7Listener | None:
+    """The HL7 listener for final reports when `hl7_listen` is set (None otherwise); an OSError names the setting."""
+    listen = settings.hl7_listen_address
+    if listen is None:
+        return None
+    from dicom_ai.feedback.listener import Hl7Listener  # only the process that listens loads the MLLP server
+
+    listener = Hl7Listener(*listen, lambda text: receive_report(stores, settings, report_rules(), text))
+    try:
+        listener.start()
+    except OSError as exc:
+        raise OSError(f"HL7 listener {settings.hl7_listen} (DICOM_AI_HL7_LISTEN): {exc.strerror or exc}") from exc
+    return listener
+
+
 def check_recent_drift(stores: Stores, settings: Settings, cards: Mapping[str, ModelCard], now: float) -> list[DriftCheck]:
     """The running node's periodic check: every model with a reference in its card, over DRIFT_WINDOW_S."""
     references = {name: card.reference.references() for name, card in cards.items() if card.reference is not None}
@@ -307,7 +323,9 @@ def evaluate_predictions(model: str, predictions: Sequence[Prediction], settings
 def report_evaluation(evaluated: Evaluated, folder: Path, title: str, settings: Settings,
                       notes: Sequence[str] = ()) -> ReportFiles:
     """Write the report folder (PNG figures, index.html, metrics.json) of an evaluation."""
-    from dicom_ai.monitor.report import write_report  # matplotlib: only a report pays for it, not feedback
+    from dicom_ai.monitor.report import (
+        write_report,  # matplotlib: only a report pays for it, not feedback
+    )
 
     return write_report(folder, model=evaluated.model, title=title, predictions=evaluated.predictions,
                         evaluations=evaluated.labels, drift=evaluated.drift, psi_threshold=settings.drift_psi,

@@ -63,15 +63,7 @@ class Sender:
             self.scheduler.add_job(self._purge, "interval", seconds=RETENTION_INTERVAL, next_run_time=first,
                                    id="retention")
         self.scheduler.start()
-        listen = s.hl7_listen_address
-        if listen is not None:
-            self._hl7 = Hl7Listener(*listen, lambda text: validation.receive_report(
-                self.stores, s, self.report_rules(), text))
-            try:
-                self._hl7.start()
-            except OSError as exc:
-                self._hl7 = None
-                raise OSError(f"HL7 listener {s.hl7_listen} (DICOM_AI_HL7_LISTEN): {exc.strerror or exc}") from exc
+        self._hl7 = validation.start_report_listener(self.stores, s, self.report_rules)
 
     def stop(self) -> None:
         if self._hl7 is not None:

@@ -27,7 +27,7 @@ from dicom_ai.config import Settings
 from dicom_ai.crashpoints import ROLE_ENV
 from dicom_ai.procs.child import GO_FD_ENV, PARENT_ENV, READY_FD_ENV
 from dicom_ai.store import Spool, Stores
-from dicom_ai.store.retention import sweep_purged
+from dicom_ai.store.recovery import recover_after_stop
 
 log = logging.getLogger("dicom_ai.procs")
 
@@ -81,17 +81,7 @@ class Supervisor:
         """What a crash (of the whole node) left: partial uploads, purges half done, replaced copies, studies
         in processing. Here, before any receiver runs: a receiver started again later must not remove the
         uploads the others are writing."""
-        strays = self.spool.sweep_incoming()
-        if strays:
-            log.warning("removed %d partial upload(s) left by an interrupted run", strays)
-        sweep_purged(self.stores.studies, self.spool)
-        trash = self.stores.studies.trash()
-        if trash:  # older copies replaced just before a crash: the newer ones are recorded
-            self.spool.remove_files(trash)
-            self.stores.studies.empty_trash(trash)
-        recovered = self.stores.studies.recover_interrupted()
-        if recovered:
-            log.warning("re-processing %d study(ies) interrupted by a stop: %s", len(recovered), ", ".join(recovered))
+        recover_after_stop(self.stores, self.spool)
 
     def start(self) -> None:
         """Recover, start every role and wait until each is ready; raises StartError (all stopped) if one is not."""
